@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, clippy, and the whole test suite
+# against a real PostgreSQL (DATABASE_URL if it answers, else a private
+# cluster; see scripts/lib/pg.sh). Fails if any step fails.
+#
+# Long variants (torture, benchmarks) are opt-in by environment variables
+# documented in the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/pg.sh
+
+# Reuse one build cache outside the clone when there is one.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "PostgreSQL"
+ensure_postgres test fast
+echo "tests use DATABASE_URL=${DATABASE_URL//:*@/:***@}"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo
+echo "all checks passed"

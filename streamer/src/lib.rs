@@ -1,0 +1,1 @@
+//! The streamer (skeleton; filled by the streamer issue).
