@@ -9,51 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use generator::contract::{EVENT_TYPES, HEADER, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
+use generator::contract::{violation as contract_violation, HEADER};
 use generator::{Generator, Settings};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 fn instant(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).expect("test instants are valid")
-}
-
-/// Why a data row breaks the contract, or `None` when it is valid. Written
-/// from DESIGN.md independently of the generator's code.
-fn contract_violation(record: &csv::StringRecord) -> Option<String> {
-    if record.len() != 9 {
-        return Some(format!("{} fields", record.len()));
-    }
-    let id = |i: usize| record[i].parse::<i32>().ok().filter(|v| *v > 0);
-    if id(0).is_none() {
-        return Some("user_id".into());
-    }
-    if id(4).is_none() {
-        return Some("product_id".into());
-    }
-    for (i, max) in [(1, MAX_TEXT_CHARS), (2, MAX_TEXT_CHARS), (5, MAX_TEXT_CHARS), (6, MAX_CATEGORY_CHARS)] {
-        if record[i].chars().count() > max {
-            return Some(format!("field {i} too long"));
-        }
-    }
-    if !EVENT_TYPES.contains(&&record[3]) {
-        return Some("event_type".into());
-    }
-    let price = &record[7];
-    let ok_price = price.split_once('.').is_some_and(|(int, frac)| {
-        !int.is_empty()
-            && int.len() <= 8
-            && int.bytes().all(|b| b.is_ascii_digit())
-            && frac.len() == 2
-            && frac.bytes().all(|b| b.is_ascii_digit())
-    });
-    if !ok_price {
-        return Some(format!("product_price {price:?}"));
-    }
-    if DateTime::parse_from_rfc3339(&record[8]).is_err() {
-        return Some("event_time".into());
-    }
-    None
 }
 
 /// Rows of one file, checking the header.

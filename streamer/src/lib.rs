@@ -1,1 +1,591 @@
-//! The streamer (skeleton; filled by the streamer issue).
+//! The streamer: exactly-once micro-batch ingest of the event files in the
+//! data folder into PostgreSQL, following the batch protocol of DESIGN.md.
+//!
+//! This module only wires the parts together: [`watch`] finds ready files,
+//! [`checkpoint`] plans batch N (`offsets/N`) before anything touches the
+//! database, [`batch`] reads, validates and deduplicates with Polars, [`sink`]
+//! commits the batch in one transaction, then `commits/N` is written, the
+//! source files are archived, deleted or quarantined as asked, and
+//! [`progress`] reports the batch.
+//!
+//! Failure handling: a transient database error rolls the batch back and
+//! retries the same batch (same id, same files) with capped backoff, first
+//! asking the load history whether the lost COMMIT went through; a bad file is
+//! quarantined and the stream goes on; on shutdown the batch in flight gets a
+//! grace period to commit, else it is rolled back and re-run at the next start.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod config;
+pub mod progress;
+pub mod sink;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::batch::{FileRead, SourceFile};
+use crate::checkpoint::{Checkpoint, CommittedFile, Disposition, FileId, Offsets, FORMAT_VERSION};
+use crate::config::redact_url;
+use crate::progress::{ms, BatchProgress, Phases, ProgressLog, Totals};
+use crate::sink::{BatchLoad, FileLoad, FileStatus, SinkError};
+use crate::watch::{Candidate, Discovery};
+
+pub use config::{CleanSource, Cli, Command, RunArgs};
+
+/// What a run of the stream did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub checkpoint_id: Uuid,
+    pub totals: Totals,
+}
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Committed,
+    /// Shutdown came first: the batch is rolled back and stays pending.
+    Abandoned,
+}
+
+/// Runs the stream until `shutdown` fires (or, with `--once`, until every
+/// file present is processed).
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+    args.validate()?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
+    let checkpoint_dir = args.checkpoint_dir.clone();
+    let checkpoint = blocking(move || Checkpoint::open(&checkpoint_dir)).await??;
+    let progress = ProgressLog::new(&args.checkpoint_dir)
+        .with_context(|| format!("cannot write progress into {}", args.checkpoint_dir.display()))?;
+    info!(
+        checkpoint_id = %checkpoint.id(),
+        data_dir = %args.data_dir.display(),
+        checkpoint_dir = %args.checkpoint_dir.display(),
+        database = %redact_url(args.database_url()),
+        tracked_files = checkpoint.tracked_files(),
+        next_batch = checkpoint.next_batch_id(),
+        "streamer starting"
+    );
+    let mut stream = Stream {
+        url: args.database_url().to_owned(),
+        args,
+        shutdown,
+        checkpoint: Some(checkpoint),
+        client: None,
+        schema_applied: false,
+        progress,
+        totals: Totals::default(),
+    };
+    stream.run().await?;
+    let summary = RunSummary { checkpoint_id: stream.checkpoint()?.id(), totals: stream.totals.clone() };
+    let t = &summary.totals;
+    info!(
+        batches = t.batches,
+        files = t.files,
+        rows_in = t.input_rows,
+        inserted = t.inserted,
+        updated = t.updated,
+        rejected = t.rejected,
+        "streamer stopped"
+    );
+    Ok(summary)
+}
+
+/// Runs blocking work (std::fs, Polars) off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await.context("a blocking task panicked")
+}
+
+struct Stream {
+    args: RunArgs,
+    url: String,
+    shutdown: CancellationToken,
+    /// Always `Some` outside of a blocking call that borrows it.
+    checkpoint: Option<Checkpoint>,
+    client: Option<Client>,
+    schema_applied: bool,
+    progress: ProgressLog,
+    totals: Totals,
+}
+
+impl Stream {
+    fn checkpoint(&self) -> anyhow::Result<&Checkpoint> {
+        self.checkpoint.as_ref().context("the checkpoint is in use")
+    }
+
+    /// Runs `f` on the checkpoint in a blocking task.
+    async fn with_checkpoint<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Checkpoint) -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let mut cp = self.checkpoint.take().context("the checkpoint is in use")?;
+        let (cp, out) = blocking(move || {
+            let out = f(&mut cp);
+            (cp, out)
+        })
+        .await?;
+        self.checkpoint = Some(cp);
+        Ok(out)
+    }
+
+    async fn run(&mut self) -> anyhow::Result<()> {
+        // Watch first: files published while the database is awaited keep
+        // their close/rename hints.
+        let poll = self.args.poll.then(|| Duration::from_millis(self.args.poll_interval));
+        let mut discovery = Discovery::start(&self.args.data_dir, self.args.file_settle(), poll)?;
+        if !self.ensure_client().await? {
+            return Ok(());
+        }
+        if let Some(last) = self.checkpoint()?.last_commit().cloned() {
+            self.dispose(last.files).await?;
+        }
+        if let Some(plan) = self.checkpoint()?.pending().cloned() {
+            if self.guarded(|s| Box::pin(s.recover(plan))).await? == Outcome::Abandoned {
+                return Ok(());
+            }
+        }
+        let mut rescan = tokio::time::interval(Duration::from_millis(self.args.rescan_interval));
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_trigger = Instant::now();
+        let shutdown = self.shutdown.clone();
+
+        while !shutdown.is_cancelled() {
+            let discovering = Instant::now();
+            let listing = discovery.list()?;
+            let cp = self.checkpoint()?;
+            let todo: Vec<Candidate> = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
+            if todo.is_empty() {
+                if self.args.once && listing.waiting == 0 {
+                    break;
+                }
+                let settle = listing.next_settle.unwrap_or(Duration::MAX);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = discovery.changed() => {}
+                    _ = rescan.tick() => {}
+                    _ = tokio::time::sleep(settle.min(Duration::from_secs(3600))) => {}
+                }
+                continue;
+            }
+            if Instant::now() < next_trigger {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(next_trigger) => {}
+                }
+                continue;
+            }
+            let files = take_batch(todo, self.args.max_files_per_batch, self.args.max_bytes_per_batch);
+            let plan = self.with_checkpoint(move |cp| cp.plan(files)).await??;
+            let discover = discovering.elapsed();
+            next_trigger = Instant::now() + self.args.trigger_interval();
+            if self.guarded(|s| Box::pin(s.run_batch(plan, discover, false))).await? == Outcome::Abandoned {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a batch; once shutdown fires it gets the grace period to finish,
+    /// then it is dropped (its transaction rolls back).
+    async fn guarded<'a>(
+        &'a mut self,
+        batch: impl FnOnce(
+            &'a mut Self,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Outcome>> + Send + 'a>>,
+    ) -> anyhow::Result<Outcome> {
+        let shutdown = self.shutdown.clone();
+        let grace = Duration::from_secs(self.args.shutdown_grace);
+        let mut fut = batch(self);
+        tokio::select! {
+            r = &mut fut => r,
+            _ = shutdown.cancelled() => {
+                info!(grace_secs = grace.as_secs(), "shutdown requested; finishing the batch in flight");
+                match tokio::time::timeout(grace, &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        warn!("batch rolled back at shutdown; it is re-run at the next start");
+                        Ok(Outcome::Abandoned)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects (and applies the schema once) unless connected; waits with
+    /// capped exponential backoff. `false` when shutdown came first.
+    async fn ensure_client(&mut self) -> anyhow::Result<bool> {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(true);
+        }
+        self.client = None;
+        let mut delay = Duration::from_millis(100);
+        let max = Duration::from_millis(self.args.max_backoff);
+        for attempt in 1u64.. {
+            let connecting = tokio::time::timeout(Duration::from_secs(10), sink::connect(&self.url));
+            let result = tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(false),
+                r = connecting => r,
+            };
+            let error = match result {
+                Ok(Ok(mut client)) => match self.prepare(&mut client).await {
+                    Ok(()) => {
+                        info!(attempt, database = %redact_url(&self.url), "connected to PostgreSQL");
+                        self.client = Some(client);
+                        return Ok(true);
+                    }
+                    Err(e) if e.is_transient() => e.to_string(),
+                    Err(e) => return Err(e).context("the database schema cannot be applied"),
+                },
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 10 s".to_owned(),
+            };
+            warn!(attempt, retry_in_ms = delay.as_millis() as u64, error, "PostgreSQL is not reachable; waiting");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(max);
+        }
+        Ok(false)
+    }
+
+    async fn prepare(&mut self, client: &mut Client) -> Result<(), SinkError> {
+        if !self.schema_applied {
+            sink::apply_schema(client).await?;
+            self.schema_applied = true;
+        }
+        Ok(())
+    }
+
+    /// A batch planned by an earlier run: if the database has it, only the
+    /// commit marker was missing; otherwise it is run again, same files.
+    async fn recover(&mut self, plan: Offsets) -> anyhow::Result<Outcome> {
+        if !self.ensure_client().await? {
+            return Ok(Outcome::Abandoned);
+        }
+        let id = self.checkpoint()?.id();
+        let client = self.client.as_ref().context("connected above")?;
+        let history = sink::committed_files(client, id, plan.batch_id).await?;
+        if history.is_empty() {
+            info!(batch_id = plan.batch_id, files = plan.files.len(), "re-running a batch planned before a restart");
+            return self.run_batch(plan, Duration::ZERO, true).await;
+        }
+        info!(batch_id = plan.batch_id, "batch is in the database already; writing its commit marker");
+        let files = plan
+            .files
+            .iter()
+            .map(|f| {
+                let h = history.iter().find(|h| h.name == f.name);
+                let status = h.map_or("loaded", |h| h.status.as_str());
+                let reason = h.and_then(|h| h.reason.clone()).unwrap_or_default();
+                CommittedFile { file: f.clone(), disposition: self.disposition(status, reason) }
+            })
+            .collect();
+        self.mark(plan.batch_id, files).await?;
+        Ok(Outcome::Committed)
+    }
+
+    fn disposition(&self, status: &str, reason: String) -> Disposition {
+        match (status, self.args.clean_source) {
+            ("quarantined", _) => Disposition::Quarantine { reason },
+            ("missing", _) => Disposition::Missing,
+            (_, CleanSource::Off) => Disposition::Keep,
+            (_, CleanSource::Archive) => Disposition::Archive,
+            (_, CleanSource::Delete) => Disposition::Delete,
+        }
+    }
+
+    async fn run_batch(&mut self, plan: Offsets, discover: Duration, recovered: bool) -> anyhow::Result<Outcome> {
+        let started_at = Utc::now();
+        let started = Instant::now();
+        let batch_id = plan.batch_id;
+        let cp = self.checkpoint()?;
+        let checkpoint_id = cp.id();
+        let reingest: Vec<bool> = plan.files.iter().map(|f| cp.knows_name(&f.name)).collect();
+
+        // Read and validate every file.
+        let sources: Vec<SourceFile> = plan
+            .files
+            .iter()
+            .map(|id| SourceFile { id: id.clone(), path: self.args.data_dir.join(&id.name) })
+            .collect();
+        let reads =
+            blocking(move || sources.iter().enumerate().map(|(i, f)| read_source(f, i as u32)).collect::<Vec<_>>())
+                .await?;
+        let read_time = started.elapsed();
+
+        let mut files = Vec::with_capacity(reads.len());
+        let mut frames = Vec::new();
+        let mut rejected = Vec::new();
+        for ((id, read), reingest) in reads.into_iter().zip(reingest) {
+            let mut load = FileLoad {
+                file: id,
+                status: FileStatus::Loaded,
+                reason: None,
+                rows_read: 0,
+                duplicates: 0,
+                rejected: 0,
+                reingest,
+            };
+            match read {
+                FileRead::Rows { frame, rows_read, rejected: bad } => {
+                    load.rows_read = rows_read;
+                    load.rejected = bad.len() as u64;
+                    rejected.extend(bad);
+                    frames.push(frame);
+                }
+                FileRead::Quarantine { reason } => {
+                    warn!(batch_id, file = %load.file.name, reason, "file quarantined");
+                    load.status = FileStatus::Quarantined;
+                    load.reason = Some(reason);
+                }
+                FileRead::Missing => {
+                    warn!(batch_id, file = %load.file.name, "file vanished before it was read");
+                    load.status = FileStatus::Missing;
+                    load.reason = Some("the file was gone when its batch read it".into());
+                }
+            }
+            files.push(load);
+        }
+
+        // Deduplicate with Polars.
+        let deduping = Instant::now();
+        let n = files.len();
+        let deduped = blocking(move || batch::dedup(frames, n)).await?.context("deduplicating the batch")?;
+        for (f, d) in files.iter_mut().zip(&deduped.duplicates) {
+            f.duplicates = *d;
+        }
+        let dedup_time = deduping.elapsed();
+
+        // Commit, retrying the same batch on transient errors.
+        let load = BatchLoad {
+            checkpoint_id,
+            batch_id,
+            started_at,
+            files: &files,
+            events: &deduped.frame,
+            rejected: &rejected,
+        };
+        let mut delay = Duration::from_millis(100);
+        let max = Duration::from_millis(self.args.max_backoff);
+        let mut attempt = 0u32;
+        let committed = loop {
+            attempt += 1;
+            if !self.ensure_client().await? {
+                return Ok(Outcome::Abandoned);
+            }
+            let client = self.client.as_mut().context("connected above")?;
+            if attempt > 1
+                && !sink::committed_files(client, checkpoint_id, batch_id).await.map(|h| h.is_empty()).unwrap_or(true)
+            {
+                info!(batch_id, "the lost COMMIT went through; not loading the batch again");
+                break None;
+            }
+            match sink::load_batch(client, &load).await {
+                Ok(c) => break Some(c),
+                Err(e) if e.is_transient() => {
+                    warn!(batch_id, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "batch rolled back; retrying");
+                    self.client = None;
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(Outcome::Abandoned),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(max);
+                }
+                Err(e) => return Err(e).with_context(|| format!("batch {batch_id} failed")),
+            }
+        };
+
+        // Mark it done, then move the files as asked.
+        let committed_files: Vec<CommittedFile> = files
+            .iter()
+            .map(|f| CommittedFile {
+                file: f.file.clone(),
+                disposition: self.disposition(f.status.as_str(), f.reason.clone().unwrap_or_default()),
+            })
+            .collect();
+        self.mark(batch_id, committed_files).await?;
+
+        let (load_time, commit_time, inserted, updated) = match &committed {
+            Some(c) => (c.load, c.commit, c.inserted.iter().sum(), c.updated.iter().sum()),
+            None => (Duration::ZERO, Duration::ZERO, 0, 0),
+        };
+        let input_rows: u64 = files.iter().map(|f| f.rows_read).sum();
+        let duplicates: u64 = files.iter().map(|f| f.duplicates).sum();
+        let total = started.elapsed() + discover;
+        let p = BatchProgress {
+            timestamp: Utc::now(),
+            batch_id,
+            recovered,
+            files: files.len(),
+            files_quarantined: files.iter().filter(|f| f.status == FileStatus::Quarantined).count(),
+            files_missing: files.iter().filter(|f| f.status == FileStatus::Missing).count(),
+            input_rows,
+            duplicates,
+            rejected: rejected.len() as u64,
+            inserted,
+            updated,
+            unchanged: (input_rows - duplicates - rejected.len() as u64).saturating_sub(inserted + updated),
+            rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
+            phases: Phases {
+                discover_ms: ms(discover),
+                read_ms: ms(read_time),
+                dedup_ms: ms(dedup_time),
+                load_ms: ms(load_time),
+                commit_ms: ms(commit_time),
+                total_ms: ms(total),
+            },
+        };
+        p.log();
+        if let Err(e) = self.progress.append(&p) {
+            warn!(error = %e, path = %self.progress.path().display(), "cannot append to the progress file");
+        }
+        self.totals.add(&p);
+        Ok(Outcome::Committed)
+    }
+
+    /// Writes `commits/N`, compacts the log when due, and disposes of the files.
+    async fn mark(&mut self, batch_id: u64, files: Vec<CommittedFile>) -> anyhow::Result<()> {
+        let commit =
+            checkpoint::Commit { version: FORMAT_VERSION, batch_id, committed_at: Utc::now(), files: files.clone() };
+        self.with_checkpoint(move |cp| cp.commit(commit)).await??;
+        self.dispose(files).await?;
+        if self.checkpoint()?.wants_compaction() {
+            let dir = self.args.data_dir.clone();
+            let compacted = self
+                .with_checkpoint(move |cp| {
+                    let present = eligible_names(&dir)?;
+                    cp.compact(&present).map_err(anyhow::Error::from)
+                })
+                .await?;
+            compacted.context("compacting the checkpoint log")?;
+        }
+        Ok(())
+    }
+
+    /// Archives, deletes or quarantines the files of a committed batch. Only
+    /// the very file that was loaded is touched; failures are logged.
+    async fn dispose(&mut self, files: Vec<CommittedFile>) -> anyhow::Result<()> {
+        if files.iter().all(|f| matches!(f.disposition, Disposition::Keep | Disposition::Missing)) {
+            return Ok(());
+        }
+        let (data, archive, quarantine) =
+            (self.args.data_dir.clone(), self.args.archive_dir(), self.args.quarantine_dir());
+        blocking(move || {
+            for f in files {
+                if let Err(e) = dispose_file(&data, &archive, &quarantine, &f) {
+                    warn!(file = %f.file.name, error = %e, "cannot move the file after its batch committed");
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// The files of a batch, in order, within the batch limits: at least one
+/// file, at most `max_files`, and no more than `max_bytes` unless a single
+/// file is larger.
+fn take_batch(ready: Vec<Candidate>, max_files: usize, max_bytes: u64) -> Vec<FileId> {
+    let mut bytes = 0u64;
+    let mut out = Vec::new();
+    for c in ready {
+        if out.len() >= max_files || (!out.is_empty() && bytes.saturating_add(c.id.size) > max_bytes) {
+            break;
+        }
+        bytes = bytes.saturating_add(c.id.size);
+        out.push(c.id);
+    }
+    out
+}
+
+/// Reads one planned file; its identity is taken again as it is read.
+fn read_source(f: &SourceFile, index: u32) -> (FileId, FileRead) {
+    match std::fs::symlink_metadata(&f.path) {
+        Ok(meta) if meta.file_type().is_file() => (watch::file_id(&f.id.name, &meta), batch::read_file(&f.path, index)),
+        Ok(_) => (f.id.clone(), FileRead::Quarantine { reason: "not a regular file".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (f.id.clone(), FileRead::Missing),
+        Err(e) => (f.id.clone(), FileRead::Quarantine { reason: format!("unreadable: {e}") }),
+    }
+}
+
+fn eligible_names(dir: &Path) -> anyhow::Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        if let Some(name) = entry?.file_name().to_str() {
+            if watch::eligible_name(name) {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn dispose_file(data: &Path, archive: &Path, quarantine: &Path, f: &CommittedFile) -> std::io::Result<()> {
+    let path = data.join(&f.file.name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_file() && watch::file_id(&f.file.name, &meta) == f.file => {}
+        // Gone already, or replaced by a newer file: nothing to do.
+        _ => return Ok(()),
+    }
+    match &f.disposition {
+        Disposition::Keep | Disposition::Missing => Ok(()),
+        Disposition::Delete => std::fs::remove_file(&path),
+        Disposition::Archive => move_into(&path, archive).map(|_| ()),
+        Disposition::Quarantine { reason } => {
+            let target = move_into(&path, quarantine)?;
+            let mut note = target.clone().into_os_string();
+            note.push(".reason");
+            std::fs::write(note, format!("{reason}\n"))
+        }
+    }
+}
+
+/// Moves `path` into `dir` under its name (or `name.N` when taken).
+fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut target = dir.join(&name);
+    let mut n = 1;
+    while target.exists() {
+        let mut alt = name.clone();
+        alt.push(format!(".{n}"));
+        target = dir.join(alt);
+        n += 1;
+    }
+    if std::fs::rename(path, &target).is_err() {
+        // Another filesystem: copy, sync, then remove.
+        std::fs::copy(path, &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
+        std::fs::remove_file(path)?;
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(name: &str, size: u64) -> Candidate {
+        Candidate { id: FileId { name: name.into(), size, mtime_ns: 0 }, path: PathBuf::from(name) }
+    }
+
+    #[test]
+    fn batches_respect_file_and_byte_limits_but_never_starve_a_big_file() {
+        let names = |v: Vec<FileId>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        let ready = vec![cand("a", 10), cand("b", 10), cand("c", 10)];
+        assert_eq!(names(take_batch(ready.clone(), 2, 1_000)), vec!["a", "b"]);
+        assert_eq!(names(take_batch(ready.clone(), 10, 25)), vec!["a", "b"]);
+        assert_eq!(names(take_batch(vec![cand("big", 100), cand("b", 1)], 10, 25)), vec!["big"]);
+    }
+}

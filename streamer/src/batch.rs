@@ -1,0 +1,601 @@
+//! Reading a batch: each file is read, checked against the event contract row
+//! by row, and turned into a Polars `DataFrame` of the contract's explicit
+//! [`schema`] (no inference anywhere); then the batch is deduplicated on
+//! `(user_id, event_time)`, the last row winning in (file order, line order).
+//! No tokio and no SQL here.
+//!
+//! Records are tokenised by the `csv` crate rather than Polars' CSV reader:
+//! the contract asks for every bad row to be rejected with its file, physical
+//! line, raw text and reason while the good rows go on, and Polars' reader
+//! fails a whole file on one row with too many fields, pads short rows with
+//! nulls without saying so, and reports no line numbers
+//! (pola-rs/polars#10585, #10660). Polars holds and deduplicates the batch.
+//!
+//! Decisions the contract leaves open, applied here:
+//! - a UTF-8 BOM and CRLF line ends are accepted; the header must be exact;
+//! - `event_type` is matched case-insensitively and stored lower-case;
+//! - `product_price` is a plain decimal with at most two significant
+//!   decimals (`12`, `12.5`, `12.50`, `12.500`); exponents and signs are
+//!   refused; prices go through as integer cents, never through `f64`;
+//! - `event_time` is RFC 3339 (`T` or space, any offset) or a naive
+//!   `YYYY-MM-DD HH:MM:SS[.ffffff]`, which is UTC; more than microsecond
+//!   precision is refused rather than rounded;
+//! - text fields may be empty; a NUL character is refused (PostgreSQL text
+//!   cannot hold it).
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, Timelike};
+use generator::contract::{COLUMNS, MAX_CATEGORY_CHARS, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
+use polars::prelude::*;
+
+use crate::checkpoint::FileId;
+
+/// The longest raw line kept with a rejected row; longer ones are cut.
+pub const MAX_RAW_LINE: usize = 4_096;
+
+/// Column names of a batch frame beyond the contract's: the file's index in
+/// its batch and the row's physical line.
+pub const FILE_COLUMN: &str = "file_index";
+pub const LINE_COLUMN: &str = "line";
+
+/// The explicit schema of a batch frame.
+pub fn schema() -> Schema {
+    let mut fields =
+        vec![Field::new(FILE_COLUMN.into(), DataType::UInt32), Field::new(LINE_COLUMN.into(), DataType::UInt64)];
+    for name in COLUMNS {
+        let dtype = match name {
+            "user_id" | "product_id" => DataType::Int32,
+            "product_price" => DataType::Int64,                               // cents
+            "event_time" => DataType::Datetime(TimeUnit::Microseconds, None), // UTC
+            _ => DataType::String,
+        };
+        fields.push(Field::new(name.into(), dtype));
+    }
+    Schema::from_iter(fields)
+}
+
+/// A file of a batch, where to find it and which identity was planned.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub id: FileId,
+    pub path: PathBuf,
+}
+
+/// A row that breaks the contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub file_index: u32,
+    /// Physical line where the record starts (the header is line 1).
+    pub line: u64,
+    /// The record as it stands in the file, cut at [`MAX_RAW_LINE`] bytes.
+    pub raw: String,
+    pub reason: String,
+}
+
+/// What reading one file gave.
+#[derive(Debug)]
+pub enum FileRead {
+    /// The file follows the contract; some rows may be rejected.
+    Rows { frame: DataFrame, rows_read: u64, rejected: Vec<Rejected> },
+    /// The file cannot be read as the contract at all.
+    Quarantine { reason: String },
+    /// The file was gone when it was to be read.
+    Missing,
+}
+
+/// Reads `path` as file `file_index` of its batch.
+pub fn read_file(path: &Path, file_index: u32) -> FileRead {
+    let mut bytes = Vec::new();
+    let opened = std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes));
+    match opened {
+        Ok(_) => parse(&bytes, file_index),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileRead::Missing,
+        Err(e) => FileRead::Quarantine { reason: format!("unreadable: {e}") },
+    }
+}
+
+/// Parses the contents of one file.
+pub fn parse(bytes: &[u8], file_index: u32) -> FileRead {
+    if bytes.is_empty() {
+        return FileRead::Quarantine { reason: "empty file: no header".into() };
+    }
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if let Err(e) = std::str::from_utf8(body) {
+        let at = e.valid_up_to();
+        let line = 1 + body[..at].iter().filter(|b| **b == b'\n').count();
+        return FileRead::Quarantine { reason: format!("not UTF-8: invalid byte at offset {at} (line {line})") };
+    }
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
+    let mut record = csv::StringRecord::new();
+    match reader.read_record(&mut record) {
+        Ok(true) => {
+            if record.iter().ne(COLUMNS) {
+                let found: String = record.iter().collect::<Vec<_>>().join(",").chars().take(200).collect();
+                return FileRead::Quarantine {
+                    reason: format!("wrong header: expected `{}`, found `{found}`", COLUMNS.join(",")),
+                };
+            }
+        }
+        Ok(false) => return FileRead::Quarantine { reason: "no header row".into() },
+        Err(e) => return FileRead::Quarantine { reason: format!("unreadable CSV header: {e}") },
+    }
+
+    let mut columns = Columns::default();
+    let mut rejected = Vec::new();
+    let mut rows_read = 0u64;
+    loop {
+        let start = reader.position().byte() as usize;
+        let line = reader.position().line();
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                rows_read += 1;
+                let line = record.position().map_or(line, |p| p.line());
+                match validate(&record) {
+                    Ok(row) => columns.push(file_index, line, &row),
+                    Err(reason) => {
+                        let end = reader.position().byte() as usize;
+                        rejected.push(Rejected { file_index, line, raw: raw_text(&body[start.min(end)..end]), reason });
+                    }
+                }
+            }
+            Err(e) => {
+                // The csv crate only fails on I/O or UTF-8 here, both ruled
+                // out above; keep the rows read so far and reject the rest.
+                rejected.push(Rejected {
+                    file_index,
+                    line,
+                    raw: raw_text(&body[start.min(body.len())..]),
+                    reason: format!("unreadable CSV: {e}"),
+                });
+                break;
+            }
+        }
+    }
+    FileRead::Rows { frame: columns.finish(), rows_read, rejected }
+}
+
+fn raw_text(bytes: &[u8]) -> String {
+    let mut end = bytes.len();
+    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    let cut = &bytes[..end.min(MAX_RAW_LINE)];
+    String::from_utf8_lossy(cut).replace('\0', "\\0")
+}
+
+/// One valid row, borrowed from its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row<'a> {
+    pub user_id: i32,
+    pub user_name: &'a str,
+    pub user_email: &'a str,
+    pub event_type: &'static str,
+    pub product_id: i32,
+    pub product_name: &'a str,
+    pub product_category: &'a str,
+    pub price_cents: i64,
+    pub event_time_micros: i64,
+}
+
+/// Checks one record against the contract; the reason names the column.
+pub fn validate(record: &csv::StringRecord) -> Result<Row<'_>, String> {
+    if record.len() != COLUMNS.len() {
+        return Err(format!("expected {} fields, found {}", COLUMNS.len(), record.len()));
+    }
+    let f = |i: usize| &record[i];
+    Ok(Row {
+        user_id: parse_id("user_id", f(0))?,
+        user_name: parse_text("user_name", f(1), MAX_TEXT_CHARS)?,
+        user_email: parse_text("user_email", f(2), MAX_TEXT_CHARS)?,
+        event_type: parse_event_type(f(3))?,
+        product_id: parse_id("product_id", f(4))?,
+        product_name: parse_text("product_name", f(5), MAX_TEXT_CHARS)?,
+        product_category: parse_text("product_category", f(6), MAX_CATEGORY_CHARS)?,
+        price_cents: parse_price(f(7))?,
+        event_time_micros: parse_time(f(8))?,
+    })
+}
+
+fn parse_id(column: &str, s: &str) -> Result<i32, String> {
+    if s.is_empty() {
+        return Err(format!("{column}: missing"));
+    }
+    let v: i64 = s.parse().map_err(|_| {
+        if !s.is_empty() && s.bytes().skip(usize::from(s.starts_with(['-', '+']))).all(|b| b.is_ascii_digit()) {
+            format!("{column}: {} is out of range", shorten(s))
+        } else {
+            format!("{column}: {} is not an integer", shorten(s))
+        }
+    })?;
+    if v <= 0 {
+        return Err(format!("{column}: {v} is not > 0"));
+    }
+    i32::try_from(v).map_err(|_| format!("{column}: {v} is larger than {}", i32::MAX))
+}
+
+fn parse_text<'a>(column: &str, s: &'a str, max: usize) -> Result<&'a str, String> {
+    if s.contains('\0') {
+        return Err(format!("{column}: contains a NUL character"));
+    }
+    // Counting stops just past the limit: a 10 MB field costs nothing more.
+    let n = s.chars().take(max + 1).count();
+    if n > max {
+        return Err(format!("{column}: longer than {max} characters"));
+    }
+    Ok(s)
+}
+
+fn parse_event_type(s: &str) -> Result<&'static str, String> {
+    if s.eq_ignore_ascii_case("view") {
+        Ok("view")
+    } else if s.eq_ignore_ascii_case("purchase") {
+        Ok("purchase")
+    } else if s.is_empty() {
+        Err("event_type: missing".into())
+    } else {
+        Err(format!("event_type: {} is not view or purchase", shorten(s)))
+    }
+}
+
+/// A price in cents: digits, optionally `.` and decimals; decimals past the
+/// second must be zeros.
+pub fn parse_price(s: &str) -> Result<i64, String> {
+    if s.is_empty() {
+        return Err("product_price: missing".into());
+    }
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let (unsigned, negative) = match s.strip_prefix('-') {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    if !digits(int) || (unsigned.contains('.') && !digits(frac)) {
+        return Err(format!("product_price: {} is not a decimal number", shorten(s)));
+    }
+    if negative {
+        return Err(format!("product_price: {} is negative", shorten(s)));
+    }
+    if frac.len() > 2 && frac[2..].bytes().any(|b| b != b'0') {
+        return Err(format!("product_price: {} has more than 2 decimal places", shorten(s)));
+    }
+    let int = int.trim_start_matches('0');
+    if int.len() > 8 {
+        return Err(format!("product_price: {} is larger than 99999999.99", shorten(s)));
+    }
+    let whole: i64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| format!("product_price: {} is not a decimal number", shorten(s)))?
+    };
+    let cents = match frac.as_bytes() {
+        [] => 0,
+        [a] => i64::from(a - b'0') * 10,
+        [a, b, ..] => i64::from(a - b'0') * 10 + i64::from(b - b'0'),
+    };
+    let total = whole * 100 + cents;
+    debug_assert!(total <= MAX_PRICE_CENTS);
+    Ok(total)
+}
+
+/// An instant in microseconds since the Unix epoch, UTC.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if s.is_empty() {
+        return Err("event_time: missing".into());
+    }
+    let parsed = DateTime::parse_from_rfc3339(s).map(|t| t.naive_utc()).or_else(|_| {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+    });
+    let t = parsed.map_err(|_| format!("event_time: {} is not a timestamp", shorten(s)))?;
+    if t.nanosecond() % 1_000 != 0 {
+        return Err(format!("event_time: {} is more precise than microseconds", shorten(s)));
+    }
+    Ok(t.and_utc().timestamp_micros())
+}
+
+fn shorten(s: &str) -> String {
+    let cut: String = s.chars().take(40).collect();
+    if cut.len() < s.len() {
+        format!("'{cut}…'")
+    } else {
+        format!("'{cut}'")
+    }
+}
+
+/// Column builders of one file's frame.
+#[derive(Default)]
+struct Columns {
+    file: Vec<u32>,
+    line: Vec<u64>,
+    user_id: Vec<i32>,
+    user_name: Vec<String>,
+    user_email: Vec<String>,
+    event_type: Vec<&'static str>,
+    product_id: Vec<i32>,
+    product_name: Vec<String>,
+    product_category: Vec<String>,
+    price: Vec<i64>,
+    time: Vec<i64>,
+}
+
+impl Columns {
+    fn push(&mut self, file: u32, line: u64, row: &Row<'_>) {
+        self.file.push(file);
+        self.line.push(line);
+        self.user_id.push(row.user_id);
+        self.user_name.push(row.user_name.to_owned());
+        self.user_email.push(row.user_email.to_owned());
+        self.event_type.push(row.event_type);
+        self.product_id.push(row.product_id);
+        self.product_name.push(row.product_name.to_owned());
+        self.product_category.push(row.product_category.to_owned());
+        self.price.push(row.price_cents);
+        self.time.push(row.event_time_micros);
+    }
+
+    fn finish(self) -> DataFrame {
+        let height = self.file.len();
+        let columns = vec![
+            Column::new(FILE_COLUMN.into(), self.file),
+            Column::new(LINE_COLUMN.into(), self.line),
+            Column::new("user_id".into(), self.user_id),
+            Column::new("user_name".into(), self.user_name),
+            Column::new("user_email".into(), self.user_email),
+            Column::new("event_type".into(), self.event_type),
+            Column::new("product_id".into(), self.product_id),
+            Column::new("product_name".into(), self.product_name),
+            Column::new("product_category".into(), self.product_category),
+            Column::new("product_price".into(), self.price),
+            Int64Chunked::from_vec("event_time".into(), self.time)
+                .into_datetime(TimeUnit::Microseconds, None)
+                .into_column(),
+        ];
+        DataFrame::new(height, columns).expect("the columns are built with equal lengths")
+    }
+}
+
+/// An empty frame of the batch schema.
+pub fn empty_frame() -> DataFrame {
+    Columns::default().finish()
+}
+
+/// The rows of a batch after deduplication, and how many rows of each file
+/// lost to a later row with the same key.
+#[derive(Debug)]
+pub struct Deduped {
+    pub frame: DataFrame,
+    pub duplicates: Vec<u64>,
+}
+
+/// Concatenates the files' frames in file order and keeps, for each
+/// `(user_id, event_time)`, the last row in (file order, line order).
+pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
+    let mut all = empty_frame();
+    for frame in &frames {
+        all.vstack_mut(frame)?;
+    }
+    let before = rows_per_file(&all, files)?;
+    let subset = ["user_id".to_owned(), "event_time".to_owned()];
+    let mut frame = all.unique_stable(Some(&subset), UniqueKeepStrategy::Last, None)?;
+    frame.rechunk_mut();
+    let after = rows_per_file(&frame, files)?;
+    let duplicates = before.iter().zip(&after).map(|(b, a)| b - a).collect();
+    Ok(Deduped { frame, duplicates })
+}
+
+fn rows_per_file(frame: &DataFrame, files: usize) -> PolarsResult<Vec<u64>> {
+    let mut counts = vec![0u64; files];
+    for i in frame.column(FILE_COLUMN)?.u32()?.into_no_null_iter() {
+        if let Some(c) = counts.get_mut(i as usize) {
+            *c += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Typed access to the rows of a deduplicated frame, for the sink.
+#[derive(Debug)]
+pub struct EventView<'a> {
+    file: &'a UInt32Chunked,
+    user_id: &'a Int32Chunked,
+    user_name: &'a StringChunked,
+    user_email: &'a StringChunked,
+    event_type: &'a StringChunked,
+    product_id: &'a Int32Chunked,
+    product_name: &'a StringChunked,
+    product_category: &'a StringChunked,
+    price: &'a Int64Chunked,
+    time: &'a Int64Chunked,
+}
+
+/// One row of an [`EventView`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow<'a> {
+    pub file_index: u32,
+    pub user_id: i32,
+    pub user_name: &'a str,
+    pub user_email: &'a str,
+    pub event_type: &'a str,
+    pub product_id: i32,
+    pub product_name: &'a str,
+    pub product_category: &'a str,
+    pub price_cents: i64,
+    pub event_time_micros: i64,
+}
+
+impl<'a> EventView<'a> {
+    pub fn new(frame: &'a DataFrame) -> PolarsResult<Self> {
+        Ok(EventView {
+            file: frame.column(FILE_COLUMN)?.u32()?,
+            user_id: frame.column("user_id")?.i32()?,
+            user_name: frame.column("user_name")?.str()?,
+            user_email: frame.column("user_email")?.str()?,
+            event_type: frame.column("event_type")?.str()?,
+            product_id: frame.column("product_id")?.i32()?,
+            product_name: frame.column("product_name")?.str()?,
+            product_category: frame.column("product_category")?.str()?,
+            price: frame.column("product_price")?.i64()?,
+            time: frame.column("event_time")?.datetime()?.physical(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.file.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
+    }
+
+    /// Row `i`; `None` past the end (the frame has no nulls).
+    pub fn row(&self, i: usize) -> Option<EventRow<'a>> {
+        Some(EventRow {
+            file_index: self.file.get(i)?,
+            user_id: self.user_id.get(i)?,
+            user_name: self.user_name.get(i)?,
+            user_email: self.user_email.get(i)?,
+            event_type: self.event_type.get(i)?,
+            product_id: self.product_id.get(i)?,
+            product_name: self.product_name.get(i)?,
+            product_category: self.product_category.get(i)?,
+            price_cents: self.price.get(i)?,
+            event_time_micros: self.time.get(i)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str =
+        "user_id,user_name,user_email,event_type,product_id,product_name,product_category,product_price,event_time\n";
+
+    fn rows(read: FileRead) -> (DataFrame, u64, Vec<Rejected>) {
+        match read {
+            FileRead::Rows { frame, rows_read, rejected } => (frame, rows_read, rejected),
+            other => panic!("expected rows, got {other:?}"),
+        }
+    }
+
+    fn quarantined(read: FileRead) -> String {
+        match read {
+            FileRead::Quarantine { reason } => reason,
+            other => panic!("expected quarantine, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_have_exactly_the_explicit_schema() {
+        let csv = format!("{H}1,Ann,a@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00.000001Z\n");
+        let (frame, n, rejected) = rows(parse(csv.as_bytes(), 0));
+        assert_eq!((n, rejected.len(), frame.height()), (1, 0, 1));
+        assert_eq!(*frame.schema().as_ref(), schema());
+        assert_eq!(*empty_frame().schema().as_ref(), schema());
+    }
+
+    #[test]
+    fn bad_rows_are_rejected_with_line_raw_text_and_reason_and_good_rows_go_on() {
+        let csv = format!(
+            "{H}1,Ann,a@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n\
+             x,Bob,b@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n\
+             3,\"Multi\nLine\",c@x.com,purchase,2,Mug,Home,3.5,2026-01-01 00:00:01\n\
+             4,Dan,d@x.com,click,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n\
+             5,Eve,e@x.com,view,2,Mug,Home\n"
+        );
+        let (frame, n, rejected) = rows(parse(csv.as_bytes(), 3));
+        assert_eq!(n, 5);
+        assert_eq!(frame.height(), 2);
+        let got: Vec<(u64, &str)> = rejected.iter().map(|r| (r.line, r.reason.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, "user_id: 'x' is not an integer"),
+                (6, "event_type: 'click' is not view or purchase"),
+                (7, "expected 9 fields, found 7"),
+            ]
+        );
+        assert_eq!(rejected[0].raw, "x,Bob,b@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z");
+        assert!(rejected.iter().all(|r| r.file_index == 3));
+        let lines: Vec<u64> =
+            frame.column(LINE_COLUMN).and_then(|c| Ok(c.u64()?.into_no_null_iter().collect())).unwrap_or_default();
+        assert_eq!(lines, vec![2, 4]);
+    }
+
+    #[test]
+    fn unreadable_files_are_quarantined_with_a_reason() {
+        assert!(quarantined(parse(b"", 0)).contains("empty"));
+        assert!(quarantined(parse(b"a,b,c\n1,2,3\n", 0)).contains("wrong header"));
+        let mut latin1 = H.as_bytes().to_vec();
+        latin1.extend_from_slice(b"1,Jos\xe9,j@x.com,view,2,Mug,Home,1.00,2026-01-01T00:00:00Z\n");
+        assert!(quarantined(parse(&latin1, 0)).contains("not UTF-8"));
+    }
+
+    #[test]
+    fn bom_crlf_and_header_only_files_are_fine() {
+        let csv =
+            format!("\u{feff}{}1,Ann,a@x.com,VIEW,2,Mug,Home,3.50,2026-01-01T00:00:00Z\r\n", H.replace('\n', "\r\n"));
+        let (frame, _, rejected) = rows(parse(csv.as_bytes(), 0));
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let view = EventView::new(&frame).expect("batch schema");
+        assert_eq!(view.row(0).map(|r| r.event_type), Some("view"));
+        let (frame, n, _) = rows(parse(H.as_bytes(), 0));
+        assert_eq!((frame.height(), n), (0, 0));
+    }
+
+    #[test]
+    fn prices_are_exact_cents() {
+        assert_eq!(parse_price("12"), Ok(1200));
+        assert_eq!(parse_price("12.5"), Ok(1250));
+        assert_eq!(parse_price("0.07"), Ok(7));
+        assert_eq!(parse_price("12.500"), Ok(1250));
+        assert_eq!(parse_price("99999999.99"), Ok(MAX_PRICE_CENTS));
+        for bad in ["", "-1.00", "1e3", "1.505", ".5", "5.", "100000000.00", "1,5", "+1", "abc"] {
+            assert!(parse_price(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn times_are_utc_microseconds() {
+        let z = parse_time("2026-01-01T00:00:00.000001Z");
+        assert_eq!(z, Ok(1_767_225_600_000_001));
+        assert_eq!(parse_time("2026-01-01 00:00:00.000001"), z);
+        assert_eq!(parse_time("2026-01-01T01:00:00.000001+01:00"), z);
+        assert!(parse_time("2026-01-01T00:00:00.0000001Z").is_err());
+        assert!(parse_time("2026-13-45T99:99:99Z").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn ids_and_text_follow_the_contract() {
+        assert_eq!(parse_id("user_id", "7"), Ok(7));
+        assert!(parse_id("user_id", "0").is_err());
+        assert!(parse_id("user_id", "-3").is_err());
+        assert_eq!(parse_id("user_id", "2147483648"), Err("user_id: 2147483648 is larger than 2147483647".into()));
+        assert_eq!(
+            parse_id("user_id", "99999999999999999999"),
+            Err("user_id: '99999999999999999999' is out of range".into())
+        );
+        assert!(parse_text("user_name", &"é".repeat(100), 100).is_ok());
+        assert!(parse_text("user_name", &"é".repeat(101), 100).is_err());
+        assert!(parse_text("user_name", "a\0b", 100).is_err());
+    }
+
+    #[test]
+    fn dedup_keeps_the_last_row_in_file_then_line_order() -> PolarsResult<()> {
+        let a = format!("{H}1,A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n1,A,a,view,2,P,C,2.00,2026-01-01T00:00:00Z\n2,B,b,view,1,P,C,1.00,2026-01-01T00:00:00Z\n");
+        let b = format!("{H}1,A,a,purchase,3,P,C,3.00,2026-01-01T00:00:00Z\n");
+        let (fa, _, _) = rows(parse(a.as_bytes(), 0));
+        let (fb, _, _) = rows(parse(b.as_bytes(), 1));
+        let d = dedup(vec![fa, fb], 2)?;
+        assert_eq!(d.duplicates, vec![2, 0]);
+        let view = EventView::new(&d.frame)?;
+        let got: Vec<(i32, i32, i64)> =
+            (0..view.len()).filter_map(|i| view.row(i)).map(|r| (r.user_id, r.product_id, r.price_cents)).collect();
+        assert_eq!(got, vec![(2, 1, 100), (1, 3, 300)]);
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! PostgreSQL: the schema in `db/` applied at start, and each batch committed
+//! in ONE transaction — binary COPY into a temporary staging table, one
+//! set-based `INSERT … ON CONFLICT DO UPDATE … WHERE` the row changed, the
+//! rejected rows, and one load-history row per file. Nothing of a batch is
+//! visible before COMMIT; a dropped transaction rolls back.
+//!
+//! Errors are sorted by what the caller should do: [`SinkError::is_transient`]
+//! (connection lost, serialization failure, deadlock, server shutting down)
+//! means "retry the same batch"; anything else is reported as it is.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::pin_mut;
+use polars::prelude::DataFrame;
+use rust_decimal::Decimal;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::batch::{EventView, Rejected};
+use crate::checkpoint::FileId;
+use generator::contract::COLUMNS;
+
+/// The schema files, in order, compiled into the binary.
+pub const MIGRATIONS: [(&str, &str); 2] = [
+    ("db/001_events.sql", include_str!("../../db/001_events.sql")),
+    ("db/002_load_history.sql", include_str!("../../db/002_load_history.sql")),
+];
+
+/// Serialises schema changes between streamers starting at once.
+const SCHEMA_LOCK: i64 = 0x6576_656e_7473;
+
+/// A PostgreSQL failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("applying {file} failed: {source}")]
+    Schema { file: &'static str, source: tokio_postgres::Error },
+    #[error("{what} failed: {source}")]
+    Query { what: &'static str, source: tokio_postgres::Error },
+    #[error("the batch frame does not have the batch schema: {0}")]
+    Frame(#[from] polars::error::PolarsError),
+}
+
+impl SinkError {
+    fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
+        move |source| SinkError::Query { what, source }
+    }
+
+    fn source(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            SinkError::Connect(e) | SinkError::Schema { source: e, .. } | SinkError::Query { source: e, .. } => Some(e),
+            SinkError::Frame(_) => None,
+        }
+    }
+
+    /// True when retrying the same work later may succeed: the connection is
+    /// gone or the server asked for a retry.
+    pub fn is_transient(&self) -> bool {
+        let Some(e) = self.source() else { return false };
+        if matches!(self, SinkError::Connect(_)) || e.is_closed() {
+            return true;
+        }
+        match e.code() {
+            // No SQLSTATE: an I/O or protocol failure on the connection.
+            None => true,
+            Some(code) => {
+                let code = code.code();
+                code.starts_with("08") // connection exception
+                    || code.starts_with("53") // insufficient resources (too many connections, disk full)
+                    || matches!(code, "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "57014")
+            }
+        }
+    }
+}
+
+/// Connects and prepares the session: the staging table lives as long as the
+/// connection and is emptied at every commit.
+pub async fn connect(url: &str) -> Result<Client, SinkError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(SinkError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    client.batch_execute(STAGE_DDL).await.map_err(SinkError::query("creating the staging table"))?;
+    Ok(client)
+}
+
+/// Applies `db/*.sql` in order in one transaction, under an advisory lock.
+pub async fn apply_schema(client: &mut Client) -> Result<(), SinkError> {
+    let tx = client.transaction().await.map_err(SinkError::query("starting the schema transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .await
+        .map_err(SinkError::query("taking the schema lock"))?;
+    for (file, sql) in MIGRATIONS {
+        tx.batch_execute(sql).await.map_err(|source| SinkError::Schema { file, source })?;
+    }
+    tx.commit().await.map_err(SinkError::query("committing the schema"))
+}
+
+/// One file of a committed batch, as the load history has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryFile {
+    pub name: String,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// The load-history rows of batch `batch_id` of checkpoint `id`: empty when
+/// the database does not have the batch.
+pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result<Vec<HistoryFile>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT file_name, status, reason FROM load_history WHERE checkpoint_id = $1 AND batch_id = $2 ORDER BY load_id",
+            &[&id, &(batch_id as i64)],
+        )
+        .await
+        .map_err(SinkError::query("looking up the load history"))?;
+    Ok(rows.iter().map(|r| HistoryFile { name: r.get(0), status: r.get(1), reason: r.get(2) }).collect())
+}
+
+const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS events_stage (
+    file_index INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    user_name TEXT NOT NULL,
+    user_email TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    product_id INTEGER NOT NULL,
+    product_name TEXT NOT NULL,
+    product_category TEXT NOT NULL,
+    product_price NUMERIC(10,2) NOT NULL,
+    event_time TIMESTAMPTZ NOT NULL
+) ON COMMIT DELETE ROWS";
+
+/// Column types of `events_stage`, in order.
+const STAGE_TYPES: [Type; 10] = [
+    Type::INT4,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TIMESTAMPTZ,
+];
+
+/// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
+/// the staging table into `events`, in key order for index locality; returns
+/// per staging file the number of rows inserted and updated.
+pub fn merge_sql() -> String {
+    let cols = COLUMNS.join(", ");
+    let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
+    let set = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+    let old = others.iter().map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+    let new = others.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+    format!(
+        "WITH merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM events_stage ORDER BY user_id, event_time \
+         ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new}) \
+         RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
+         SELECT s.file_index, count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
+         FROM merged m JOIN events_stage s USING (user_id, event_time) GROUP BY s.file_index"
+    )
+}
+
+const HISTORY_SQL: &str = "INSERT INTO load_history (checkpoint_id, batch_id, file_name, file_size, file_mtime, status, reason, \
+     rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_rejected, reingest, batch_started_at, committed_at) \
+     SELECT $1, $2, f.*, $15, clock_timestamp() \
+     FROM UNNEST($3::text[], $4::int8[], $5::timestamptz[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], \
+                 $11::int8[], $12::int8[], $13::int8[], $14::bool[]) AS f";
+
+const REJECTED_COPY: &str =
+    "COPY rejected_rows (checkpoint_id, batch_id, file_name, line_number, raw_line, reason) FROM STDIN (FORMAT binary)";
+
+/// How a file of a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    Loaded,
+    Quarantined,
+    Missing,
+}
+
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Loaded => "loaded",
+            FileStatus::Quarantined => "quarantined",
+            FileStatus::Missing => "missing",
+        }
+    }
+}
+
+/// One file of a batch as the load history records it.
+#[derive(Debug, Clone)]
+pub struct FileLoad {
+    pub file: FileId,
+    pub status: FileStatus,
+    pub reason: Option<String>,
+    pub rows_read: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub reingest: bool,
+}
+
+/// A batch ready to commit.
+#[derive(Debug)]
+pub struct BatchLoad<'a> {
+    pub checkpoint_id: Uuid,
+    pub batch_id: u64,
+    pub started_at: DateTime<Utc>,
+    pub files: &'a [FileLoad],
+    /// The deduplicated rows (batch schema).
+    pub events: &'a DataFrame,
+    pub rejected: &'a [Rejected],
+}
+
+/// What committing a batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Per file of the batch: rows inserted, updated.
+    pub inserted: Vec<u64>,
+    pub updated: Vec<u64>,
+    /// Time spent staging and merging, then committing.
+    pub load: Duration,
+    pub commit: Duration,
+}
+
+fn micros_to_utc(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// Commits `batch` in one transaction.
+pub async fn load_batch(client: &mut Client, batch: &BatchLoad<'_>) -> Result<Committed, SinkError> {
+    let started = Instant::now();
+    let view = EventView::new(batch.events)?;
+    let tx = client.transaction().await.map_err(SinkError::query("starting the batch transaction"))?;
+
+    let sink = tx
+        .copy_in("COPY events_stage FROM STDIN (FORMAT binary)")
+        .await
+        .map_err(SinkError::query("staging the rows"))?;
+    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+    pin_mut!(writer);
+    for i in 0..view.len() {
+        let Some(r) = view.row(i) else { break };
+        let file_index = r.file_index as i32;
+        let price = Decimal::new(r.price_cents, 2);
+        let time = micros_to_utc(r.event_time_micros);
+        let row: [&(dyn ToSql + Sync); 10] = [
+            &file_index,
+            &r.user_id,
+            &r.user_name,
+            &r.user_email,
+            &r.event_type,
+            &r.product_id,
+            &r.product_name,
+            &r.product_category,
+            &price,
+            &time,
+        ];
+        writer.as_mut().write(&row).await.map_err(SinkError::query("staging the rows"))?;
+    }
+    writer.finish().await.map_err(SinkError::query("staging the rows"))?;
+
+    let mut out =
+        Committed { inserted: vec![0; batch.files.len()], updated: vec![0; batch.files.len()], ..Committed::default() };
+    for row in tx.query(&merge_sql(), &[]).await.map_err(SinkError::query("merging into events"))? {
+        let (file, inserted, updated): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if let Some(slot) = out.inserted.get_mut(file as usize) {
+            *slot = inserted as u64;
+            out.updated[file as usize] = updated as u64;
+        }
+    }
+
+    if !batch.rejected.is_empty() {
+        let sink = tx.copy_in(REJECTED_COPY).await.map_err(SinkError::query("recording rejected rows"))?;
+        let writer =
+            BinaryCopyInWriter::new(sink, &[Type::UUID, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
+        pin_mut!(writer);
+        let batch_id = batch.batch_id as i64;
+        for r in batch.rejected {
+            let name = batch.files.get(r.file_index as usize).map_or("", |f| f.file.name.as_str());
+            let line = r.line as i64;
+            writer
+                .as_mut()
+                .write(&[&batch.checkpoint_id, &batch_id, &name, &line, &r.raw, &r.reason])
+                .await
+                .map_err(SinkError::query("recording rejected rows"))?;
+        }
+        writer.finish().await.map_err(SinkError::query("recording rejected rows"))?;
+    }
+
+    let files = batch.files;
+    let col =
+        |f: &dyn Fn(usize, &FileLoad) -> i64| files.iter().enumerate().map(|(i, x)| f(i, x)).collect::<Vec<i64>>();
+    let names: Vec<&str> = files.iter().map(|f| f.file.name.as_str()).collect();
+    let sizes = col(&|_, f| f.file.size as i64);
+    let mtimes: Vec<DateTime<Utc>> = files.iter().map(|f| DateTime::from_timestamp_nanos(f.file.mtime_ns)).collect();
+    let statuses: Vec<&str> = files.iter().map(|f| f.status.as_str()).collect();
+    let reasons: Vec<Option<&str>> = files.iter().map(|f| f.reason.as_deref()).collect();
+    let read = col(&|_, f| f.rows_read as i64);
+    let inserted = col(&|i, _| out.inserted[i] as i64);
+    let updated = col(&|i, _| out.updated[i] as i64);
+    let unchanged = col(&|i, f| {
+        if f.status == FileStatus::Loaded {
+            (f.rows_read - f.duplicates - f.rejected) as i64 - out.inserted[i] as i64 - out.updated[i] as i64
+        } else {
+            0
+        }
+    });
+    let duplicates = col(&|_, f| f.duplicates as i64);
+    let rejected = col(&|_, f| f.rejected as i64);
+    let reingest: Vec<bool> = files.iter().map(|f| f.reingest).collect();
+    tx.execute(
+        HISTORY_SQL,
+        &[
+            &batch.checkpoint_id,
+            &(batch.batch_id as i64),
+            &names,
+            &sizes,
+            &mtimes,
+            &statuses,
+            &reasons,
+            &read,
+            &inserted,
+            &updated,
+            &unchanged,
+            &duplicates,
+            &rejected,
+            &reingest,
+            &batch.started_at,
+        ],
+    )
+    .await
+    .map_err(SinkError::query("recording the load history"))?;
+    out.load = started.elapsed();
+
+    let committing = Instant::now();
+    tx.commit().await.map_err(SinkError::query("committing the batch"))?;
+    out.commit = committing.elapsed();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sql_is_the_exact_statement() {
+        assert_eq!(
+            merge_sql(),
+            "WITH merged AS (INSERT INTO events AS e (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) \
+             SELECT user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time FROM events_stage ORDER BY user_id, event_time \
+             ON CONFLICT (user_id, event_time) DO UPDATE SET user_name = EXCLUDED.user_name, user_email = EXCLUDED.user_email, event_type = EXCLUDED.event_type, \
+             product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price \
+             WHERE (e.user_name, e.user_email, e.event_type, e.product_id, e.product_name, e.product_category, e.product_price) \
+             IS DISTINCT FROM (EXCLUDED.user_name, EXCLUDED.user_email, EXCLUDED.event_type, EXCLUDED.product_id, EXCLUDED.product_name, EXCLUDED.product_category, EXCLUDED.product_price) \
+             RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
+             SELECT s.file_index, count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
+             FROM merged m JOIN events_stage s USING (user_id, event_time) GROUP BY s.file_index"
+        );
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_idempotent_by_construction() {
+        let names: Vec<&str> = MIGRATIONS.iter().map(|(n, _)| *n).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        for (name, sql) in MIGRATIONS {
+            let code: String =
+                sql.lines().map(|l| l.split("--").next().unwrap_or_default()).collect::<Vec<_>>().join(" ");
+            for stmt in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                assert!(stmt.contains("IF NOT EXISTS"), "{name}: a statement is not idempotent: {stmt}");
+            }
+        }
+    }
+}

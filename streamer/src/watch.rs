@@ -1,0 +1,258 @@
+//! Discovering files in the data folder. The watcher's events (inotify, or
+//! polling with `--poll`) are hints: they wake the stream up early and tell
+//! which files a writer has finished (close-write, moved-to). The truth is a
+//! listing of the folder, made at start, after every hint, and on a timer.
+//!
+//! A file is *ready* when its last hint says a writer finished it; a file
+//! with no hint (there before the watcher, or seen by polling) is ready once
+//! it has not changed for the settle time; a file a writer still has open
+//! waits for its close, or — a safety net for lost events — for ten settle
+//! times without a change. A watcher overflow clears every hint. Only regular files
+//! named `*.csv` are considered; hidden (`.*`), `_*` and `*.tmp` names,
+//! symbolic links, folders and FIFOs never are. Ready files come oldest first
+//! (modification time, then name).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::checkpoint::FileId;
+
+/// A file a writer still has open is read after this many settle times
+/// without a change, should its close never be seen.
+pub const WRITING_SETTLE_FACTOR: u32 = 10;
+
+/// A failure to watch the data folder.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot watch {path}: {source}")]
+    Watch { path: PathBuf, source: notify::Error },
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+}
+
+/// What the watcher last said about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// A writer closed it or renamed it into place.
+    Complete,
+    /// It was created or written to since.
+    Writing,
+}
+
+/// True for names the stream may read: `*.csv`, not hidden, not `_*`.
+pub fn eligible_name(name: &str) -> bool {
+    name.ends_with(".csv") && !name.starts_with('.') && !name.starts_with('_') && name.len() > ".csv".len()
+}
+
+/// A ready file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: FileId,
+    pub path: PathBuf,
+}
+
+/// One look at the folder.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Ready files, oldest first.
+    pub ready: Vec<Candidate>,
+    /// Files present but not ready yet.
+    pub waiting: usize,
+    /// When the first waiting file will have settled.
+    pub next_settle: Option<Duration>,
+    /// Names of every eligible file present, ready or not.
+    pub present: Vec<String>,
+}
+
+/// The identity of a file from its metadata.
+pub fn file_id(name: &str, meta: &fs::Metadata) -> FileId {
+    FileId { name: name.to_owned(), size: meta.len(), mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec() }
+}
+
+/// Watches a folder; see the module docs.
+pub struct Discovery {
+    dir: PathBuf,
+    settle: Duration,
+    hints: Arc<Mutex<HashMap<String, Hint>>>,
+    wake: mpsc::Receiver<()>,
+    _watcher: Box<dyn notify::Watcher + Send>,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery").field("dir", &self.dir).field("settle", &self.settle).finish_non_exhaustive()
+    }
+}
+
+impl Discovery {
+    /// Starts watching `dir`: with inotify, or by polling every `poll` when given.
+    pub fn start(dir: &Path, settle: Duration, poll: Option<Duration>) -> Result<Self, WatchError> {
+        let hints: Arc<Mutex<HashMap<String, Hint>>> = Arc::default();
+        let (tx, wake) = mpsc::channel(1);
+        let handler_hints = hints.clone();
+        // Polling sees no closes: its events only wake the stream up.
+        let with_hints = poll.is_none();
+        let handler = move |event: notify::Result<Event>| {
+            match event {
+                Ok(event) if event.need_rescan() => clear(&handler_hints),
+                Ok(event) if with_hints => record_hint(&handler_hints, &event),
+                Ok(_) => {}
+                Err(_) => clear(&handler_hints),
+            }
+            // A full channel already holds a wake-up: nothing is lost.
+            let _ = tx.try_send(());
+        };
+        let err = |source| WatchError::Watch { path: dir.to_owned(), source };
+        let mut watcher: Box<dyn notify::Watcher + Send> = match poll {
+            Some(interval) => Box::new(
+                notify::PollWatcher::new(handler, notify::Config::default().with_poll_interval(interval))
+                    .map_err(err)?,
+            ),
+            None => Box::new(notify::RecommendedWatcher::new(handler, notify::Config::default()).map_err(err)?),
+        };
+        watcher.watch(dir, RecursiveMode::NonRecursive).map_err(err)?;
+        Ok(Discovery { dir: dir.to_owned(), settle, hints, wake, _watcher: watcher })
+    }
+
+    /// Waits for the watcher's next hint.
+    pub async fn changed(&mut self) {
+        if self.wake.recv().await.is_none() {
+            // The watcher is gone; the timers still drive the stream.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Lists the folder now.
+    pub fn list(&self) -> Result<Listing, WatchError> {
+        let hints = match self.hints.lock() {
+            Ok(h) => h.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let listing = list_ready(&self.dir, &hints, self.settle, SystemTime::now())?;
+        // Forget hints of files that are gone.
+        if let Ok(mut h) = self.hints.lock() {
+            h.retain(|name, _| listing.present.binary_search(name).is_ok());
+        }
+        Ok(listing)
+    }
+}
+
+fn clear(hints: &Mutex<HashMap<String, Hint>>) {
+    if let Ok(mut h) = hints.lock() {
+        h.clear();
+    }
+}
+
+fn record_hint(hints: &Mutex<HashMap<String, Hint>>, event: &Event) {
+    let hint = match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Hint::Complete),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Hint::Complete),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            // paths = [from, to]: only the destination is complete.
+            if let (Some(to), Ok(mut h)) = (event.paths.get(1), hints.lock()) {
+                if let Some(name) = to.file_name().and_then(|n| n.to_str()) {
+                    h.insert(name.to_owned(), Hint::Complete);
+                }
+            }
+            None
+        }
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Some(Hint::Writing),
+        _ => None,
+    };
+    let Some(hint) = hint else { return };
+    if let Ok(mut h) = hints.lock() {
+        for path in &event.paths {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                h.insert(name.to_owned(), hint);
+            }
+        }
+    }
+}
+
+fn list_ready(
+    dir: &Path,
+    hints: &HashMap<String, Hint>,
+    settle: Duration,
+    now: SystemTime,
+) -> Result<Listing, WatchError> {
+    let err = |source| WatchError::List { path: dir.to_owned(), source };
+    let mut listing = Listing::default();
+    for entry in fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        if !eligible_name(&name) {
+            continue;
+        }
+        // symlink_metadata: a link is never followed, whatever it points at.
+        let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        listing.present.push(name.clone());
+        let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or(Duration::ZERO);
+        let wait = match hints.get(&name) {
+            Some(Hint::Complete) => Duration::ZERO,
+            Some(Hint::Writing) => settle * WRITING_SETTLE_FACTOR,
+            None => settle,
+        };
+        if age >= wait {
+            listing.ready.push(Candidate { id: file_id(&name, &meta), path: entry.path() });
+        } else {
+            listing.waiting += 1;
+            let left = wait - age;
+            listing.next_settle = Some(listing.next_settle.map_or(left, |n: Duration| n.min(left)));
+        }
+    }
+    listing.present.sort();
+    listing.ready.sort_by(|a, b| (a.id.mtime_ns, &a.id.name).cmp(&(b.id.mtime_ns, &b.id.name)));
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_csv_names_are_eligible() {
+        for good in ["events_1.csv", "a b'c;--.csv", "événements.csv"] {
+            assert!(eligible_name(good), "{good}");
+        }
+        for bad in [".events_1.csv.tmp", ".hidden.csv", "_archive.csv", "x.csv.tmp", "x.txt", ".csv", "x.CSV"] {
+            assert!(!eligible_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unsettled_files_wait_unless_a_writer_finished_them() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("a.csv"), b"x")?;
+        fs::write(dir.path().join("b.csv"), b"x")?;
+        fs::write(dir.path().join("c.csv"), b"x")?;
+        fs::create_dir(dir.path().join("d.csv"))?;
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("l.csv"))?;
+        let hints = HashMap::from([("b.csv".to_owned(), Hint::Complete), ("c.csv".to_owned(), Hint::Writing)]);
+        let names = |l: &Listing| l.ready.iter().map(|c| c.id.name.clone()).collect::<Vec<_>>();
+        let settle = Duration::from_secs(60);
+        let listing = list_ready(dir.path(), &hints, settle, SystemTime::now()).map_err(io::Error::other)?;
+        assert_eq!(names(&listing), vec!["b.csv"]);
+        assert_eq!(listing.waiting, 2);
+        assert!(listing.next_settle.is_some_and(|d| d <= settle));
+        let later = SystemTime::now() + settle + Duration::from_secs(1);
+        let listing = list_ready(dir.path(), &hints, settle, later).map_err(io::Error::other)?;
+        assert_eq!(names(&listing), vec!["a.csv", "b.csv"], "an open file waits past the settle time");
+        let much_later = SystemTime::now() + settle * WRITING_SETTLE_FACTOR + Duration::from_secs(1);
+        let listing = list_ready(dir.path(), &hints, settle, much_later).map_err(io::Error::other)?;
+        assert_eq!(listing.ready.len(), 3);
+        assert_eq!(listing.present, vec!["a.csv", "b.csv", "c.csv"]);
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! Helpers of the end-to-end tests: a fresh PostgreSQL database per test,
+//! input files made by the generator's library, and the oracle of DESIGN.md.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use generator::{Generator, Settings};
+use streamer::{Cli, Command, RunArgs};
+use tokio_postgres::{Client, NoTls};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// The server the tests use: `DATABASE_URL`, as `scripts/test.sh` sets it.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL is not set: run the tests with scripts/test.sh, or set it to a PostgreSQL server")
+}
+
+/// `url` pointing at database `name` instead.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+/// A database of its own for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&admin_url()).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        TestDb { url: with_database(&admin_url(), &name), name }
+    }
+
+    /// A name for a database that does not exist yet.
+    pub fn unborn() -> TestDb {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        TestDb { url: with_database(&admin_url(), &name), name }
+    }
+
+    pub async fn create(&self) {
+        connect(&admin_url())
+            .await
+            .batch_execute(&format!("CREATE DATABASE {}", self.name))
+            .await
+            .expect("CREATE DATABASE");
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls).await.ok()?;
+                tokio::spawn(conn);
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect to the test PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Stream settings for a test: `--once`, no settle time, plus `extra` flags.
+pub fn args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> RunArgs {
+    let mut argv: Vec<String> = ["streamer", "--data-dir"].map(String::from).to_vec();
+    argv.push(data.display().to_string());
+    argv.push("--checkpoint-dir".into());
+    argv.push(checkpoints.display().to_string());
+    argv.push("--database-url".into());
+    argv.push(url.to_owned());
+    argv.extend(["--file-settle", "0", "--max-backoff", "200"].map(String::from));
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    match Cli::try_parse_from(argv).map(Cli::command) {
+        Ok(Command::Run(args)) => args,
+        #[allow(unreachable_patterns)]
+        Ok(other) => panic!("not a run: {other:?}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+pub fn instant(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).expect("valid instant")
+}
+
+/// Writes `files` generated files into `dir`; returns their paths in creation order.
+pub fn generate(dir: &Path, settings: Settings, files: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).expect("data folder");
+    let mut g = Generator::new(settings, "test");
+    let t = instant("2026-01-01T00:00:00Z");
+    (0..files)
+        .map(|k| {
+            let f = g.next_file(t + chrono::TimeDelta::seconds(k as i64));
+            generator::writer::publish(dir, &f.name, &f.contents).expect("publish")
+        })
+        .collect()
+}
+
+/// A row of `events`, as the oracle and the table both give it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Event {
+    pub user_name: String,
+    pub user_email: String,
+    pub event_type: String,
+    pub product_id: i32,
+    pub product_name: String,
+    pub product_category: String,
+    /// As PostgreSQL prints NUMERIC(10,2): `12.30`.
+    pub price: String,
+}
+
+pub type Table = BTreeMap<(i32, i64), Event>;
+
+/// The oracle of DESIGN.md: for each (user_id, event_time) the last valid row
+/// in (file order, line order) over `files`; and the count of invalid rows.
+pub fn oracle(files: &[PathBuf]) -> (Table, usize) {
+    let mut table = Table::new();
+    let mut invalid = 0;
+    for path in files {
+        let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).expect("readable test file");
+        for record in reader.records() {
+            let record = record.expect("well-formed test CSV");
+            if generator::contract::violation(&record).is_some() {
+                invalid += 1;
+                continue;
+            }
+            let time = DateTime::parse_from_rfc3339(&record[8]).expect("valid").timestamp_micros();
+            let price = match record[7].split_once('.') {
+                Some((i, f)) => format!("{}.{:0<2}", i.trim_start_matches('0').parse::<u64>().unwrap_or(0), f),
+                None => format!("{}.00", record[7].parse::<u64>().unwrap_or(0)),
+            };
+            table.insert(
+                (record[0].parse().expect("valid"), time),
+                Event {
+                    user_name: record[1].to_owned(),
+                    user_email: record[2].to_owned(),
+                    event_type: record[3].to_ascii_lowercase(),
+                    product_id: record[4].parse().expect("valid"),
+                    product_name: record[5].to_owned(),
+                    product_category: record[6].to_owned(),
+                    price,
+                },
+            );
+        }
+    }
+    (table, invalid)
+}
+
+/// The `events` table, every column.
+pub async fn table(client: &Client) -> Table {
+    let rows = client
+        .query(
+            "SELECT user_id, event_time, user_name, user_email, event_type, product_id, product_name, product_category, product_price::text FROM events",
+            &[],
+        )
+        .await
+        .expect("SELECT events");
+    rows.iter()
+        .map(|r| {
+            let time: DateTime<Utc> = r.get(1);
+            (
+                (r.get(0), time.timestamp_micros()),
+                Event {
+                    user_name: r.get(2),
+                    user_email: r.get(3),
+                    event_type: r.get(4),
+                    product_id: r.get(5),
+                    product_name: r.get(6),
+                    product_category: r.get(7),
+                    price: r.get(8),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Waits until a streamer has started on this database (its schema exists).
+pub async fn wait_for_schema(client: &Client) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while client
+        .query_one("SELECT to_regclass('load_history') IS NOT NULL", &[])
+        .await
+        .map(|r| !r.get::<_, bool>(0))
+        .unwrap_or(true)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the streamer did not start within 20 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the load history holds `n` rows (the table may not exist yet).
+pub async fn wait_for_loads(client: &Client, n: i64, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let loaded = match client.query_one("SELECT count(*) FROM load_history", &[]).await {
+            Ok(row) => row.get(0),
+            Err(_) => 0,
+        };
+        if loaded >= n {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{loaded} of {n} files loaded within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Copies every regular file of `from` into `to`, keeping modification times.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("folder");
+    for entry in std::fs::read_dir(from).expect("folder") {
+        let entry = entry.expect("entry");
+        if entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            let target = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &target).expect("copy");
+            let mtime = entry.metadata().and_then(|m| m.modified()).expect("mtime");
+            std::fs::File::options().write(true).open(&target).and_then(|f| f.set_modified(mtime)).expect("set mtime");
+        }
+    }
+}
+
+/// Paths of the `*.csv` files of `dir`, by name.
+pub fn csv_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,347 @@
+//! The stream end to end, through the library, against a real PostgreSQL
+//! (one fresh database per test), checked against the oracle of DESIGN.md.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use generator::Settings;
+use streamer::checkpoint::Checkpoint;
+use tokio_util::sync::CancellationToken;
+
+fn settings(seed: u64) -> Settings {
+    Settings { seed, min_events: 50, max_events: 400, duplicate_rate: 0.1, ..Settings::default() }
+}
+
+async fn run_once(args: streamer::RunArgs) -> streamer::RunSummary {
+    streamer::run(args, CancellationToken::new()).await.expect("the stream runs")
+}
+
+#[tokio::test]
+async fn loads_generated_files_exactly_as_the_oracle_says() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(1), 20);
+    let summary = run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "7"])).await;
+
+    let (expected, invalid) = oracle(&files);
+    assert_eq!(invalid, 0);
+    let client = db.client().await;
+    assert_eq!(table(&client).await, expected, "events equals the oracle, every column");
+    assert_eq!(summary.totals.batches, 3);
+    assert_eq!(summary.totals.files, 20);
+    assert!(summary.totals.duplicates > 0, "the data has duplicates inside and across files");
+    assert_eq!(summary.totals.inserted, expected.len() as u64);
+
+    let history = client
+        .query(
+            "SELECT count(*), count(DISTINCT file_name), sum(rows_read), sum(rows_inserted), sum(rows_duplicate), \
+             bool_and(status = 'loaded'), bool_or(reingest) FROM load_history",
+            &[],
+        )
+        .await?;
+    let r = &history[0];
+    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (20, 20), "each file once in the load history");
+    let rows: i64 =
+        files.iter().map(|f| std::fs::read_to_string(f).map(|s| s.lines().count() as i64 - 1).unwrap_or(0)).sum();
+    assert_eq!(r.get::<_, rust_decimal::Decimal>(2), rows.into());
+    assert_eq!(r.get::<_, rust_decimal::Decimal>(3), (expected.len() as i64).into());
+    assert!(r.get::<_, bool>(5));
+    assert!(!r.get::<_, bool>(6));
+    assert!(cp.join("commits/2").exists() && cp.join("offsets/2").exists());
+    let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
+    assert_eq!(progress.lines().count(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn running_again_over_processed_files_changes_nothing() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(2), 5);
+    run_once(args(&data, &cp, &db.url, &["--once"])).await;
+    let client = db.client().await;
+    let before = table(&client).await;
+    let again = run_once(args(&data, &cp, &db.url, &["--once"])).await;
+    assert_eq!(again.totals.batches, 0);
+    assert_eq!(table(&client).await, before);
+    assert_eq!(before, oracle(&files).0);
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 5);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rewritten_file_is_loaded_again_and_its_rows_upsert() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(3), 4);
+    run_once(args(&data, &cp, &db.url, &["--once"])).await;
+
+    // Rewrite the first file: every price goes up by one cent, one row is new.
+    let original = std::fs::read_to_string(&files[0])?;
+    let mut lines: Vec<String> = original.lines().map(str::to_owned).collect();
+    for line in lines.iter_mut().skip(1) {
+        let mut f: Vec<String> = line.split(',').map(str::to_owned).collect();
+        let cents = (f[7].replace('.', "").parse::<i64>()? + 1).to_string();
+        f[7] = format!("{}.{}", &cents[..cents.len() - 2], &cents[cents.len() - 2..]);
+        *line = f.join(",");
+    }
+    lines.push("1,New Person,new@example.com,purchase,1,Thing,Books,1.00,2030-01-01T00:00:00Z".into());
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&files[0], lines.join("\n") + "\n")?;
+
+    let summary = run_once(args(&data, &cp, &db.url, &["--once"])).await;
+    assert_eq!(summary.totals.files, 1);
+    assert_eq!(summary.totals.inserted, 1);
+    assert!(summary.totals.updated > 0);
+    // The rewritten file now comes last in file order.
+    let mut order = files[1..].to_vec();
+    order.push(files[0].clone());
+    let client = db.client().await;
+    assert_eq!(table(&client).await, oracle(&order).0);
+    let reloads = client
+        .query(
+            "SELECT reingest FROM load_history WHERE file_name = $1 ORDER BY load_id",
+            &[&files[0].file_name().and_then(|n| n.to_str()).unwrap_or_default()],
+        )
+        .await?;
+    let flags: Vec<bool> = reloads.iter().map(|r| r.get(0)).collect();
+    assert_eq!(flags, vec![false, true]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn replays_uncommitted_batch_after_crash_with_exactly_its_files() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(4), 6);
+    // A crash after offsets/0 was written, before anything was committed.
+    let planned: Vec<_> = files[2..5]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .map(|m| streamer::watch::file_id(p.file_name().and_then(|n| n.to_str()).unwrap_or_default(), &m))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut checkpoint = Checkpoint::open(&cp)?;
+    checkpoint.plan(planned.clone())?;
+    drop(checkpoint);
+
+    run_once(args(&data, &cp, &db.url, &["--once"])).await;
+    let client = db.client().await;
+    let batch0 = client.query("SELECT file_name FROM load_history WHERE batch_id = 0 ORDER BY load_id", &[]).await?;
+    let names: Vec<String> = batch0.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        names,
+        planned.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "batch 0 re-run with exactly its files"
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 6);
+    assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, 6);
+    // File order is now 2,3,4 then 0,1,5.
+    let order: Vec<_> = [2, 3, 4, 0, 1, 5].iter().map(|&i| files[i].clone()).collect();
+    assert_eq!(table(&client).await, oracle(&order).0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_committed_before_its_marker_is_not_loaded_twice() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(5), 3);
+    run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "1"])).await;
+    // A crash after COMMIT, before commits/2 was written.
+    std::fs::remove_file(cp.join("commits/2"))?;
+    let summary = run_once(args(&data, &cp, &db.url, &["--once"])).await;
+    assert_eq!(summary.totals.batches, 0, "nothing loaded again");
+    assert!(cp.join("commits/2").exists(), "only the marker was written");
+    let client = db.client().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 3);
+    assert_eq!(table(&client).await, oracle(&files).0);
+    assert!(Checkpoint::open(&cp)?.pending().is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_rows_are_rejected_bad_files_quarantined_and_the_stream_goes_on() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, Settings { bad_row_rate: 0.05, ..settings(6) }, 6);
+    std::fs::write(data.join("wrong_header.csv"), "a,b,c\n1,2,3\n")?;
+    std::fs::write(data.join("empty.csv"), "")?;
+    std::fs::write(data.join("latin1.csv"), b"user_id,user_name,user_email,event_type,product_id,product_name,product_category,product_price,event_time\n1,Jos\xe9,j@x,view,1,P,C,1.00,2026-01-01T00:00:00Z\n")?;
+    let summary = run_once(args(&data, &cp, &db.url, &["--once"])).await;
+
+    let (expected, invalid) = oracle(&files);
+    assert!(invalid > 10);
+    let client = db.client().await;
+    assert_eq!(table(&client).await, expected);
+    assert_eq!(summary.totals.rejected, invalid as u64);
+    assert_eq!(count(&client, "SELECT count(*) FROM rejected_rows").await, invalid as i64);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM rejected_rows WHERE reason = '' OR raw_line = '' OR line_number < 2")
+            .await,
+        0
+    );
+    // Each rejected row is the very line the file holds at that line number.
+    for r in client.query("SELECT file_name, line_number, raw_line FROM rejected_rows", &[]).await? {
+        let (name, line, raw): (String, i64, String) = (r.get(0), r.get(1), r.get(2));
+        let text = std::fs::read_to_string(data.join(&name))?;
+        assert_eq!(text.lines().nth(line as usize - 1), Some(raw.as_str()));
+    }
+    let quarantined = client
+        .query("SELECT file_name, reason FROM load_history WHERE status = 'quarantined' ORDER BY file_name", &[])
+        .await?;
+    let names: Vec<String> = quarantined.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["empty.csv", "latin1.csv", "wrong_header.csv"]);
+    for name in &names {
+        assert!(!data.join(name).exists(), "{name} moved out of the data folder");
+        assert!(data.join("_rejected").join(name).exists());
+        assert!(!std::fs::read_to_string(data.join("_rejected").join(format!("{name}.reason")))?.trim().is_empty());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_files_in_any_batching_give_the_same_table() -> TestResult {
+    let source = tempfile::tempdir()?;
+    let files = generate(source.path(), Settings { duplicate_rate: 0.3, ..settings(7) }, 12);
+    let (expected, _) = oracle(&files);
+    for max_files in ["1", "5", "100"] {
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir()?;
+        let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+        copy_dir(source.path(), &data);
+        run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", max_files])).await;
+        assert_eq!(table(&db.client().await).await, expected, "batches of at most {max_files} files");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn clean_source_archive_and_delete_act_after_commit() -> TestResult {
+    for mode in ["archive", "delete"] {
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir()?;
+        let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+        let files = generate(&data, settings(8), 3);
+        let expected = oracle(&files).0;
+        run_once(args(&data, &cp, &db.url, &["--once", "--clean-source", mode])).await;
+        assert_eq!(table(&db.client().await).await, expected);
+        assert!(csv_files(&data).is_empty(), "{mode}: the data folder is emptied");
+        let archived = if data.join("_archive").exists() { csv_files(&data.join("_archive")).len() } else { 0 };
+        assert_eq!(archived, if mode == "archive" { 3 } else { 0 });
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn waits_for_a_database_that_appears_late() -> TestResult {
+    let db = TestDb::unborn();
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(9), 2);
+    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--once"]), CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(!stream.is_finished(), "the stream waits for the database");
+    db.create().await;
+    let summary = tokio::time::timeout(Duration::from_secs(30), stream).await???;
+    assert_eq!(summary.totals.files, 2);
+    assert_eq!(table(&db.client().await).await, oracle(&files).0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn streams_new_files_as_they_arrive_and_stops_on_request() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let shutdown = CancellationToken::new();
+    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--file-settle", "60000"]), shutdown.clone()));
+    let client = db.client().await;
+    wait_for_schema(&client).await;
+    let files = generate(&data, settings(10), 3);
+    let (expected, _) = oracle(&files);
+    // Published by rename, each file is ready at once although the settle time is a minute.
+    wait_for_loads(&client, 3, Duration::from_secs(20)).await;
+    shutdown.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(15), stream).await???;
+    assert_eq!(summary.totals.files, 3);
+    assert_eq!(table(&client).await, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestResult {
+    use std::io::Write as _;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let source = dir.path().join("source");
+    let files = generate(&source, settings(11), 1);
+    let contents = std::fs::read(&files[0])?;
+    std::fs::create_dir_all(&data)?;
+    let shutdown = CancellationToken::new();
+    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--file-settle", "200"]), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Written in three parts under its final name, pausing longer than the settle time.
+    let target = data.join("slow.csv");
+    let mut file = std::fs::File::create(&target)?;
+    for part in contents.chunks(contents.len() / 3 + 1) {
+        file.write_all(part)?;
+        file.flush()?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    drop(file);
+    let client = db.client().await;
+    wait_for_loads(&client, 1, Duration::from_secs(20)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), stream).await???;
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 1, "read once, complete");
+    assert_eq!(count(&client, "SELECT count(*) FROM rejected_rows").await, 0);
+    assert_eq!(table(&client).await, oracle(&[target]).0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn schema_applies_twice_and_its_constraints_refuse_bad_rows() -> TestResult {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    streamer::sink::apply_schema(&mut client).await?;
+    streamer::sink::apply_schema(&mut client).await?;
+    let good = "(1, 'a', 'a@x', 'view', 1, 'p', 'c', 1.00, '2026-01-01T00:00:00Z')";
+    client.batch_execute(&format!("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES {good}")).await?;
+    let bad = [
+        ("events_user_id_positive", "(0, 'a', 'a@x', 'view', 1, 'p', 'c', 1.00, '2026-01-01T00:00:01Z')"),
+        ("events_product_id_positive", "(1, 'a', 'a@x', 'view', -1, 'p', 'c', 1.00, '2026-01-01T00:00:01Z')"),
+        ("events_event_type_known", "(1, 'a', 'a@x', 'click', 1, 'p', 'c', 1.00, '2026-01-01T00:00:01Z')"),
+        ("events_product_price_positive", "(1, 'a', 'a@x', 'view', 1, 'p', 'c', -1.00, '2026-01-01T00:00:01Z')"),
+        (
+            "events_user_name_length",
+            &format!("(1, '{}', 'a@x', 'view', 1, 'p', 'c', 1.00, '2026-01-01T00:00:01Z')", "x".repeat(101)),
+        ),
+        (
+            "events_product_category_length",
+            &format!("(1, 'a', 'a@x', 'view', 1, 'p', '{}', 1.00, '2026-01-01T00:00:01Z')", "x".repeat(51)),
+        ),
+        ("events_user_id_event_time_key", good),
+    ];
+    for (constraint, values) in bad {
+        let sql = format!("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES {values}");
+        let err = client.batch_execute(&sql).await.err().ok_or(format!("{constraint} accepted a bad row"))?;
+        let db_err = err.as_db_error().ok_or("not a database error")?;
+        assert_eq!(db_err.constraint(), Some(constraint));
+    }
+    let price_scale = client.batch_execute("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES (2, 'a', 'a@x', 'view', 1, 'p', 'c', 123456789.00, now())").await;
+    assert!(price_scale.is_err(), "NUMERIC(10,2) holds at most 99999999.99");
+    Ok(())
+}
