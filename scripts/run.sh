@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the pipeline on this machine: makes sure PostgreSQL is reachable
-# (DATABASE_URL, else a private cluster; see scripts/lib/pg.sh), builds the
-# release binaries, and runs the generator. Ctrl-C stops everything cleanly.
+# Runs the whole pipeline on this machine: makes sure PostgreSQL is reachable
+# (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh),
+# builds the release binaries, then runs the streamer and the generator side
+# by side. Ctrl-C (or SIGTERM) stops both cleanly; the streamer commits or
+# rolls back its batch in flight.
 #
-# Settings come from .env (see .env.example), the environment, then the
-# arguments, which are passed to the generator.
+# Settings come from .env (see .env.example), then the environment.
+# Arguments go to the generator, e.g. `scripts/run.sh --interval 1`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
@@ -15,20 +17,31 @@ if [ -f .env ]; then set -a; source .env; set +a; fi
 ensure_postgres run
 DATABASE_URL=$(create_database "$DATABASE_URL" ecommerce)
 export DATABASE_URL
-echo "PostgreSQL: ${DATABASE_URL//:*@/:***@}  (psql \"$DATABASE_URL\")"
+echo "PostgreSQL: $(redact_url "$DATABASE_URL")"
+echo "query it:   psql \"$DATABASE_URL\" -c 'SELECT count(*) FROM events'"
 
-cargo build --release --locked -p generator
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
+cargo build --release --locked -p streamer -p generator
 bin="$CARGO_TARGET_DIR/release"
 
 pids=()
 stop() {
     trap - INT TERM
-    echo "stopping..."
+    echo "stopping the generator and the streamer..."
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait
+    exit 0
 }
 trap stop INT TERM
 
+"$bin/streamer" &
+pids+=($!)
 "$bin/generator" "$@" &
 pids+=($!)
+# Either one ending (an error, or --files reached) leaves the other running
+# until Ctrl-C; a failing streamer stops the run.
+wait -n "${pids[0]}" || { echo "the streamer stopped with an error" >&2; stop; }
 wait

@@ -23,7 +23,7 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 
 step "PostgreSQL"
 ensure_postgres test fast
-echo "tests use DATABASE_URL=${DATABASE_URL//:*@/:***@}"
+echo "tests use DATABASE_URL=$(redact_url "$DATABASE_URL")"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

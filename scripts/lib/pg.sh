@@ -16,6 +16,9 @@
 
 pg_log() { printf '[pg] %s\n' "$*" >&2; }
 
+# redact_url URL: the URL with its password, if any, replaced by ***.
+redact_url() { printf '%s\n' "$1" | sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#'; }
+
 pg_find_bin_dir() {
     local d
     d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)

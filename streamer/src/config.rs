@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use generator::cli::{ConfigError, LogFormat};
 
@@ -53,7 +54,7 @@ pub struct RunArgs {
     pub database_url: Option<String>,
 
     /// Process every file present, then exit 0 (a backfill; Spark's AvailableNow).
-    #[arg(long, env = "ONCE", default_value_t = false)]
+    #[arg(long, env = "ONCE", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub once: bool,
 
     /// At most one batch per this many milliseconds; 0 starts a batch as soon as files are ready.
@@ -69,7 +70,7 @@ pub struct RunArgs {
     pub max_bytes_per_batch: u64,
 
     /// Poll the folder instead of using inotify (network filesystems, Docker Desktop bind mounts).
-    #[arg(long, env = "POLL", default_value_t = false)]
+    #[arg(long, env = "POLL", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub poll: bool,
 
     /// How often the folder is polled with --poll, in milliseconds.
@@ -223,7 +224,7 @@ mod tests {
             Ok(Command::Run(a)) => a.validate().err().map(|e| e.setting),
             other => panic!("{other:?}"),
         };
-        assert_eq!(run(&[]).as_deref(), Some("--database-url/DATABASE_URL"));
+        assert_eq!(run(&["--database-url", ""]).as_deref(), Some("--database-url/DATABASE_URL"));
         assert_eq!(
             run(&["--database-url", "postgres://h/db", "--max-files-per-batch", "0"]).as_deref(),
             Some("--max-files-per-batch/MAX_FILES_PER_BATCH")

@@ -308,7 +308,7 @@ pub async fn load_batch(client: &mut Client, batch: &BatchLoad<'_>) -> Result<Co
     let updated = col(&|i, _| out.updated[i] as i64);
     let unchanged = col(&|i, f| {
         if f.status == FileStatus::Loaded {
-            (f.rows_read - f.duplicates - f.rejected) as i64 - out.inserted[i] as i64 - out.updated[i] as i64
+            f.rows_read.saturating_sub(f.duplicates + f.rejected + out.inserted[i] + out.updated[i]) as i64
         } else {
             0
         }

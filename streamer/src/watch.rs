@@ -138,12 +138,18 @@ impl Discovery {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let listing = list_ready(&self.dir, &hints, self.settle, SystemTime::now())?;
-        // Forget hints of files that are gone.
         if let Ok(mut h) = self.hints.lock() {
-            h.retain(|name, _| listing.present.binary_search(name).is_ok());
+            prune(&mut h, &hints, &listing.present);
         }
         Ok(listing)
     }
+}
+
+/// Forgets the hints of files that are gone — only hints the listing saw:
+/// one recorded while the folder was being listed (a file renamed into place
+/// just then) is kept for the next listing.
+fn prune(hints: &mut HashMap<String, Hint>, seen: &HashMap<String, Hint>, present: &[String]) {
+    hints.retain(|name, hint| present.binary_search(name).is_ok() || seen.get(name) != Some(hint));
 }
 
 fn clear(hints: &Mutex<HashMap<String, Hint>>) {
@@ -229,6 +235,19 @@ mod tests {
         for bad in [".events_1.csv.tmp", ".hidden.csv", "_archive.csv", "x.csv.tmp", "x.txt", ".csv", "x.CSV"] {
             assert!(!eligible_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_hint_recorded_during_a_listing_survives_it() {
+        let seen = HashMap::from([("gone.csv".to_owned(), Hint::Complete), ("x.csv".to_owned(), Hint::Writing)]);
+        let mut now = seen.clone();
+        // Recorded while the folder was listed: the file is not in the listing yet.
+        now.insert("new.csv".to_owned(), Hint::Complete);
+        now.insert("x.csv".to_owned(), Hint::Complete);
+        prune(&mut now, &seen, &[]);
+        let mut kept: Vec<&str> = now.keys().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(kept, vec!["new.csv", "x.csv"]);
     }
 
     #[test]

@@ -225,6 +225,27 @@ async fn the_same_files_in_any_batching_give_the_same_table() -> TestResult {
     Ok(())
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 6, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Random batch limits (files and bytes) over the same files: the table
+    /// is the oracle's every time.
+    #[test]
+    fn any_batching_gives_the_oracle(max_files in 1usize..=10, max_kib in 1u64..=64, seed in 0u64..1_000) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let db = TestDb::new().await;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+            let files = generate(&data, Settings { duplicate_rate: 0.3, min_events: 10, max_events: 200, ..settings(seed) }, 8);
+            let limits = [max_files.to_string(), (max_kib * 1024).to_string()];
+            let extra = ["--once", "--max-files-per-batch", &limits[0], "--max-bytes-per-batch", &limits[1]];
+            run_once(args(&data, &cp, &db.url, &extra)).await;
+            assert_eq!(table(&db.client().await).await, oracle(&files).0, "limits {limits:?}");
+        });
+    }
+}
+
 #[tokio::test]
 async fn clean_source_archive_and_delete_act_after_commit() -> TestResult {
     for mode in ["archive", "delete"] {
@@ -268,13 +289,20 @@ async fn streams_new_files_as_they_arrive_and_stops_on_request() -> TestResult {
     let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--file-settle", "60000"]), shutdown.clone()));
     let client = db.client().await;
     wait_for_schema(&client).await;
-    let files = generate(&data, settings(10), 3);
+    // Published by rename one by one, each file is ready at once although
+    // the settle time is a minute: no close or rename hint may be lost.
+    let mut g = generator::Generator::new(settings(10), "live");
+    let mut files = Vec::new();
+    for k in 0..30 {
+        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
+        files.push(generator::writer::publish(&data, &f.name, &f.contents)?);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
     let (expected, _) = oracle(&files);
-    // Published by rename, each file is ready at once although the settle time is a minute.
-    wait_for_loads(&client, 3, Duration::from_secs(20)).await;
+    wait_for_loads(&client, 30, Duration::from_secs(30)).await;
     shutdown.cancel();
     let summary = tokio::time::timeout(Duration::from_secs(15), stream).await???;
-    assert_eq!(summary.totals.files, 3);
+    assert_eq!(summary.totals.files, 30);
     assert_eq!(table(&client).await, expected);
     Ok(())
 }

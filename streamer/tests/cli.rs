@@ -1,0 +1,161 @@
+//! The `streamer` binary as people run it: `--once`, SIGTERM, bad settings,
+//! and credentials kept out of its output.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use generator::Settings;
+
+fn streamer(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamer"));
+    for var in ["DATABASE_URL", "DATA_DIR", "CHECKPOINT_DIR", "ONCE", "CLEAN_SOURCE", "LOG_FORMAT", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    // No .env of the developer's is picked up.
+    cmd.current_dir(dir);
+    cmd
+}
+
+fn settings(seed: u64) -> Settings {
+    Settings { seed, min_events: 50, max_events: 300, duplicate_rate: 0.05, ..Settings::default() }
+}
+
+fn sigterm(pid: u32) {
+    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "kill -TERM {pid}");
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn once_loads_a_folder_and_exits_0() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(21), 4);
+    let out = streamer(dir.path())
+        .args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
+        .args(["--database-url", &db.url, "--once", "--file-settle", "0"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("batch committed"), "{stderr}");
+    assert_eq!(table(&db.client().await).await, oracle(&files).0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_stream_with_exit_0_and_nothing_lost() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(22), 30);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut child = streamer(dir.path())
+        .args(["--data-dir", &path(&data), "--checkpoint-dir", &path(&cp), "--database-url", &db.url])
+        .args(["--file-settle", "0", "--max-files-per-batch", "1", "--trigger-interval", "100"])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let client = db.client().await;
+    wait_for_loads(&client, 2, Duration::from_secs(30)).await;
+    sigterm(child.id());
+    let status = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let loaded = count(&client, "SELECT count(*) FROM load_history").await;
+    assert!(loaded < 30, "stopped before the end ({loaded} files loaded)");
+
+    // The rest is loaded by the next run; every file exactly once.
+    let out = streamer(dir.path())
+        .args([
+            "--data-dir",
+            &path(&data),
+            "--checkpoint-dir",
+            &path(&cp),
+            "--database-url",
+            &db.url,
+            "--once",
+            "--file-settle",
+            "0",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 30);
+    assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, 30);
+    assert_eq!(table(&client).await, oracle(&files).0);
+    Ok(())
+}
+
+#[test]
+fn bad_settings_give_one_line_naming_the_setting_and_exit_2() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cases: [(&[&str], &str); 4] = [
+        (&["--once"], "--database-url/DATABASE_URL"),
+        (&["--database-url", "postgres://h/db", "--max-files-per-batch", "0"], "--max-files-per-batch"),
+        (&["--database-url", "postgres://h/db", "--clean-source", "shred"], "--clean-source"),
+        (&["--database-url", "postgres://h:port/db"], "--database-url"),
+    ];
+    for (args, setting) in cases {
+        let out = streamer(dir.path()).args(args).output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn credentials_never_appear_in_logs_or_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let secret = "s3cr3t-Passw0rd";
+    // Nothing listens on port 1: the streamer waits and says why.
+    let url = format!("postgres://postgres:{secret}@127.0.0.1:1/events");
+    let child = streamer(dir.path())
+        .args(["--data-dir", &dir.path().join("data").display().to_string()])
+        .args(["--checkpoint-dir", &dir.path().join("cp").display().to_string(), "--max-backoff", "200"])
+        .env("DATABASE_URL", &url)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1_500));
+    sigterm(child.id());
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("PostgreSQL is not reachable"), "{stderr}");
+    assert!(stderr.contains("postgres:***@127.0.0.1:1"), "{stderr}");
+    assert!(!stderr.contains(secret), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn help_documents_every_setting() -> TestResult {
+    let out = streamer(std::path::Path::new("/")).arg("--help").output()?;
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--data-dir",
+        "--checkpoint-dir",
+        "--database-url",
+        "--once",
+        "--trigger-interval",
+        "--max-files-per-batch",
+        "--max-bytes-per-batch",
+        "--poll",
+        "--clean-source",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    Ok(())
+}
