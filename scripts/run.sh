@@ -2,8 +2,9 @@
 # Runs the whole pipeline on this machine: makes sure PostgreSQL is reachable
 # (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh),
 # builds the release binaries, then runs the streamer and the generator side
-# by side. Ctrl-C (or SIGTERM) stops both cleanly; the streamer commits or
-# rolls back its batch in flight.
+# by side. Ctrl-C (or SIGTERM) stops both cleanly (the streamer commits or
+# rolls back its batch in flight), then the private cluster if it started one;
+# its data stays in .pg/run for the next run.
 #
 # Settings come from .env (see .env.example), then the environment.
 # Arguments go to the generator, e.g. `scripts/run.sh --interval 1`.
@@ -14,6 +15,7 @@ source scripts/lib/pg.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
 if [ -f .env ]; then set -a; source .env; set +a; fi
 
+trap stop_postgres EXIT
 ensure_postgres run
 DATABASE_URL=$(create_database "$DATABASE_URL" ecommerce)
 export DATABASE_URL
@@ -39,6 +41,14 @@ trap stop INT TERM
 
 "$bin/streamer" &
 pids+=($!)
+# Start the generator once the streamer watches the folder (its checkpoint
+# exists), so that even the first file is picked up by its rename event.
+for _ in $(seq 50); do
+    [ -f "${CHECKPOINT_DIR:-./checkpoints}/metadata" ] && break
+    kill -0 "${pids[0]}" 2>/dev/null || break
+    sleep 0.1
+done
+sleep 0.2
 "$bin/generator" "$@" &
 pids+=($!)
 # Either one ending (an error, or --files reached) leaves the other running

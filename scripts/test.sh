@@ -22,6 +22,7 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 step "PostgreSQL"
+trap stop_postgres EXIT
 ensure_postgres test fast
 echo "tests use DATABASE_URL=$(redact_url "$DATABASE_URL")"
 

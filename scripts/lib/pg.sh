@@ -11,6 +11,8 @@
 #    apt-get; otherwise the command to run is printed and the script fails.
 #
 # "fast" turns fsync off in the private cluster (for tests only).
+# stop_postgres stops the private cluster if this script started it (call it
+# on exit); a cluster that was already running, or DATABASE_URL, is left alone.
 # Also exports PG_BIN_DIR: the server binaries, for tests that start their
 # own throwaway clusters.
 
@@ -120,9 +122,18 @@ ensure_postgres() {
         rm -f "$data/postmaster.pid"
         as_pg "$bin/pg_ctl" -D "$data" -o "$opts" -l "$dir/server.log" -w -t 60 start >/dev/null \
             || { pg_log "the private cluster did not start; its log:"; tail -n 20 "$dir/server.log" >&2; return 1; }
-        pg_log "started a private cluster in $dir on port $port (stop it with: $bin/pg_ctl -D $data stop)"
+        pg_log "started a private cluster in $dir on port $port"
+        PG_STARTED_DATA=$data
     fi
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+stop_postgres() {
+    if [ -n "${PG_STARTED_DATA:-}" ]; then
+        as_pg "$PG_BIN_DIR/pg_ctl" -D "$PG_STARTED_DATA" -m fast -w stop >/dev/null 2>&1 \
+            && pg_log "stopped the private cluster in ${PG_STARTED_DATA%/data}"
+        PG_STARTED_DATA=
+    fi
 }
 
 # create_database URL NAME: prints a URL to database NAME on the same server,

@@ -329,6 +329,9 @@ impl Stream {
         let mut frames = Vec::new();
         let mut rejected = Vec::new();
         for ((id, read), reingest) in reads.into_iter().zip(reingest) {
+            if reingest {
+                info!(batch_id, file = %id.name, size = id.size, "file changed since it was loaded; loading it again");
+            }
             let mut load = FileLoad {
                 file: id,
                 status: FileStatus::Loaded,

@@ -79,8 +79,16 @@ impl SinkError {
 
 /// Connects and prepares the session: the staging table lives as long as the
 /// connection and is emptied at every commit.
+/// The connection's `application_name` unless the URL sets one: the
+/// streamer's sessions are easy to find in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "streamer";
+
 pub async fn connect(url: &str) -> Result<Client, SinkError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(SinkError::Connect)?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(SinkError::Connect)?;
+    if config.get_application_name().is_none() {
+        config.application_name(APPLICATION_NAME);
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(SinkError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");

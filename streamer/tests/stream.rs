@@ -308,6 +308,39 @@ async fn streams_new_files_as_they_arrive_and_stops_on_request() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let shutdown = CancellationToken::new();
+    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &[]), shutdown.clone()));
+    let client = db.client().await;
+    wait_for_schema(&client).await;
+    let mut g = generator::Generator::new(settings(12), "conn");
+    let mut files = Vec::new();
+    for k in 0..6 {
+        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
+        files.push(generator::writer::publish(&data, &f.name, &f.contents)?);
+        wait_for_loads(&client, k + 1, Duration::from_secs(20)).await;
+        // Kill the streamer's session between batches, as a server restart would.
+        let killed = client
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                &[&streamer::sink::APPLICATION_NAME],
+            )
+            .await?;
+        assert_eq!(killed.len(), 1, "the streamer's one session");
+    }
+    shutdown.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(15), stream).await???;
+    assert_eq!(summary.totals.files, 6);
+    assert_eq!(table(&client).await, oracle(&files).0);
+    assert_eq!(count(&client, "SELECT count(DISTINCT batch_id) FROM load_history").await, 6);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestResult {
     use std::io::Write as _;
     let db = TestDb::new().await;
