@@ -85,6 +85,37 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// Runs `task` on a multi-threaded runtime with a shutdown token that fires on
+/// SIGINT or SIGTERM, and turns its outcome into the exit code: 0, 2 for a
+/// [`ConfigError`], 1 for anything else (logged and printed).
+pub fn run_async<T, F, Fut>(program: &str, task: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async { task(shutdown_on_signals()).await });
+    // Blocking work still running after a shutdown is not waited for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<ConfigError>() {
+            Some(config) => config_exit(config),
+            None => {
+                tracing::error!(error = format!("{e:#}"), "{program} failed");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
 /// A token that is cancelled on the first SIGINT or SIGTERM.
 pub fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();

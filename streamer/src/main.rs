@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use generator::cli;
-use generator::ConfigError;
 use streamer::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -17,30 +16,7 @@ fn main() -> ExitCode {
                 return cli::config_exit(&e);
             }
             cli::init_logging(args.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let result = runtime.block_on(async {
-                let shutdown = cli::shutdown_on_signals();
-                streamer::run(args, shutdown).await
-            });
-            // Blocking reads still running after a shutdown are not waited for.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            match result {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => match e.downcast_ref::<ConfigError>() {
-                    Some(config) => cli::config_exit(config),
-                    None => {
-                        tracing::error!(error = format!("{e:#}"), "streamer failed");
-                        eprintln!("error: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                },
-            }
+            cli::run_async("streamer", |shutdown| streamer::run(args, shutdown))
         }
     }
 }

@@ -104,6 +104,10 @@ pub async fn apply_schema(client: &mut Client) -> Result<(), SinkError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
         .map_err(SinkError::query("taking the schema lock"))?;
+    // "relation … already exists, skipping" is the expected case, not news.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await
+        .map_err(SinkError::query("applying the schema"))?;
     for (file, sql) in MIGRATIONS {
         tx.batch_execute(sql).await.map_err(|source| SinkError::Schema { file, source })?;
     }

@@ -281,50 +281,33 @@ async fn waits_for_a_database_that_appears_late() -> TestResult {
 
 #[tokio::test]
 async fn streams_new_files_as_they_arrive_and_stops_on_request() -> TestResult {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir()?;
-    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
-    std::fs::create_dir_all(&data)?;
-    let shutdown = CancellationToken::new();
-    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--file-settle", "60000"]), shutdown.clone()));
-    let client = db.client().await;
-    wait_for_schema(&client).await;
+    let mut live = LiveStream::start(&["--file-settle", "60000"]).await;
     // Published by rename one by one, each file is ready at once although
     // the settle time is a minute: no close or rename hint may be lost.
     let mut g = generator::Generator::new(settings(10), "live");
     let mut files = Vec::new();
     for k in 0..30 {
-        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
-        files.push(generator::writer::publish(&data, &f.name, &f.contents)?);
+        files.push(live.publish(&mut g, k));
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
-    let (expected, _) = oracle(&files);
-    wait_for_loads(&client, 30, Duration::from_secs(30)).await;
-    shutdown.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(15), stream).await???;
+    wait_for_loads(&live.client, 30, Duration::from_secs(30)).await;
+    assert_eq!(table(&live.client).await, oracle(&files).0);
+    let summary = live.stop().await;
     assert_eq!(summary.totals.files, 30);
-    assert_eq!(table(&client).await, expected);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir()?;
-    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
-    std::fs::create_dir_all(&data)?;
-    let shutdown = CancellationToken::new();
-    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &[]), shutdown.clone()));
-    let client = db.client().await;
-    wait_for_schema(&client).await;
+    let mut live = LiveStream::start(&[]).await;
     let mut g = generator::Generator::new(settings(12), "conn");
     let mut files = Vec::new();
     for k in 0..6 {
-        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
-        files.push(generator::writer::publish(&data, &f.name, &f.contents)?);
-        wait_for_loads(&client, k + 1, Duration::from_secs(20)).await;
+        files.push(live.publish(&mut g, k));
+        wait_for_loads(&live.client, k + 1, Duration::from_secs(20)).await;
         // Kill the streamer's session between batches, as a server restart would.
-        let killed = client
+        let killed = live
+            .client
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
                 &[&streamer::sink::APPLICATION_NAME],
@@ -332,30 +315,21 @@ async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
             .await?;
         assert_eq!(killed.len(), 1, "the streamer's one session");
     }
-    shutdown.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(15), stream).await???;
-    assert_eq!(summary.totals.files, 6);
-    assert_eq!(table(&client).await, oracle(&files).0);
-    assert_eq!(count(&client, "SELECT count(DISTINCT batch_id) FROM load_history").await, 6);
+    assert_eq!(table(&live.client).await, oracle(&files).0);
+    assert_eq!(count(&live.client, "SELECT count(DISTINCT batch_id) FROM load_history").await, 6);
+    assert_eq!(live.stop().await.totals.files, 6);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestResult {
     use std::io::Write as _;
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir()?;
-    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
-    let source = dir.path().join("source");
-    let files = generate(&source, settings(11), 1);
-    let contents = std::fs::read(&files[0])?;
-    std::fs::create_dir_all(&data)?;
-    let shutdown = CancellationToken::new();
-    let stream = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &["--file-settle", "200"]), shutdown.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut live = LiveStream::start(&["--file-settle", "200"]).await;
+    let source = generate(&live.dir.path().join("source"), settings(11), 1);
+    let contents = std::fs::read(&source[0])?;
 
     // Written in three parts under its final name, pausing longer than the settle time.
-    let target = data.join("slow.csv");
+    let target = live.data.join("slow.csv");
     let mut file = std::fs::File::create(&target)?;
     for part in contents.chunks(contents.len() / 3 + 1) {
         file.write_all(part)?;
@@ -363,13 +337,12 @@ async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestRe
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     drop(file);
-    let client = db.client().await;
-    wait_for_loads(&client, 1, Duration::from_secs(20)).await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), stream).await???;
-    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 1, "read once, complete");
-    assert_eq!(count(&client, "SELECT count(*) FROM rejected_rows").await, 0);
-    assert_eq!(table(&client).await, oracle(&[target]).0);
+    wait_for_loads(&live.client, 1, Duration::from_secs(20)).await;
+    live.stop().await;
+    let client = &live.client;
+    assert_eq!(count(client, "SELECT count(*) FROM load_history").await, 1, "read once, complete");
+    assert_eq!(count(client, "SELECT count(*) FROM rejected_rows").await, 0);
+    assert_eq!(table(client).await, oracle(&[target]).0);
     Ok(())
 }
 

@@ -87,6 +87,48 @@ pub async fn connect(url: &str) -> Client {
     client
 }
 
+/// A stream running in the background on a fresh database and folder.
+pub struct LiveStream {
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub client: Client,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<streamer::RunSummary>>,
+}
+
+impl LiveStream {
+    /// Starts streaming (not `--once`) with `extra` flags; returns once the
+    /// streamer watches its folder and has applied its schema.
+    pub async fn start(extra: &[&str]) -> LiveStream {
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data folder");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(streamer::run(args(&data, &dir.path().join("cp"), &db.url, extra), shutdown.clone()));
+        let client = db.client().await;
+        wait_for_schema(&client).await;
+        LiveStream { db, dir, data, client, shutdown, task }
+    }
+
+    /// Publishes file `k` of `g` into the data folder.
+    pub fn publish(&self, g: &mut Generator, k: i64) -> PathBuf {
+        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
+        generator::writer::publish(&self.data, &f.name, &f.contents).expect("publish")
+    }
+
+    /// Stops the stream as SIGTERM would and returns what it did.
+    pub async fn stop(&mut self) -> streamer::RunSummary {
+        self.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(15), &mut self.task)
+            .await
+            .expect("the stream stops within 15 s")
+            .expect("the stream task does not panic")
+            .expect("the stream ends without error")
+    }
+}
+
 /// Stream settings for a test: `--once`, no settle time, plus `extra` flags.
 pub fn args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> RunArgs {
     let mut argv: Vec<String> = ["streamer", "--data-dir"].map(String::from).to_vec();
