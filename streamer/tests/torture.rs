@@ -1,0 +1,125 @@
+//! Crash torture: the real `streamer` binary ingests while files keep
+//! arriving and is killed with SIGKILL at random moments, then restarted.
+//! At the end `events` must equal the oracle exactly, every file must be in
+//! the load history exactly once, every bad row rejected exactly once, and
+//! the checkpoint log consistent.
+//!
+//! CI runs the short variant (≥ 25 kills over ≥ 200 files). For a long run:
+//! `TORTURE_KILLS=500 TORTURE_FILES=5000 scripts/test.sh` (or cargo test
+//! --test torture with DATABASE_URL set).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use generator::{Generator, Settings};
+use rand::{Rng, SeedableRng};
+use streamer::checkpoint::Checkpoint;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn spawn_streamer(data: &Path, cp: &Path, url: &str, max_files: u32, once: bool) -> std::io::Result<Child> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamer"));
+    cmd.args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
+        .args(["--database-url", url, "--file-settle", "0", "--max-backoff", "200"])
+        .args(["--max-files-per-batch", &max_files.to_string()])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if once {
+        cmd.arg("--once");
+    }
+    cmd.spawn()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_sigkill_at_random_moments_without_losing_or_duplicating_a_row() -> TestResult {
+    let kills_wanted = env_or("TORTURE_KILLS", 25);
+    let files_wanted = env_or("TORTURE_FILES", 200) as usize;
+    let seed = env_or("TORTURE_SEED", rand::random::<u64>() % 1_000_000);
+    println!("torture seed {seed} (TORTURE_SEED={seed} repeats the kill schedule)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+
+    // The producer: files keep arriving while the streamer is killed.
+    let done = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (data, done) = (data.clone(), done.clone());
+        std::thread::spawn(move || -> Vec<std::path::PathBuf> {
+            let settings = Settings {
+                seed,
+                min_events: 20,
+                max_events: 300,
+                duplicate_rate: 0.1,
+                bad_row_rate: 0.02,
+                ..Settings::default()
+            };
+            let mut g = Generator::new(settings, "torture");
+            let t = instant("2026-01-01T00:00:00Z");
+            let mut files = Vec::new();
+            for k in 0..files_wanted {
+                let f = g.next_file(t + chrono::TimeDelta::milliseconds(k as i64 * 10));
+                files.push(generator::writer::publish(&data, &f.name, &f.contents).expect("publish"));
+                std::thread::sleep(Duration::from_millis(8));
+            }
+            done.store(true, Ordering::Release);
+            files
+        })
+    };
+
+    let started = Instant::now();
+    let mut kills = 0u64;
+    while kills < kills_wanted || !done.load(Ordering::Acquire) {
+        let max_files = rng.random_range(1..=8);
+        let mut child = spawn_streamer(&data, &cp, &db.url, max_files, false)?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(30..400))).await;
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        kills += 1;
+        assert!(started.elapsed() < Duration::from_secs(600), "torture ran past 10 minutes");
+    }
+    let files = producer.join().map_err(|_| "the producer panicked")?;
+
+    // A last run drains what is left, then the checks.
+    let status = spawn_streamer(&data, &cp, &db.url, 50, true)?.wait()?;
+    assert!(status.success(), "the final --once run failed");
+    let client = db.client().await;
+    let (expected, invalid) = oracle(&files);
+    let got = table(&client).await;
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "events differs from the oracle");
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, files.len() as i64, "each file loaded once");
+    assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, files.len() as i64);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM rejected_rows").await,
+        invalid as i64,
+        "each bad row rejected once"
+    );
+    let checkpoint = Checkpoint::open(&cp)?;
+    assert!(checkpoint.pending().is_none(), "no batch left pending");
+    let last = checkpoint.last_committed().ok_or("no batch committed")? as i64;
+    let batches = client
+        .query_one("SELECT count(DISTINCT batch_id), min(batch_id), max(batch_id) FROM load_history", &[])
+        .await?;
+    let (distinct, min, max): (i64, i64, i64) = (batches.get(0), batches.get(1), batches.get(2));
+    assert_eq!((distinct, min, max), (last + 1, 0, last), "batch ids 0..=last, each committed once");
+    println!(
+        "kills survived: {kills}; files: {}; rows compared: {} (plus {invalid} rejected rows); batches: {}; {:.1} s",
+        files.len(),
+        expected.len(),
+        last + 1,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
