@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS load_history (
         OR rows_read = rows_inserted + rows_updated + rows_unchanged + rows_duplicate + rows_rejected)
 );
 
-CREATE INDEX IF NOT EXISTS load_history_batch_idx ON load_history (checkpoint_id, batch_id);
+-- A batch's files are recorded once: loading a batch twice is impossible.
+CREATE UNIQUE INDEX IF NOT EXISTS load_history_batch_file_key ON load_history (checkpoint_id, batch_id, file_name);
 CREATE INDEX IF NOT EXISTS load_history_file_name_idx ON load_history (file_name);
 CREATE INDEX IF NOT EXISTS load_history_committed_at_idx ON load_history (committed_at);
 

@@ -389,14 +389,21 @@ impl Stream {
                 return Ok(Outcome::Abandoned);
             }
             let client = self.client.as_mut().context("connected above")?;
-            if attempt > 1
-                && !sink::committed_files(client, checkpoint_id, batch_id).await.map(|h| h.is_empty()).unwrap_or(true)
-            {
-                info!(batch_id, "the lost COMMIT went through; not loading the batch again");
-                break None;
+            let result = async {
+                // After a failure, the lost COMMIT may have gone through.
+                if attempt > 1 && !sink::committed_files(client, checkpoint_id, batch_id).await?.is_empty() {
+                    return Ok(None);
+                }
+                sink::load_batch(client, &load).await.map(Some)
             }
-            match sink::load_batch(client, &load).await {
-                Ok(c) => break Some(c),
+            .await;
+            match result {
+                Ok(Some(c)) => break Some(c),
+                Ok(None) => {
+                    info!(batch_id, "the lost COMMIT went through; not loading the batch again");
+                    break None;
+                }
+                Err(e) if e.is_batch_already_loaded() => attempt = attempt.max(1),
                 Err(e) if e.is_transient() => {
                     warn!(batch_id, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "batch rolled back; retrying");
                     self.client = None;

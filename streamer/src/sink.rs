@@ -35,17 +35,43 @@ const SCHEMA_LOCK: i64 = 0x6576_656e_7473;
 /// A PostgreSQL failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("applying {file} failed: {source}")]
+    #[error("applying {file} failed: {}", describe(.source))]
     Schema { file: &'static str, source: tokio_postgres::Error },
-    #[error("{what} failed: {source}")]
+    #[error("{what} failed: {}", describe(.source))]
     Query { what: &'static str, source: tokio_postgres::Error },
     #[error("the batch frame does not have the batch schema: {0}")]
     Frame(#[from] polars::error::PolarsError),
 }
 
+/// A PostgreSQL error with what the server or the socket said: the message
+/// and SQLSTATE of a database error, else the chain of causes. (The plain
+/// `Display` of tokio-postgres says only "db error".) Never holds the URL.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+/// The key that makes loading one batch twice impossible.
+pub const BATCH_FILE_KEY: &str = "load_history_batch_file_key";
+
 impl SinkError {
+    /// True when the load history already holds this batch: a COMMIT that
+    /// went through although its answer was lost.
+    pub fn is_batch_already_loaded(&self) -> bool {
+        self.source().and_then(|e| e.as_db_error()).is_some_and(|db| db.constraint() == Some(BATCH_FILE_KEY))
+    }
+
     fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
         move |source| SinkError::Query { what, source }
     }
@@ -94,7 +120,7 @@ pub async fn connect(url: &str) -> Result<Client, SinkError> {
             tracing::debug!(error = %e, "database connection closed");
         }
     });
-    client.batch_execute(STAGE_DDL).await.map_err(SinkError::query("creating the staging table"))?;
+    client.batch_execute(STAGE_DDL).await.map_err(SinkError::query("preparing the session"))?;
     Ok(client)
 }
 
@@ -135,7 +161,10 @@ pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result
     Ok(rows.iter().map(|r| HistoryFile { name: r.get(0), status: r.get(1), reason: r.get(2) }).collect())
 }
 
-const STAGE_DDL: &str = "CREATE TEMP TABLE IF NOT EXISTS events_stage (
+/// Run once per session. A COMMIT the streamer writes a marker for must be
+/// durable whatever the server's default (`synchronous_commit = off` would
+/// let a server crash forget a batch the checkpoint calls done).
+const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT EXISTS events_stage (
     file_index INTEGER NOT NULL,
     user_id INTEGER NOT NULL,
     user_name TEXT NOT NULL,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use generator::{Generator, Settings};
+use std::process::Command as Process;
 use streamer::{Cli, Command, RunArgs};
 use tokio_postgres::{Client, NoTls};
 
@@ -299,4 +300,135 @@ pub fn csv_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// A PostgreSQL cluster of the test's own, on a free port, that the test may
+/// stop and start: from `PG_BIN_DIR` (set by scripts/test.sh) or the newest
+/// `/usr/lib/postgresql/*/bin`, run as the `postgres` OS user when root.
+pub struct TempCluster {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+fn running_as_root() -> bool {
+    Process::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+fn pg_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries (set PG_BIN_DIR)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("pg_ctl").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+    });
+    dirs.pop().expect("PostgreSQL server binaries under /usr/lib/postgresql (or set PG_BIN_DIR)")
+}
+
+impl TempCluster {
+    pub fn start() -> TempCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = running_as_root();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let data = dir.path().join("data");
+        let bin = pg_bin_dir();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let cluster = TempCluster { socket_dir: dir.path().to_owned(), _dir: dir, data, bin, port };
+        let ok = cluster
+            .command("initdb", root)
+            .args([
+                "-D",
+                &cluster.data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "initdb failed");
+        cluster.up();
+        cluster
+    }
+
+    fn command(&self, tool: &str, root: bool) -> Process {
+        let path = self.bin.join(tool);
+        if root {
+            let mut c = Process::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Process::new(path)
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let ok = self
+            .command("pg_ctl", running_as_root())
+            .args(["-D", &self.data.display().to_string(), "-w", "-t", "60"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "pg_ctl {args:?} failed");
+    }
+
+    /// Starts the server (again).
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off",
+            self.port,
+            self.socket_dir.display()
+        );
+        let log = self.socket_dir.join("server.log").display().to_string();
+        self.pg_ctl(&["-o", &opts, "-l", &log, "start"]);
+    }
+
+    /// Stops the server: `fast` (clients disconnected, clean shutdown) or
+    /// `immediate` (as if the power went out).
+    pub fn down(&self, mode: &str) {
+        self.pg_ctl(&["-m", mode, "stop"]);
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}
+
+impl Drop for TempCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl", running_as_root())
+            .args(["-D", &self.data.display().to_string(), "-m", "immediate", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Rows in the load history, or `None` while the server cannot answer.
+pub async fn loads_now(url: &str) -> Option<i64> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.ok()?;
+    tokio::spawn(conn);
+    client.query_one("SELECT count(*) FROM load_history", &[]).await.ok().map(|r| r.get(0))
+}
+
+/// Sends the streamer's log to the test's output (shown when a test fails;
+/// `RUST_LOG` filters it, default `info`).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
