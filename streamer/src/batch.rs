@@ -584,6 +584,36 @@ mod tests {
         assert!(parse_text("user_name", "a\0b", 100).is_err());
     }
 
+    /// The fuzz target (run longer with PROPTEST_CASES=100000): no input
+    /// makes the reader panic, and every record is either kept or rejected.
+    fn check_no_panic_and_accounting(bytes: &[u8]) {
+        if let FileRead::Rows { frame, rows_read, rejected } = parse(bytes, 0) {
+            assert_eq!(frame.height() as u64 + rejected.len() as u64, rows_read);
+            assert!(rejected.iter().all(|r| r.raw.len() <= MAX_RAW_LINE + 3 && !r.reason.is_empty()));
+            assert!(EventView::new(&frame).is_ok());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn fuzz_any_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            check_no_panic_and_accounting(&bytes);
+            let mut with_header = H.as_bytes().to_vec();
+            with_header.extend_from_slice(&bytes);
+            check_no_panic_and_accounting(&with_header);
+        }
+
+        #[test]
+        fn fuzz_contract_shaped_rows(lines in proptest::collection::vec("[-0-9a-zA-Z.,:\" \r\t+éZT\u{0}]{0,160}", 0..40)) {
+            let text = format!("{H}{}", lines.join("\n"));
+            check_no_panic_and_accounting(text.as_bytes());
+        }
+    }
+
     #[test]
     fn dedup_keeps_the_last_row_in_file_then_line_order() -> PolarsResult<()> {
         let a = format!("{H}1,A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n1,A,a,view,2,P,C,2.00,2026-01-01T00:00:00Z\n2,B,b,view,1,P,C,1.00,2026-01-01T00:00:00Z\n");
