@@ -306,10 +306,10 @@ impl Checkpoint {
         if self.pending.is_some() {
             return Ok(());
         }
-        self.processed.retain(|name, _| present.contains(name));
         let mut files: Vec<FileId> = self
             .processed
             .iter()
+            .filter(|(name, _)| present.contains(*name))
             .map(|(name, (size, mtime_ns))| FileId { name: name.clone(), size: *size, mtime_ns: *mtime_ns })
             .collect();
         files.sort_by(|a, b| a.name.cmp(&b.name));
@@ -318,6 +318,8 @@ impl Checkpoint {
             &n.to_string(),
             &Compact { version: FORMAT_VERSION, batch_id: n, files },
         )?;
+        // Only once the snapshot is safe does memory forget the absent files.
+        self.processed.retain(|name, _| present.contains(name));
         for sub in ["offsets", "commits", "compact"] {
             let path = self.dir.join(sub);
             for old in list_ids(&path)? {

@@ -157,6 +157,7 @@ impl Stream {
         let mut rescan = tokio::time::interval(Duration::from_millis(self.args.rescan_interval));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_trigger = Instant::now();
+        let mut checkpoint_retry = Duration::from_millis(100);
         let shutdown = self.shutdown.clone();
 
         while !shutdown.is_cancelled() {
@@ -185,7 +186,20 @@ impl Stream {
                 continue;
             }
             let files = take_batch(todo, self.args.max_files_per_batch, self.args.max_bytes_per_batch);
-            let plan = self.with_checkpoint(move |cp| cp.plan(files)).await??;
+            let plan = match self.with_checkpoint(move |cp| cp.plan(files)).await? {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // Nothing has touched the database: wait and plan again.
+                    warn!(error = %e, retry_in_ms = checkpoint_retry.as_millis() as u64, "cannot write the checkpoint; the batch waits");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(checkpoint_retry) => {}
+                    }
+                    checkpoint_retry = (checkpoint_retry * 2).min(Duration::from_millis(self.args.max_backoff));
+                    continue;
+                }
+            };
+            checkpoint_retry = Duration::from_millis(100);
             let discover = discovering.elapsed();
             next_trigger = Instant::now() + self.args.trigger_interval();
             if self.guarded(|s| Box::pin(s.run_batch(plan, discover, false))).await? == Outcome::Abandoned {
@@ -469,7 +483,24 @@ impl Stream {
     async fn mark(&mut self, batch_id: u64, files: Vec<CommittedFile>) -> anyhow::Result<()> {
         let commit =
             checkpoint::Commit { version: FORMAT_VERSION, batch_id, committed_at: Utc::now(), files: files.clone() };
-        self.with_checkpoint(move |cp| cp.commit(commit)).await??;
+        // The batch is in the database: the marker must follow. Until it can
+        // be written, nothing else happens; a stop now leaves the batch
+        // pending, and the next start finds it in the load history.
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = commit.clone();
+            match self.with_checkpoint(move |cp| cp.commit(attempt)).await? {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "batch committed but its marker cannot be written; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_millis(self.args.max_backoff));
+                }
+            }
+        }
         self.dispose(files).await?;
         if self.checkpoint()?.wants_compaction() {
             let dir = self.args.data_dir.clone();
@@ -479,7 +510,10 @@ impl Stream {
                     cp.compact(&present).map_err(anyhow::Error::from)
                 })
                 .await?;
-            compacted.context("compacting the checkpoint log")?;
+            if let Err(e) = compacted {
+                // The log stays as it is; compaction is tried again later.
+                warn!(error = %e, "cannot compact the checkpoint log");
+            }
         }
         Ok(())
     }
