@@ -162,7 +162,7 @@ impl Stream {
 
         while !shutdown.is_cancelled() {
             let discovering = Instant::now();
-            let listing = discovery.list()?;
+            let listing = discovery.list_async().await?;
             let cp = self.checkpoint()?;
             let todo: Vec<Candidate> = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
             if todo.is_empty() {

@@ -131,18 +131,34 @@ impl Discovery {
         }
     }
 
-    /// Lists the folder now.
+    /// Lists the folder now (blocking: the folder may hold many files).
     pub fn list(&self) -> Result<Listing, WatchError> {
-        let hints = match self.hints.lock() {
-            Ok(h) => h.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        let listing = list_ready(&self.dir, &hints, self.settle, SystemTime::now())?;
-        if let Ok(mut h) = self.hints.lock() {
-            prune(&mut h, &hints, &listing.present);
-        }
-        Ok(listing)
+        list_with_hints(&self.dir, &self.hints, self.settle)
     }
+
+    /// Lists the folder on a blocking thread.
+    pub fn list_async(&self) -> impl std::future::Future<Output = Result<Listing, WatchError>> + Send + 'static {
+        let (dir, hints, settle) = (self.dir.clone(), self.hints.clone(), self.settle);
+        async move {
+            let path = dir.clone();
+            match tokio::task::spawn_blocking(move || list_with_hints(&dir, &hints, settle)).await {
+                Ok(listing) => listing,
+                Err(e) => Err(WatchError::List { path, source: io::Error::other(e) }),
+            }
+        }
+    }
+}
+
+fn list_with_hints(dir: &Path, hints: &Mutex<HashMap<String, Hint>>, settle: Duration) -> Result<Listing, WatchError> {
+    let seen = match hints.lock() {
+        Ok(h) => h.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let listing = list_ready(dir, &seen, settle, SystemTime::now())?;
+    if let Ok(mut h) = hints.lock() {
+        prune(&mut h, &seen, &listing.present);
+    }
+    Ok(listing)
 }
 
 /// Forgets the hints of files that are gone — only hints the listing saw:
