@@ -21,7 +21,7 @@ pub mod progress;
 pub mod sink;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,16 +160,26 @@ impl Stream {
         let mut checkpoint_retry = Duration::from_millis(100);
         let shutdown = self.shutdown.clone();
 
+        // Ready files from the last listing not yet planned: a backlog is
+        // listed once and drained batch by batch, not listed per batch.
+        let mut queue: VecDeque<Candidate> = VecDeque::new();
         while !shutdown.is_cancelled() {
             let discovering = Instant::now();
-            let listing = discovery.list_async().await?;
             let cp = self.checkpoint()?;
-            let todo: Vec<Candidate> = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
-            if todo.is_empty() {
-                if self.args.once && listing.waiting == 0 {
+            queue.retain(|c| !cp.is_processed(&c.id));
+            let mut waiting = 0;
+            let mut next_settle = None;
+            if queue.is_empty() {
+                let listing = discovery.list_async().await?;
+                let cp = self.checkpoint()?;
+                queue = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
+                (waiting, next_settle) = (listing.waiting, listing.next_settle);
+            }
+            if queue.is_empty() {
+                if self.args.once && waiting == 0 {
                     break;
                 }
-                let settle = listing.next_settle.unwrap_or(Duration::MAX);
+                let settle = next_settle.unwrap_or(Duration::MAX);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = discovery.changed() => {}
@@ -185,11 +195,13 @@ impl Stream {
                 }
                 continue;
             }
-            let files = take_batch(todo, self.args.max_files_per_batch, self.args.max_bytes_per_batch);
+            let files = take_batch(&mut queue, self.args.max_files_per_batch, self.args.max_bytes_per_batch);
             let plan = match self.with_checkpoint(move |cp| cp.plan(files)).await? {
                 Ok(plan) => plan,
                 Err(e) => {
-                    // Nothing has touched the database: wait and plan again.
+                    // Nothing has touched the database: wait and plan again,
+                    // from a fresh listing (oldest first, as before).
+                    queue.clear();
                     warn!(error = %e, retry_in_ms = checkpoint_retry.as_millis() as u64, "cannot write the checkpoint; the batch waits");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -540,15 +552,17 @@ impl Stream {
 /// The files of a batch, in order, within the batch limits: at least one
 /// file, at most `max_files`, and no more than `max_bytes` unless a single
 /// file is larger.
-fn take_batch(ready: Vec<Candidate>, max_files: usize, max_bytes: u64) -> Vec<FileId> {
+fn take_batch(ready: &mut VecDeque<Candidate>, max_files: usize, max_bytes: u64) -> Vec<FileId> {
     let mut bytes = 0u64;
     let mut out = Vec::new();
-    for c in ready {
+    while let Some(c) = ready.front() {
         if out.len() >= max_files || (!out.is_empty() && bytes.saturating_add(c.id.size) > max_bytes) {
             break;
         }
         bytes = bytes.saturating_add(c.id.size);
-        out.push(c.id);
+        if let Some(c) = ready.pop_front() {
+            out.push(c.id);
+        }
     }
     out
 }
@@ -627,9 +641,12 @@ mod tests {
     #[test]
     fn batches_respect_file_and_byte_limits_but_never_starve_a_big_file() {
         let names = |v: Vec<FileId>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
-        let ready = vec![cand("a", 10), cand("b", 10), cand("c", 10)];
-        assert_eq!(names(take_batch(ready.clone(), 2, 1_000)), vec!["a", "b"]);
-        assert_eq!(names(take_batch(ready.clone(), 10, 25)), vec!["a", "b"]);
-        assert_eq!(names(take_batch(vec![cand("big", 100), cand("b", 1)], 10, 25)), vec!["big"]);
+        let ready = VecDeque::from([cand("a", 10), cand("b", 10), cand("c", 10)]);
+        assert_eq!(names(take_batch(&mut ready.clone(), 2, 1_000)), vec!["a", "b"]);
+        assert_eq!(names(take_batch(&mut ready.clone(), 10, 25)), vec!["a", "b"]);
+        let mut queue = VecDeque::from([cand("big", 100), cand("b", 1)]);
+        assert_eq!(names(take_batch(&mut queue, 10, 25)), vec!["big"]);
+        assert_eq!(names(take_batch(&mut queue, 10, 25)), vec!["b"], "the rest stays queued");
+        assert!(queue.is_empty());
     }
 }
