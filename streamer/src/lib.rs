@@ -165,8 +165,8 @@ impl Stream {
         let mut queue: VecDeque<Candidate> = VecDeque::new();
         while !shutdown.is_cancelled() {
             let discovering = Instant::now();
-            let cp = self.checkpoint()?;
-            queue.retain(|c| !cp.is_processed(&c.id));
+            // Queued files were unprocessed when listed, and only this loop
+            // processes files: the queue needs no second filtering.
             let mut waiting = 0;
             let mut next_settle = None;
             if queue.is_empty() {
