@@ -170,7 +170,26 @@ impl Stream {
             let mut waiting = 0;
             let mut next_settle = None;
             if queue.is_empty() {
-                let listing = discovery.list_async().await?;
+                let listing = match discovery.list_async().await {
+                    Ok(listing) => listing,
+                    Err(e) => {
+                        // The folder was removed (or made unreadable): say so,
+                        // make it again and watch it anew.
+                        warn!(error = %e, retry_in_ms = checkpoint_retry.as_millis() as u64, "cannot list the data folder; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(checkpoint_retry) => {}
+                        }
+                        checkpoint_retry = (checkpoint_retry * 2).min(Duration::from_millis(self.args.max_backoff));
+                        if std::fs::create_dir_all(&self.args.data_dir).is_ok() {
+                            match Discovery::start(&self.args.data_dir, self.args.file_settle(), poll) {
+                                Ok(fresh) => discovery = fresh,
+                                Err(e) => warn!(error = %e, "cannot watch the data folder again"),
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let cp = self.checkpoint()?;
                 queue = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
                 (waiting, next_settle) = (listing.waiting, listing.next_settle);

@@ -298,6 +298,32 @@ async fn streams_new_files_as_they_arrive_and_stops_on_request() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_data_folder_removed_while_streaming_is_made_again_and_watched() -> TestResult {
+    let mut live = LiveStream::start(&["--file-settle", "60000"]).await;
+    let mut g = generator::Generator::new(settings(13), "gone");
+    let first = live.publish(&mut g, 0);
+    wait_for_loads(&live.client, 1, Duration::from_secs(20)).await;
+    // Kept aside for the oracle: the folder goes with its files.
+    let kept = live.dir.path().join("kept.csv");
+    std::fs::copy(&first, &kept)?;
+    let mut files = vec![kept];
+    std::fs::remove_dir_all(&live.data)?;
+    // The stream notices, makes the folder again and watches it: a file
+    // published there is picked up by its rename event (the settle time is a minute).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !live.data.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the data folder was not made again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    files.push(live.publish(&mut g, 1));
+    wait_for_loads(&live.client, 2, Duration::from_secs(20)).await;
+    assert_eq!(table(&live.client).await, oracle(&files).0);
+    assert_eq!(live.stop().await.totals.files, 2);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
     let mut live = LiveStream::start(&[]).await;
     let mut g = generator::Generator::new(settings(12), "conn");
