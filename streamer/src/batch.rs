@@ -122,7 +122,7 @@ pub fn parse(bytes: &[u8], file_index: u32) -> FileRead {
         Err(e) => return FileRead::Quarantine { reason: format!("unreadable CSV header: {e}") },
     }
 
-    let mut columns = Columns::default();
+    let mut columns = Columns::new();
     let mut rejected = Vec::new();
     let mut rows_read = 0u64;
     loop {
@@ -305,33 +305,50 @@ fn shorten(s: &str) -> String {
     }
 }
 
-/// Column builders of one file's frame.
-#[derive(Default)]
+/// Column builders of one file's frame: text goes straight into Polars'
+/// buffers, one copy per field and no allocation per row.
 struct Columns {
     file: Vec<u32>,
     line: Vec<u64>,
     user_id: Vec<i32>,
-    user_name: Vec<String>,
-    user_email: Vec<String>,
+    user_name: StringChunkedBuilder,
+    user_email: StringChunkedBuilder,
     event_type: Vec<&'static str>,
     product_id: Vec<i32>,
-    product_name: Vec<String>,
-    product_category: Vec<String>,
+    product_name: StringChunkedBuilder,
+    product_category: StringChunkedBuilder,
     price: Vec<i64>,
     time: Vec<i64>,
 }
 
 impl Columns {
+    fn new() -> Self {
+        let text = |name: &str| StringChunkedBuilder::new(name.into(), 0);
+        Columns {
+            file: Vec::new(),
+            line: Vec::new(),
+            user_id: Vec::new(),
+            user_name: text("user_name"),
+            user_email: text("user_email"),
+            event_type: Vec::new(),
+            product_id: Vec::new(),
+            product_name: text("product_name"),
+            product_category: text("product_category"),
+            price: Vec::new(),
+            time: Vec::new(),
+        }
+    }
+
     fn push(&mut self, file: u32, line: u64, row: &Row<'_>) {
         self.file.push(file);
         self.line.push(line);
         self.user_id.push(row.user_id);
-        self.user_name.push(row.user_name.to_owned());
-        self.user_email.push(row.user_email.to_owned());
+        self.user_name.append_value(row.user_name);
+        self.user_email.append_value(row.user_email);
         self.event_type.push(row.event_type);
         self.product_id.push(row.product_id);
-        self.product_name.push(row.product_name.to_owned());
-        self.product_category.push(row.product_category.to_owned());
+        self.product_name.append_value(row.product_name);
+        self.product_category.append_value(row.product_category);
         self.price.push(row.price_cents);
         self.time.push(row.event_time_micros);
     }
@@ -342,12 +359,12 @@ impl Columns {
             Column::new(FILE_COLUMN.into(), self.file),
             Column::new(LINE_COLUMN.into(), self.line),
             Column::new("user_id".into(), self.user_id),
-            Column::new("user_name".into(), self.user_name),
-            Column::new("user_email".into(), self.user_email),
+            self.user_name.finish().into_column(),
+            self.user_email.finish().into_column(),
             Column::new("event_type".into(), self.event_type),
             Column::new("product_id".into(), self.product_id),
-            Column::new("product_name".into(), self.product_name),
-            Column::new("product_category".into(), self.product_category),
+            self.product_name.finish().into_column(),
+            self.product_category.finish().into_column(),
             Column::new("product_price".into(), self.price),
             Int64Chunked::from_vec("event_time".into(), self.time)
                 .into_datetime(TimeUnit::Microseconds, None)
@@ -359,7 +376,7 @@ impl Columns {
 
 /// An empty frame of the batch schema.
 pub fn empty_frame() -> DataFrame {
-    Columns::default().finish()
+    Columns::new().finish()
 }
 
 /// The rows of a batch after deduplication, and how many rows of each file
