@@ -87,18 +87,42 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<R
         totals: Totals::default(),
     };
     stream.run().await?;
-    let summary = RunSummary { checkpoint_id: stream.checkpoint()?.id(), totals: stream.totals.clone() };
-    let t = &summary.totals;
-    info!(
-        batches = t.batches,
-        files = t.files,
-        rows_in = t.input_rows,
-        inserted = t.inserted,
-        updated = t.updated,
-        rejected = t.rejected,
-        "streamer stopped"
-    );
-    Ok(summary)
+    stream.totals.log_stopped();
+    Ok(RunSummary { checkpoint_id: stream.checkpoint()?.id(), totals: stream.totals })
+}
+
+/// Capped exponential backoff: 100 ms, doubling, at most `max`.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+
+    fn new(max_ms: u64) -> Self {
+        Backoff { next: Self::FIRST, max: Duration::from_millis(max_ms) }
+    }
+
+    /// The wait to make now; the next one is twice as long.
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// Sleeps `wait` unless `shutdown` fires first; false when it did.
+async fn pause(shutdown: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// Runs blocking work (std::fs, Polars) off the async threads.
@@ -157,7 +181,8 @@ impl Stream {
         let mut rescan = tokio::time::interval(Duration::from_millis(self.args.rescan_interval));
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_trigger = Instant::now();
-        let mut checkpoint_retry = Duration::from_millis(100);
+        // Waits while the data folder or the checkpoint cannot be used.
+        let mut retry = Backoff::new(self.args.max_backoff);
         let shutdown = self.shutdown.clone();
 
         // Ready files from the last listing not yet planned: a backlog is
@@ -175,12 +200,11 @@ impl Stream {
                     Err(e) => {
                         // The folder was removed (or made unreadable): say so,
                         // make it again and watch it anew.
-                        warn!(error = %e, retry_in_ms = checkpoint_retry.as_millis() as u64, "cannot list the data folder; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(checkpoint_retry) => {}
+                        let wait = retry.step();
+                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot list the data folder; retrying");
+                        if !pause(&shutdown, wait).await {
+                            break;
                         }
-                        checkpoint_retry = (checkpoint_retry * 2).min(Duration::from_millis(self.args.max_backoff));
                         if std::fs::create_dir_all(&self.args.data_dir).is_ok() {
                             match Discovery::start(&self.args.data_dir, self.args.file_settle(), poll) {
                                 Ok(fresh) => discovery = fresh,
@@ -221,16 +245,15 @@ impl Stream {
                     // Nothing has touched the database: wait and plan again,
                     // from a fresh listing (oldest first, as before).
                     queue.clear();
-                    warn!(error = %e, retry_in_ms = checkpoint_retry.as_millis() as u64, "cannot write the checkpoint; the batch waits");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(checkpoint_retry) => {}
+                    let wait = retry.step();
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot write the checkpoint; the batch waits");
+                    if !pause(&shutdown, wait).await {
+                        break;
                     }
-                    checkpoint_retry = (checkpoint_retry * 2).min(Duration::from_millis(self.args.max_backoff));
                     continue;
                 }
             };
-            checkpoint_retry = Duration::from_millis(100);
+            retry.reset();
             let discover = discovering.elapsed();
             next_trigger = Instant::now() + self.args.trigger_interval();
             if self.guarded(|s| Box::pin(s.run_batch(plan, discover, false))).await? == Outcome::Abandoned {
@@ -274,8 +297,7 @@ impl Stream {
             return Ok(true);
         }
         self.client = None;
-        let mut delay = Duration::from_millis(100);
-        let max = Duration::from_millis(self.args.max_backoff);
+        let mut backoff = Backoff::new(self.args.max_backoff);
         for attempt in 1u64.. {
             let connecting = tokio::time::timeout(Duration::from_secs(10), sink::connect(&self.url));
             let result = tokio::select! {
@@ -295,12 +317,11 @@ impl Stream {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer within 10 s".to_owned(),
             };
-            warn!(attempt, retry_in_ms = delay.as_millis() as u64, error, "PostgreSQL is not reachable; waiting");
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(delay) => {}
+            let wait = backoff.step();
+            warn!(attempt, retry_in_ms = wait.as_millis() as u64, error, "PostgreSQL is not reachable; waiting");
+            if !pause(&self.shutdown, wait).await {
+                return Ok(false);
             }
-            delay = (delay * 2).min(max);
         }
         Ok(false)
     }
@@ -425,8 +446,7 @@ impl Stream {
             events: &deduped.frame,
             rejected: &rejected,
         };
-        let mut delay = Duration::from_millis(100);
-        let max = Duration::from_millis(self.args.max_backoff);
+        let mut backoff = Backoff::new(self.args.max_backoff);
         let mut attempt = 0u32;
         let committed = loop {
             attempt += 1;
@@ -450,13 +470,12 @@ impl Stream {
                 }
                 Err(e) if e.is_batch_already_loaded() => attempt = attempt.max(1),
                 Err(e) if e.is_transient() => {
-                    warn!(batch_id, attempt, retry_in_ms = delay.as_millis() as u64, error = %e, "batch rolled back; retrying");
+                    let wait = backoff.step();
+                    warn!(batch_id, attempt, retry_in_ms = wait.as_millis() as u64, error = %e, "batch rolled back; retrying");
                     self.client = None;
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Ok(Outcome::Abandoned),
-                        _ = tokio::time::sleep(delay) => {}
+                    if !pause(&self.shutdown, wait).await {
+                        return Ok(Outcome::Abandoned);
                     }
-                    delay = (delay * 2).min(max);
                 }
                 Err(e) => return Err(e).with_context(|| format!("batch {batch_id} failed")),
             }
@@ -472,9 +491,9 @@ impl Stream {
             .collect();
         self.mark(batch_id, committed_files).await?;
 
-        let (load_time, commit_time, inserted, updated) = match &committed {
-            Some(c) => (c.load, c.commit, c.inserted.iter().sum(), c.updated.iter().sum()),
-            None => (Duration::ZERO, Duration::ZERO, 0, 0),
+        let (load_time, commit_time, inserted, updated, unchanged) = match &committed {
+            Some(c) => (c.load, c.commit, c.inserted.iter().sum(), c.updated.iter().sum(), c.unchanged.iter().sum()),
+            None => (Duration::ZERO, Duration::ZERO, 0, 0, 0),
         };
         let input_rows: u64 = files.iter().map(|f| f.rows_read).sum();
         let duplicates: u64 = files.iter().map(|f| f.duplicates).sum();
@@ -491,7 +510,7 @@ impl Stream {
             rejected: rejected.len() as u64,
             inserted,
             updated,
-            unchanged: (input_rows - duplicates - rejected.len() as u64).saturating_sub(inserted + updated),
+            unchanged,
             rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
             phases: Phases {
                 discover_ms: ms(discover),
@@ -517,18 +536,17 @@ impl Stream {
         // The batch is in the database: the marker must follow. Until it can
         // be written, nothing else happens; a stop now leaves the batch
         // pending, and the next start finds it in the load history.
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(self.args.max_backoff);
         loop {
             let attempt = commit.clone();
             match self.with_checkpoint(move |cp| cp.commit(attempt)).await? {
                 Ok(()) => break,
                 Err(e) => {
-                    warn!(batch_id, error = %e, retry_in_ms = delay.as_millis() as u64, "batch committed but its marker cannot be written; retrying");
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
+                    let wait = backoff.step();
+                    warn!(batch_id, error = %e, retry_in_ms = wait.as_millis() as u64, "batch committed but its marker cannot be written; retrying");
+                    if !pause(&self.shutdown, wait).await {
+                        return Ok(());
                     }
-                    delay = (delay * 2).min(Duration::from_millis(self.args.max_backoff));
                 }
             }
         }
@@ -655,6 +673,15 @@ mod tests {
 
     fn cand(name: &str, size: u64) -> Candidate {
         Candidate { id: FileId { name: name.into(), size, mtime_ns: 0 }, path: PathBuf::from(name) }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_starts_over_after_a_reset() {
+        let mut b = Backoff::new(500);
+        let waits: Vec<u128> = (0..5).map(|_| b.step().as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.step().as_millis(), 100);
     }
 
     #[test]

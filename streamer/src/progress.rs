@@ -95,6 +95,19 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The log line of a stream that stops.
+    pub fn log_stopped(&self) {
+        info!(
+            batches = self.batches,
+            files = self.files,
+            rows_in = self.input_rows,
+            inserted = self.inserted,
+            updated = self.updated,
+            rejected = self.rejected,
+            "streamer stopped"
+        );
+    }
+
     pub fn add(&mut self, p: &BatchProgress) {
         self.batches += 1;
         self.files += p.files as u64;

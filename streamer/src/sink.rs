@@ -263,9 +263,11 @@ pub struct BatchLoad<'a> {
 /// What committing a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// Per file of the batch: rows inserted, updated.
+    /// Per file of the batch: rows inserted, updated, and rows whose key
+    /// already held exactly these values.
     pub inserted: Vec<u64>,
     pub updated: Vec<u64>,
+    pub unchanged: Vec<u64>,
     /// Time spent staging and merging, then committing.
     pub load: Duration,
     pub commit: Duration,
@@ -347,13 +349,12 @@ pub async fn load_batch(client: &mut Client, batch: &BatchLoad<'_>) -> Result<Co
     let read = col(&|_, f| f.rows_read as i64);
     let inserted = col(&|i, _| out.inserted[i] as i64);
     let updated = col(&|i, _| out.updated[i] as i64);
-    let unchanged = col(&|i, f| {
-        if f.status == FileStatus::Loaded {
-            f.rows_read.saturating_sub(f.duplicates + f.rejected + out.inserted[i] + out.updated[i]) as i64
-        } else {
-            0
-        }
-    });
+    out.unchanged = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| f.rows_read.saturating_sub(f.duplicates + f.rejected + out.inserted[i] + out.updated[i]))
+        .collect();
+    let unchanged = col(&|i, _| out.unchanged[i] as i64);
     let duplicates = col(&|_, f| f.duplicates as i64);
     let rejected = col(&|_, f| f.rejected as i64);
     let reingest: Vec<bool> = files.iter().map(|f| f.reingest).collect();
