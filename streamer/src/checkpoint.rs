@@ -138,11 +138,8 @@ impl Checkpoint {
         }
         remove_temporaries(dir)?;
         let meta_path = dir.join("metadata");
-        let id = match read_json::<Metadata>(&meta_path)? {
-            Some(meta) => {
-                check_version(&meta_path, meta.version)?;
-                meta.id
-            }
+        let id = match read_versioned::<Metadata>(&meta_path)? {
+            Some(meta) => meta.id,
             None => {
                 let meta = Metadata { version: FORMAT_VERSION, id: Uuid::new_v4(), created_at: Utc::now() };
                 write_json(dir, "metadata", &meta)?;
@@ -161,11 +158,7 @@ impl Checkpoint {
         };
         if let Some(&n) = list_ids(&dir.join("compact"))?.last() {
             let path = dir.join("compact").join(n.to_string());
-            let snapshot: Compact = read_json(&path)?.ok_or_else(|| CheckpointError::Corrupt {
-                path: path.clone(),
-                reason: "vanished while reading".into(),
-            })?;
-            check_version(&path, snapshot.version)?;
+            let snapshot: Compact = read_entry(&path)?;
             cp.processed = snapshot.files.into_iter().map(|f| (f.name, (f.size, f.mtime_ns))).collect();
             cp.last_committed = Some(n);
             cp.compacted_at = Some(n);
@@ -175,18 +168,10 @@ impl Checkpoint {
         let commits: HashSet<u64> = list_ids(&dir.join("commits"))?.into_iter().filter(after).collect();
         for n in offsets {
             let path = dir.join("offsets").join(n.to_string());
-            let plan: Offsets = read_json(&path)?.ok_or_else(|| CheckpointError::Corrupt {
-                path: path.clone(),
-                reason: "vanished while reading".into(),
-            })?;
-            check_version(&path, plan.version)?;
+            let plan: Offsets = read_entry(&path)?;
             if commits.contains(&n) {
                 let cpath = dir.join("commits").join(n.to_string());
-                let commit: Commit = read_json(&cpath)?.ok_or_else(|| CheckpointError::Corrupt {
-                    path: cpath.clone(),
-                    reason: "vanished while reading".into(),
-                })?;
-                check_version(&cpath, commit.version)?;
+                let commit: Commit = read_entry(&cpath)?;
                 if let Some(pending) = cp.pending.take() {
                     return Err(CheckpointError::Inconsistent {
                         dir: dir.to_owned(),
@@ -335,12 +320,29 @@ impl Checkpoint {
     }
 }
 
-fn check_version(path: &Path, found: u32) -> Result<(), CheckpointError> {
-    if found == FORMAT_VERSION {
-        Ok(())
-    } else {
-        Err(CheckpointError::Version { path: path.to_owned(), found })
+/// Every checkpoint file carries its format version.
+trait Versioned: for<'de> Deserialize<'de> {
+    fn version(&self) -> u32;
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u32 { self.version } })*};
+}
+versioned!(Metadata, Compact, Offsets, Commit);
+
+/// Reads a checkpoint file if it exists, refusing another format version.
+fn read_versioned<T: Versioned>(path: &Path) -> Result<Option<T>, CheckpointError> {
+    let Some(value) = read_json::<T>(path)? else { return Ok(None) };
+    match value.version() {
+        FORMAT_VERSION => Ok(Some(value)),
+        found => Err(CheckpointError::Version { path: path.to_owned(), found }),
     }
+}
+
+/// Reads a log entry that a listing has just shown.
+fn read_entry<T: Versioned>(path: &Path) -> Result<T, CheckpointError> {
+    read_versioned(path)?
+        .ok_or_else(|| CheckpointError::Corrupt { path: path.to_owned(), reason: "vanished while reading".into() })
 }
 
 /// Numeric file names in `dir`, ascending; other names are ignored.
