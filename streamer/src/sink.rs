@@ -194,6 +194,9 @@ const STAGE_TYPES: [Type; 10] = [
 /// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
 /// the staging table into `events`, in key order for index locality; returns
 /// per staging file the number of rows inserted and updated.
+/// [`merge_sql`], built once.
+static MERGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_sql);
+
 pub fn merge_sql() -> String {
     let cols = COLUMNS.join(", ");
     let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
@@ -312,7 +315,7 @@ pub async fn load_batch(client: &mut Client, batch: &BatchLoad<'_>) -> Result<Co
 
     let mut out =
         Committed { inserted: vec![0; batch.files.len()], updated: vec![0; batch.files.len()], ..Committed::default() };
-    for row in tx.query(&merge_sql(), &[]).await.map_err(SinkError::query("merging into events"))? {
+    for row in tx.query(MERGE_SQL.as_str(), &[]).await.map_err(SinkError::query("merging into events"))? {
         let (file, inserted, updated): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if let Some(slot) = out.inserted.get_mut(file as usize) {
             *slot = inserted as u64;

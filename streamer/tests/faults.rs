@@ -52,13 +52,7 @@ async fn the_stream_survives_server_stops_and_killed_sessions() -> TestResult {
     };
     let mut g = Generator::new(settings, "faults");
     let mut files = Vec::new();
-    let mut publish = |n: usize, files: &mut Vec<std::path::PathBuf>| {
-        for _ in 0..n {
-            let k = files.len() as i64;
-            let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
-            files.push(generator::writer::publish(&data, &f.name, &f.contents).expect("publish"));
-        }
-    };
+    let mut publish = |n: usize, files: &mut Vec<_>| publish_more(&data, &mut g, n, files);
 
     publish(5, &mut files);
     wait_loads(&url, 5, Duration::from_secs(30), &mut stream).await;

@@ -74,13 +74,7 @@ async fn a_full_or_read_only_checkpoint_folder_holds_batches_back_until_it_is_fi
     wait_for_schema(&client).await;
     let mut g = Generator::new(Settings { seed: 41, min_events: 50, max_events: 200, ..Settings::default() }, "fs");
     let mut files = Vec::new();
-    let mut publish = |n: usize, files: &mut Vec<PathBuf>| {
-        for _ in 0..n {
-            let k = files.len() as i64;
-            let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
-            files.push(generator::writer::publish(&data, &f.name, &f.contents).expect("publish"));
-        }
-    };
+    let mut publish = |n: usize, files: &mut Vec<_>| publish_more(&data, &mut g, n, files);
     publish(2, &mut files);
     wait_for_loads(&client, 2, Duration::from_secs(20)).await;
 

@@ -115,8 +115,7 @@ impl LiveStream {
 
     /// Publishes file `k` of `g` into the data folder.
     pub fn publish(&self, g: &mut Generator, k: i64) -> PathBuf {
-        let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
-        generator::writer::publish(&self.data, &f.name, &f.contents).expect("publish")
+        publish_file(&self.data, g, k)
     }
 
     /// Stops the stream as SIGTERM would and returns what it did.
@@ -163,6 +162,20 @@ pub fn generate(dir: &Path, settings: Settings, files: usize) -> Vec<PathBuf> {
             generator::writer::publish(dir, &f.name, &f.contents).expect("publish")
         })
         .collect()
+}
+
+/// Publishes file `k` of `g` (stamped 2026-01-01 + k s) into `dir`.
+pub fn publish_file(dir: &Path, g: &mut Generator, k: i64) -> PathBuf {
+    let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(k));
+    generator::writer::publish(dir, &f.name, &f.contents).expect("publish")
+}
+
+/// Publishes the next `n` files of `g` into `dir`, appending them to `files`.
+pub fn publish_more(dir: &Path, g: &mut Generator, n: usize, files: &mut Vec<PathBuf>) {
+    for _ in 0..n {
+        let k = files.len() as i64;
+        files.push(publish_file(dir, g, k));
+    }
 }
 
 /// A row of `events`, as the oracle and the table both give it.
