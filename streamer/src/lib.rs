@@ -468,7 +468,8 @@ impl Stream {
                     info!(batch_id, "the lost COMMIT went through; not loading the batch again");
                     break None;
                 }
-                Err(e) if e.is_batch_already_loaded() => attempt = attempt.max(1),
+                // The next attempt finds the batch in the load history.
+                Err(e) if e.is_batch_already_loaded() => {}
                 Err(e) if e.is_transient() => {
                     let wait = backoff.step();
                     warn!(batch_id, attempt, retry_in_ms = wait.as_millis() as u64, error = %e, "batch rolled back; retrying");
