@@ -23,8 +23,11 @@
 //! - text fields may be empty; a NUL character is refused (PostgreSQL text
 //!   cannot hold it).
 
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Timelike};
 use generator::contract::{COLUMNS, MAX_CATEGORY_CHARS, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
@@ -74,7 +77,7 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// What reading one file gave.
+/// What reading one whole file gave (see [`parse`]).
 #[derive(Debug)]
 pub enum FileRead {
     /// The file follows the contract; some rows may be rejected.
@@ -85,85 +88,190 @@ pub enum FileRead {
     Missing,
 }
 
-/// Reads `path` as file `file_index` of its batch.
-pub fn read_file(path: &Path, file_index: u32) -> FileRead {
-    let mut bytes = Vec::new();
-    let opened = std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes));
-    match opened {
-        Ok(_) => parse(&bytes, file_index),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileRead::Missing,
-        Err(e) => FileRead::Quarantine { reason: format!("unreadable: {e}") },
+/// The longest record read: past it the rest of the file is rejected, so a
+/// file with no line ends is never held whole in memory.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A `Read` that fails once more than `limit` bytes have been pulled since
+/// the CSV reader last finished a record (the count is reset by the reader's
+/// owner after each record; the CSV buffer makes it exact to within 8 KiB).
+#[derive(Debug)]
+struct Bounded<R> {
+    inner: R,
+    since_record: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.load(Ordering::Relaxed) > self.limit {
+            return Err(std::io::Error::other(format!("a record is longer than {} bytes", self.limit)));
+        }
+        let n = self.inner.read(buf)?;
+        self.since_record.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
-/// Parses the contents of one file.
-pub fn parse(bytes: &[u8], file_index: u32) -> FileRead {
-    if bytes.is_empty() {
-        return FileRead::Quarantine { reason: "empty file: no header".into() };
-    }
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    if let Err(e) = std::str::from_utf8(body) {
-        let at = e.valid_up_to();
-        let line = 1 + body[..at].iter().filter(|b| **b == b'\n').count();
-        return FileRead::Quarantine { reason: format!("not UTF-8: invalid byte at offset {at} (line {line})") };
-    }
-    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(body);
-    let mut record = csv::StringRecord::new();
-    match reader.read_record(&mut record) {
-        Ok(true) => {
-            if record.iter().ne(COLUMNS) {
-                let found: String = record.iter().collect::<Vec<_>>().join(",").chars().take(200).collect();
-                return FileRead::Quarantine {
-                    reason: format!("wrong header: expected `{}`, found `{found}`", COLUMNS.join(",")),
-                };
-            }
-        }
-        Ok(false) => return FileRead::Quarantine { reason: "no header row".into() },
-        Err(e) => return FileRead::Quarantine { reason: format!("unreadable CSV header: {e}") },
+/// The rows of a part of one file.
+#[derive(Debug)]
+pub struct Piece {
+    pub frame: DataFrame,
+    pub rows_read: u64,
+    pub rejected: Vec<Rejected>,
+    /// Bytes of the file this piece covers.
+    pub bytes: u64,
+}
+
+/// One file read piece by piece: memory is bounded by the piece size, not by
+/// the file.
+#[derive(Debug)]
+pub struct FileReader<R> {
+    csv: csv::Reader<Bounded<R>>,
+    since_record: Arc<AtomicU64>,
+    file_index: u32,
+    record: csv::ByteRecord,
+    finished: bool,
+}
+
+/// What opening a file as the contract gave.
+#[derive(Debug)]
+pub enum Opened<R> {
+    Rows(FileReader<R>),
+    Quarantine { reason: String },
+}
+
+impl<R: Read> FileReader<R> {
+    /// Reads and checks the header of `inner`, file `file_index` of its batch.
+    pub fn open(inner: R, file_index: u32) -> Opened<R> {
+        Self::open_with_limit(inner, file_index, MAX_RECORD_BYTES)
     }
 
-    let mut columns = Columns::new();
-    let mut rejected = Vec::new();
-    let mut rows_read = 0u64;
-    loop {
-        let start = reader.position().byte() as usize;
-        let line = reader.position().line();
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
+    fn open_with_limit(inner: R, file_index: u32, limit: u64) -> Opened<R> {
+        let since_record = Arc::new(AtomicU64::new(0));
+        let bounded = Bounded { inner, since_record: since_record.clone(), limit };
+        let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bounded);
+        let mut record = csv::ByteRecord::new();
+        let quarantine = |reason: String| Opened::Quarantine { reason };
+        match csv.read_byte_record(&mut record) {
             Ok(true) => {
-                rows_read += 1;
-                let line = record.position().map_or(line, |p| p.line());
-                match validate(&record) {
-                    Ok(row) => columns.push(file_index, line, &row),
-                    Err(reason) => {
-                        let end = reader.position().byte() as usize;
-                        rejected.push(Rejected { file_index, line, raw: raw_text(&body[start.min(end)..end]), reason });
-                    }
+                let mut fields: Vec<&[u8]> = record.iter().collect();
+                if let Some(first) = fields.first_mut() {
+                    *first = first.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(first);
+                }
+                if fields.iter().any(|f| std::str::from_utf8(f).is_err()) {
+                    return quarantine("not UTF-8: the header has an invalid byte".into());
+                }
+                if fields.iter().copied().ne(COLUMNS.iter().map(|c| c.as_bytes())) {
+                    let found = String::from_utf8_lossy(&fields.join(&b","[..])).chars().take(200).collect::<String>();
+                    return quarantine(format!("wrong header: expected `{}`, found `{found}`", COLUMNS.join(",")));
                 }
             }
-            Err(e) => {
-                // The csv crate only fails on I/O or UTF-8 here, both ruled
-                // out above; keep the rows read so far and reject the rest.
-                rejected.push(Rejected {
-                    file_index,
-                    line,
-                    raw: raw_text(&body[start.min(body.len())..]),
-                    reason: format!("unreadable CSV: {e}"),
-                });
-                break;
+            Ok(false) if csv.position().byte() == 0 => return quarantine("empty file: no header".into()),
+            Ok(false) => return quarantine("no header row".into()),
+            Err(e) => return quarantine(format!("unreadable CSV header: {e}")),
+        }
+        Opened::Rows(FileReader { csv, since_record, file_index, record, finished: false })
+    }
+
+    /// Reads rows until at least `max_bytes` of the file are consumed or the
+    /// file ends; `None` once it has ended.
+    pub fn next_piece(&mut self, max_bytes: u64) -> Option<Piece> {
+        if self.finished {
+            return None;
+        }
+        let start = self.csv.position().byte();
+        let mut columns = Columns::new();
+        let mut rejected = Vec::new();
+        let mut rows_read = 0u64;
+        while self.csv.position().byte() - start < max_bytes.max(1) {
+            self.since_record.store(0, Ordering::Relaxed);
+            let line = self.csv.position().line();
+            match self.csv.read_byte_record(&mut self.record) {
+                Ok(false) => {
+                    self.finished = true;
+                    break;
+                }
+                Ok(true) => {
+                    rows_read += 1;
+                    let line = self.record.position().map_or(line, |p| p.line());
+                    let reject = |raw: String, reason: String| Rejected { file_index: self.file_index, line, raw, reason };
+                    match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
+                        Ok(record) => {
+                            match validate(&record) {
+                                Ok(row) => columns.push(self.file_index, line, &row),
+                                Err(reason) => rejected.push(reject(raw_text(record.as_byte_record()), reason)),
+                            }
+                            self.record = record.into_byte_record();
+                        }
+                        Err(e) => {
+                            let bad = e.utf8_error();
+                            let column = COLUMNS.get(bad.field()).copied().unwrap_or("an extra field");
+                            let reason = format!("not UTF-8: {column} has an invalid byte at offset {}", bad.valid_up_to());
+                            self.record = e.into_byte_record();
+                            rejected.push(reject(raw_text(&self.record), reason));
+                        }
+                    }
+                }
+                Err(e) => {
+                    // An I/O error or an over-long record: keep the rows
+                    // read so far and reject the rest of the file.
+                    let reason = format!("unreadable CSV from here on: {e}");
+                    rejected.push(Rejected { file_index: self.file_index, line, raw: String::new(), reason });
+                    self.finished = true;
+                    break;
+                }
             }
         }
+        let bytes = self.csv.position().byte() - start;
+        Some(Piece { frame: columns.finish(), rows_read, rejected, bytes })
     }
-    FileRead::Rows { frame: columns.finish(), rows_read, rejected }
 }
 
-fn raw_text(bytes: &[u8]) -> String {
-    let mut end = bytes.len();
-    while end > 0 && matches!(bytes[end - 1], b'\n' | b'\r') {
-        end -= 1;
+/// Parses the whole contents of one file in one piece.
+pub fn parse(bytes: &[u8], file_index: u32) -> FileRead {
+    let mut reader = match FileReader::open(bytes, file_index) {
+        Opened::Rows(reader) => reader,
+        Opened::Quarantine { reason } => return FileRead::Quarantine { reason },
+    };
+    let mut out = FileRead::Rows { frame: empty_frame(), rows_read: 0, rejected: Vec::new() };
+    while let Some(piece) = reader.next_piece(u64::MAX) {
+        if let FileRead::Rows { frame, rows_read, rejected } = &mut out {
+            // Same schema on both sides: vstack cannot fail.
+            let _ = frame.vstack_mut(&piece.frame);
+            *rows_read += piece.rows_read;
+            rejected.extend(piece.rejected);
+        }
     }
-    let cut = &bytes[..end.min(MAX_RAW_LINE)];
-    String::from_utf8_lossy(cut).replace('\0', "\\0")
+    out
+}
+
+/// A record as text for the rejected-rows table: fields joined by commas,
+/// quoted where needed, cut at [`MAX_RAW_LINE`] bytes, NULs spelled `\0`.
+fn raw_text(record: &csv::ByteRecord) -> String {
+    let mut out = Vec::new();
+    for (i, field) in record.iter().enumerate() {
+        if out.len() > MAX_RAW_LINE {
+            break;
+        }
+        if i > 0 {
+            out.push(b',');
+        }
+        if field.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+            out.push(b'"');
+            for &b in field.iter().take(MAX_RAW_LINE) {
+                if b == b'"' {
+                    out.push(b'"');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        } else {
+            out.extend_from_slice(&field[..field.len().min(MAX_RAW_LINE + 1)]);
+        }
+    }
+    out.truncate(MAX_RAW_LINE);
+    String::from_utf8_lossy(&out).replace('\0', "\\0")
 }
 
 /// One valid row, borrowed from its record.
@@ -413,6 +521,138 @@ fn rows_per_file(frame: &DataFrame, files: usize) -> PolarsResult<Vec<u64>> {
     Ok(counts)
 }
 
+/// How one file of a batch was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Read to its end; `duplicates` counts its rows that lost to a later
+    /// row of the same chunk (later chunks are compared in SQL).
+    Rows { rows_read: u64, rejected: u64, duplicates: u64 },
+    Quarantine { reason: String },
+    Missing,
+}
+
+/// One file of a batch as read: its identity taken again as it was opened.
+#[derive(Debug, Clone)]
+pub struct FileSummary {
+    pub id: FileId,
+    pub outcome: FileOutcome,
+}
+
+/// A part of a batch: rows of one or more files, deduplicated within
+/// itself, and the rejected rows read with them.
+#[derive(Debug)]
+pub struct Chunk {
+    pub frame: DataFrame,
+    pub rejected: Vec<Rejected>,
+}
+
+/// What reading a whole batch gave, once every chunk was handed on.
+#[derive(Debug)]
+pub struct BatchRead {
+    pub files: Vec<FileSummary>,
+    /// Chunks handed on that held rows.
+    pub chunks: u32,
+    pub read: Duration,
+    pub dedup: Duration,
+}
+
+/// Opens a planned file without following a symbolic link and without
+/// blocking on a FIFO; only a regular file is read.
+pub fn open_source(f: &SourceFile) -> Result<(FileId, std::fs::File), (FileId, FileOutcome)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let quarantine = |reason: String| (f.id.clone(), FileOutcome::Quarantine { reason });
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&f.path);
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((f.id.clone(), FileOutcome::Missing)),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(quarantine("not a regular file: a symbolic link, never followed".into()))
+        }
+        Err(e) => return Err(quarantine(format!("unreadable: {e}"))),
+    };
+    match file.metadata() {
+        Ok(meta) if meta.file_type().is_file() => Ok((crate::watch::file_id(&f.id.name, &meta), file)),
+        Ok(_) => Err(quarantine("not a regular file".into())),
+        Err(e) => Err(quarantine(format!("unreadable: {e}"))),
+    }
+}
+
+/// Reads the files of a batch in order and hands on chunks of at most about
+/// `chunk_bytes` of input each, deduplicated within themselves (last row in
+/// file then line order wins). `emit` returns false when the receiver is
+/// gone; reading then stops and `None` is returned.
+pub fn read_batch(
+    sources: &[SourceFile],
+    chunk_bytes: u64,
+    mut emit: impl FnMut(Chunk) -> bool,
+) -> PolarsResult<Option<BatchRead>> {
+    let n = sources.len();
+    let mut out = BatchRead { files: Vec::with_capacity(n), chunks: 0, read: Duration::ZERO, dedup: Duration::ZERO };
+    let mut frames: Vec<DataFrame> = Vec::new();
+    let mut rejected: Vec<Rejected> = Vec::new();
+    let mut pending_bytes = 0u64;
+    let started = Instant::now();
+
+    // Deduplicates and hands on what has been gathered.
+    let mut flush = |frames: &mut Vec<DataFrame>, rejected: &mut Vec<Rejected>, out: &mut BatchRead| {
+        let deduping = Instant::now();
+        let deduped = dedup(std::mem::take(frames), n)?;
+        out.dedup += deduping.elapsed();
+        for (file, d) in out.files.iter_mut().zip(&deduped.duplicates) {
+            if let FileOutcome::Rows { duplicates, .. } = &mut file.outcome {
+                *duplicates += d;
+            }
+        }
+        if deduped.frame.height() > 0 {
+            out.chunks += 1;
+        }
+        PolarsResult::Ok(emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected) }))
+    };
+
+    for (index, source) in sources.iter().enumerate() {
+        let (id, file) = match open_source(source) {
+            Ok(opened) => opened,
+            Err((id, outcome)) => {
+                out.files.push(FileSummary { id, outcome });
+                continue;
+            }
+        };
+        let mut reader = match FileReader::open(std::io::BufReader::with_capacity(256 * 1024, file), index as u32) {
+            Opened::Rows(reader) => reader,
+            Opened::Quarantine { reason } => {
+                out.files.push(FileSummary { id, outcome: FileOutcome::Quarantine { reason } });
+                continue;
+            }
+        };
+        out.files.push(FileSummary { id, outcome: FileOutcome::Rows { rows_read: 0, rejected: 0, duplicates: 0 } });
+        while let Some(piece) = reader.next_piece(chunk_bytes.saturating_sub(pending_bytes)) {
+            if let Some(FileSummary { outcome: FileOutcome::Rows { rows_read, rejected: bad, .. }, .. }) =
+                out.files.last_mut()
+            {
+                *rows_read += piece.rows_read;
+                *bad += piece.rejected.len() as u64;
+            }
+            pending_bytes += piece.bytes;
+            frames.push(piece.frame);
+            rejected.extend(piece.rejected);
+            if pending_bytes >= chunk_bytes {
+                if !flush(&mut frames, &mut rejected, &mut out)? {
+                    return Ok(None);
+                }
+                pending_bytes = 0;
+            }
+        }
+    }
+    if (!frames.is_empty() || !rejected.is_empty()) && !flush(&mut frames, &mut rejected, &mut out)? {
+        return Ok(None);
+    }
+    out.read = started.elapsed().saturating_sub(out.dedup);
+    Ok(Some(out))
+}
+
 /// Typed access to the rows of a deduplicated frame, for the sink.
 #[derive(Debug)]
 pub struct EventView<'a> {
@@ -487,6 +727,7 @@ impl<'a> EventView<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const H: &str =
         "user_id,user_name,user_email,event_type,product_id,product_name,product_category,product_price,event_time\n";
@@ -546,9 +787,140 @@ mod tests {
     fn unreadable_files_are_quarantined_with_a_reason() {
         assert!(quarantined(parse(b"", 0)).contains("empty"));
         assert!(quarantined(parse(b"a,b,c\n1,2,3\n", 0)).contains("wrong header"));
+        assert!(quarantined(parse(b"user_id,caf\xe9\n", 0)).contains("not UTF-8: the header"));
+        assert!(quarantined(parse(b"\n\n", 0)).contains("no header row"));
+    }
+
+    #[test]
+    fn a_row_that_is_not_utf8_is_rejected_and_the_rest_goes_on() {
         let mut latin1 = H.as_bytes().to_vec();
         latin1.extend_from_slice(b"1,Jos\xe9,j@x.com,view,2,Mug,Home,1.00,2026-01-01T00:00:00Z\n");
-        assert!(quarantined(parse(&latin1, 0)).contains("not UTF-8"));
+        latin1.extend_from_slice(b"2,Ann,a@x.com,view,2,Mug,Home,1.00,2026-01-01T00:00:00Z\n");
+        let (frame, n, rejected) = rows(parse(&latin1, 0));
+        assert_eq!((n, frame.height()), (2, 1));
+        assert_eq!(rejected[0].reason, "not UTF-8: user_name has an invalid byte at offset 3");
+        assert_eq!(rejected[0].raw, "1,Jos\u{fffd},j@x.com,view,2,Mug,Home,1.00,2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn an_over_long_record_rejects_the_rest_of_the_file_only() {
+        let csv = format!(
+            "{H}1,Ann,a@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n2,{},b@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n",
+            "x".repeat(100_000)
+        );
+        let Opened::Rows(mut reader) = FileReader::open_with_limit(csv.as_bytes(), 0, 50_000) else {
+            panic!("the header is fine")
+        };
+        let piece = reader.next_piece(u64::MAX).expect("one piece");
+        assert_eq!(piece.frame.height(), 1, "the row before the long one is kept");
+        assert_eq!(piece.rejected.len(), 1);
+        assert_eq!(piece.rejected[0].line, 3);
+        assert!(piece.rejected[0].reason.contains("a record is longer than 50000 bytes"), "{:?}", piece.rejected);
+        assert!(reader.next_piece(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn reading_in_pieces_gives_the_same_rows_as_reading_at_once() {
+        let body: String = (1..=200)
+            .map(|i| {
+                if i % 7 == 0 {
+                    format!("{i},bad\n")
+                } else {
+                    format!("{i},\"N, {i}\",e@x,view,{i},P,C,1.0{},2026-01-01T00:00:{:02}Z\n", i % 10, i % 60)
+                }
+            })
+            .collect();
+        let csv = format!("{H}{body}");
+        let (whole, n, bad) = rows(parse(csv.as_bytes(), 2));
+        let Opened::Rows(mut reader) = FileReader::open(csv.as_bytes(), 2) else { panic!("the header is fine") };
+        let mut frame = empty_frame();
+        let (mut pieces, mut rows_read, mut rejected, mut bytes) = (0, 0, Vec::new(), 0);
+        while let Some(p) = reader.next_piece(300) {
+            pieces += 1;
+            rows_read += p.rows_read;
+            bytes += p.bytes;
+            rejected.extend(p.rejected);
+            frame.vstack_mut(&p.frame).expect("same schema");
+        }
+        assert!(pieces > 10, "{pieces} pieces");
+        assert_eq!((rows_read, n, bytes), (200, 200, csv.len() as u64 - H.len() as u64));
+        assert_eq!(rejected, bad);
+        assert!(frame.equals(&whole));
+    }
+
+    fn write_files(dir: &Path, contents: &[String]) -> Vec<SourceFile> {
+        contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = format!("f{i}.csv");
+                let path = dir.join(&name);
+                std::fs::write(&path, c).expect("write");
+                let meta = std::fs::metadata(&path).expect("stat");
+                SourceFile { id: crate::watch::file_id(&name, &meta), path }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_read_in_chunks_each_unique_and_every_file_counted() -> PolarsResult<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let row = |u: i32, s: i32, p: &str| format!("{u},A,a,view,1,P,C,{p},2026-01-01T00:00:{s:02}Z\n");
+        let a: String = (0..50).map(|i| row(i % 5 + 1, i / 5, "1.00")).collect(); // 50 unique keys
+        let b: String = (0..50).map(|i| row(i % 5 + 1, i / 5, "2.00")).chain([row(1, 0, "3.00")]).collect();
+        let sources = write_files(dir.path(), &[format!("{H}{a}"), format!("{H}{b}"), "nonsense".into()]);
+        let mut chunks = Vec::new();
+        let read = read_batch(&sources, 1_000, |c| {
+            chunks.push(c);
+            true
+        })?
+        .expect("not stopped");
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        assert_eq!(read.chunks as usize, chunks.len());
+        for c in &chunks {
+            let keys = c.frame.select(["user_id", "event_time"])?;
+            assert_eq!(keys.is_unique()?.sum(), Some(c.frame.height() as u32), "a chunk holds unique keys");
+        }
+        let total: usize = chunks.iter().map(|c| c.frame.height()).sum();
+        let dups: u64 = read
+            .files
+            .iter()
+            .map(|f| match f.outcome {
+                FileOutcome::Rows { duplicates, .. } => duplicates,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total as u64 + dups, 101, "every row is kept in a chunk or counted as a duplicate");
+        assert!(matches!(read.files[0].outcome, FileOutcome::Rows { rows_read: 50, rejected: 0, .. }));
+        assert!(matches!(read.files[1].outcome, FileOutcome::Rows { rows_read: 51, rejected: 0, .. }));
+        assert!(matches!(&read.files[2].outcome, FileOutcome::Quarantine { reason } if reason.contains("wrong header")));
+
+        // The receiver going away stops the reader.
+        assert!(read_batch(&sources, 1_000, |_| false)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn links_fifos_and_folders_are_never_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("target.csv");
+        std::fs::write(&target, H).expect("write");
+        let link = dir.path().join("link.csv");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let folder = dir.path().join("folder.csv");
+        std::fs::create_dir(&folder).expect("mkdir");
+        let fifo = dir.path().join("fifo.csv");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success()));
+        let meta = std::fs::metadata(&target).expect("stat");
+        for (path, want) in [(link, "symbolic link"), (folder, "not a regular file"), (fifo, "not a regular file")] {
+            let source = SourceFile { id: crate::watch::file_id("x.csv", &meta), path };
+            match open_source(&source) {
+                Err((_, FileOutcome::Quarantine { reason })) => assert!(reason.contains(want), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let gone = SourceFile { id: crate::watch::file_id("x.csv", &meta), path: dir.path().join("gone.csv") };
+        assert!(matches!(open_source(&gone), Err((_, FileOutcome::Missing))));
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub struct RunArgs {
     #[arg(long, env = "MAX_BYTES_PER_BATCH", default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
     pub max_bytes_per_batch: u64,
 
+    /// Bytes of input read, deduplicated and staged at a time: a batch (or one big file) is
+    /// loaded in chunks of about this size inside its one transaction, so memory stays bounded.
+    #[arg(long, env = "CHUNK_BYTES", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
+    pub chunk_bytes: u64,
+
     /// Poll the folder instead of using inotify (network filesystems, Docker Desktop bind mounts).
     #[arg(long, env = "POLL", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub poll: bool,
@@ -132,6 +137,9 @@ impl RunArgs {
         }
         if self.max_bytes_per_batch == 0 {
             return Err(ConfigError::new("--max-bytes-per-batch/MAX_BYTES_PER_BATCH", "must be at least 1"));
+        }
+        if self.chunk_bytes == 0 {
+            return Err(ConfigError::new("--chunk-bytes/CHUNK_BYTES", "must be at least 1"));
         }
         if self.poll && self.poll_interval == 0 {
             return Err(ConfigError::new("--poll-interval/POLL_INTERVAL_MS", "must be at least 1 with --poll"));

@@ -23,6 +23,7 @@ pub mod watch;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -33,11 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::batch::{FileRead, SourceFile};
+use crate::batch::{BatchRead, FileOutcome, FileSummary, SourceFile};
 use crate::checkpoint::{Checkpoint, CommittedFile, Disposition, FileId, Offsets, FORMAT_VERSION};
 use crate::config::redact_url;
 use crate::progress::{ms, BatchProgress, Phases, ProgressLog, Totals};
-use crate::sink::{BatchLoad, FileLoad, FileStatus, SinkError};
+use crate::sink::{BatchMeta, Committed, FileLoad, FileStatus, Loader, SinkError};
 use crate::watch::{Candidate, Discovery};
 
 pub use config::{CleanSource, Cli, Command, RunArgs};
@@ -348,6 +349,13 @@ impl Stream {
             return self.run_batch(plan, Duration::ZERO, true).await;
         }
         info!(batch_id = plan.batch_id, "batch is in the database already; writing its commit marker");
+        self.mark_from_history(&plan, &history).await?;
+        Ok(Outcome::Committed)
+    }
+
+    /// Marks batch `plan` done with each file's outcome as the load history
+    /// has it.
+    async fn mark_from_history(&mut self, plan: &Offsets, history: &[sink::HistoryFile]) -> anyhow::Result<()> {
         let files = plan
             .files
             .iter()
@@ -358,8 +366,7 @@ impl Stream {
                 CommittedFile { file: f.clone(), disposition: self.disposition(status, reason) }
             })
             .collect();
-        self.mark(plan.batch_id, files).await?;
-        Ok(Outcome::Committed)
+        self.mark(plan.batch_id, files).await
     }
 
     fn disposition(&self, status: &str, reason: String) -> Disposition {
@@ -373,114 +380,76 @@ impl Stream {
     }
 
     async fn run_batch(&mut self, plan: Offsets, discover: Duration, recovered: bool) -> anyhow::Result<Outcome> {
-        let started_at = Utc::now();
         let started = Instant::now();
         let batch_id = plan.batch_id;
         let cp = self.checkpoint()?;
-        let checkpoint_id = cp.id();
+        let meta = BatchMeta {
+            checkpoint_id: cp.id(),
+            batch_id,
+            started_at: Utc::now(),
+            names: plan.files.iter().map(|f| f.name.clone()).collect(),
+        };
         let reingest: Vec<bool> = plan.files.iter().map(|f| cp.knows_name(&f.name)).collect();
-
-        // Read and validate every file.
-        let sources: Vec<SourceFile> = plan
+        let sources: Arc<[SourceFile]> = plan
             .files
             .iter()
             .map(|id| SourceFile { id: id.clone(), path: self.args.data_dir.join(&id.name) })
             .collect();
-        let reads =
-            blocking(move || sources.iter().enumerate().map(|(i, f)| read_source(f, i as u32)).collect::<Vec<_>>())
-                .await?;
-        let read_time = started.elapsed();
 
-        let mut files = Vec::with_capacity(reads.len());
-        let mut frames = Vec::new();
-        let mut rejected = Vec::new();
-        for ((id, read), reingest) in reads.into_iter().zip(reingest) {
-            if reingest {
-                info!(batch_id, file = %id.name, size = id.size, "file changed since it was loaded; loading it again");
-            }
-            let mut load = FileLoad {
-                file: id,
-                status: FileStatus::Loaded,
-                reason: None,
-                rows_read: 0,
-                duplicates: 0,
-                rejected: 0,
-                reingest,
-            };
-            match read {
-                FileRead::Rows { frame, rows_read, rejected: bad } => {
-                    load.rows_read = rows_read;
-                    load.rejected = bad.len() as u64;
-                    rejected.extend(bad);
-                    frames.push(frame);
-                }
-                FileRead::Quarantine { reason } => {
-                    warn!(batch_id, file = %load.file.name, reason, "file quarantined");
-                    load.status = FileStatus::Quarantined;
-                    load.reason = Some(reason);
-                }
-                FileRead::Missing => {
-                    warn!(batch_id, file = %load.file.name, "file vanished before it was read");
-                    load.status = FileStatus::Missing;
-                    load.reason = Some("the file was gone when its batch read it".into());
-                }
-            }
-            files.push(load);
-        }
-
-        // Deduplicate with Polars.
-        let deduping = Instant::now();
-        let n = files.len();
-        let deduped = blocking(move || batch::dedup(frames, n)).await?.context("deduplicating the batch")?;
-        for (f, d) in files.iter_mut().zip(&deduped.duplicates) {
-            f.duplicates = *d;
-        }
-        let dedup_time = deduping.elapsed();
-
-        // Commit, retrying the same batch on transient errors.
-        let load = BatchLoad {
-            checkpoint_id,
-            batch_id,
-            started_at,
-            files: &files,
-            events: &deduped.frame,
-            rejected: &rejected,
-        };
+        // Read, deduplicate and commit, retrying the same batch (read again)
+        // on transient errors.
         let mut backoff = Backoff::new(self.args.max_backoff);
         let mut attempt = 0u32;
-        let committed = loop {
+        let (files, read, committed) = loop {
             attempt += 1;
             if !self.ensure_client().await? {
                 return Ok(Outcome::Abandoned);
             }
             let client = self.client.as_mut().context("connected above")?;
-            let result = async {
-                // After a failure, the lost COMMIT may have gone through.
-                if attempt > 1 && !sink::committed_files(client, checkpoint_id, batch_id).await?.is_empty() {
-                    return Ok(None);
-                }
-                sink::load_batch(client, &load).await.map(Some)
-            }
-            .await;
-            match result {
-                Ok(Some(c)) => break Some(c),
-                Ok(None) => {
+            // After a failure, the lost COMMIT may have gone through.
+            let history = if attempt > 1 {
+                sink::committed_files(client, meta.checkpoint_id, batch_id).await
+            } else {
+                Ok(Vec::new())
+            };
+            let result = match history {
+                Ok(history) if !history.is_empty() => {
                     info!(batch_id, "the lost COMMIT went through; not loading the batch again");
-                    break None;
+                    self.mark_from_history(&plan, &history).await?;
+                    return Ok(Outcome::Committed);
                 }
-                // The next attempt finds the batch in the load history.
-                Err(e) if e.is_batch_already_loaded() => {}
-                Err(e) if e.is_transient() => {
-                    let wait = backoff.step();
-                    warn!(batch_id, attempt, retry_in_ms = wait.as_millis() as u64, error = %e, "batch rolled back; retrying");
-                    self.client = None;
-                    if !pause(&self.shutdown, wait).await {
-                        return Ok(Outcome::Abandoned);
+                Ok(_) => load(client, &meta, sources.clone(), self.args.chunk_bytes, &reingest).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(done) => break done,
+                Err(e) => match e.downcast_ref::<SinkError>() {
+                    // The next attempt finds the batch in the load history.
+                    Some(s) if s.is_batch_already_loaded() => {}
+                    Some(s) if s.is_transient() => {
+                        let wait = backoff.step();
+                        warn!(batch_id, attempt, retry_in_ms = wait.as_millis() as u64, error = %s, "batch rolled back; retrying");
+                        self.client = None;
+                        if !pause(&self.shutdown, wait).await {
+                            return Ok(Outcome::Abandoned);
+                        }
                     }
-                }
-                Err(e) => return Err(e).with_context(|| format!("batch {batch_id} failed")),
+                    _ => return Err(e).with_context(|| format!("batch {batch_id} failed")),
+                },
             }
         };
+        for f in &files {
+            match f.status {
+                FileStatus::Quarantined => {
+                    warn!(batch_id, file = %f.file.name, reason = f.reason.as_deref().unwrap_or_default(), "file quarantined")
+                }
+                FileStatus::Missing => warn!(batch_id, file = %f.file.name, "file vanished before it was read"),
+                FileStatus::Loaded if f.reingest => {
+                    info!(batch_id, file = %f.file.name, size = f.file.size, "file changed since it was loaded; loaded it again")
+                }
+                FileStatus::Loaded => {}
+            }
+        }
 
         // Mark it done, then move the files as asked.
         let committed_files: Vec<CommittedFile> = files
@@ -492,12 +461,10 @@ impl Stream {
             .collect();
         self.mark(batch_id, committed_files).await?;
 
-        let (load_time, commit_time, inserted, updated, unchanged) = match &committed {
-            Some(c) => (c.load, c.commit, c.inserted.iter().sum(), c.updated.iter().sum(), c.unchanged.iter().sum()),
-            None => (Duration::ZERO, Duration::ZERO, 0, 0, 0),
-        };
+        let c = &committed;
+        let (inserted, updated, unchanged, duplicates) =
+            (c.inserted.iter().sum(), c.updated.iter().sum(), c.unchanged.iter().sum(), c.duplicates.iter().sum());
         let input_rows: u64 = files.iter().map(|f| f.rows_read).sum();
-        let duplicates: u64 = files.iter().map(|f| f.duplicates).sum();
         let total = started.elapsed() + discover;
         let p = BatchProgress {
             timestamp: Utc::now(),
@@ -508,17 +475,17 @@ impl Stream {
             files_missing: files.iter().filter(|f| f.status == FileStatus::Missing).count(),
             input_rows,
             duplicates,
-            rejected: rejected.len() as u64,
+            rejected: files.iter().map(|f| f.rejected).sum(),
             inserted,
             updated,
             unchanged,
             rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
             phases: Phases {
                 discover_ms: ms(discover),
-                read_ms: ms(read_time),
-                dedup_ms: ms(dedup_time),
-                load_ms: ms(load_time),
-                commit_ms: ms(commit_time),
+                read_ms: ms(read.read),
+                dedup_ms: ms(read.dedup),
+                load_ms: ms(c.load),
+                commit_ms: ms(c.commit),
                 total_ms: ms(total),
             },
         };
@@ -605,14 +572,73 @@ fn take_batch(ready: &mut VecDeque<Candidate>, max_files: usize, max_bytes: u64)
     out
 }
 
-/// Reads one planned file; its identity is taken again as it is read.
-fn read_source(f: &SourceFile, index: u32) -> (FileId, FileRead) {
-    match std::fs::symlink_metadata(&f.path) {
-        Ok(meta) if meta.file_type().is_file() => (watch::file_id(&f.id.name, &meta), batch::read_file(&f.path, index)),
-        Ok(_) => (f.id.clone(), FileRead::Quarantine { reason: "not a regular file".into() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (f.id.clone(), FileRead::Missing),
-        Err(e) => (f.id.clone(), FileRead::Quarantine { reason: format!("unreadable: {e}") }),
+/// Runs [`batch::read_batch`] on a blocking thread, handing each chunk to
+/// `emit` there.
+async fn blocking_read(
+    sources: Arc<[SourceFile]>,
+    chunk_bytes: u64,
+    emit: impl FnMut(batch::Chunk) -> bool + Send + 'static,
+) -> anyhow::Result<BatchRead> {
+    blocking(move || batch::read_batch(&sources, chunk_bytes, emit))
+        .await?
+        .context("reading the batch")?
+        .context("the batch reader stopped early")
+}
+
+/// One attempt at a batch: the files are read on a blocking thread while the
+/// chunks already read are staged, all in one transaction.
+async fn load(
+    client: &mut Client,
+    meta: &BatchMeta,
+    sources: Arc<[SourceFile]>,
+    chunk_bytes: u64,
+    reingest: &[bool],
+) -> anyhow::Result<(Vec<FileLoad>, BatchRead, Committed)> {
+    // One chunk in the channel and one being read: memory stays at a few
+    // chunks whatever the batch size.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<batch::Chunk>(1);
+    let reader = tokio::spawn(blocking_read(sources, chunk_bytes, move |chunk| tx.blocking_send(chunk).is_ok()));
+    let mut loader = Loader::begin(client, meta).await?;
+    while let Some(chunk) = rx.recv().await {
+        loader.stage(&chunk.frame).await?;
+        loader.reject(&chunk.rejected).await?;
     }
+    let read = reader.await.context("the batch reader panicked")??;
+    let files = file_loads(read.files.clone(), reingest);
+    let committed = loader.finish(&files).await?;
+    Ok((files, read, committed))
+}
+
+/// The load-history view of the files as read.
+fn file_loads(read: Vec<FileSummary>, reingest: &[bool]) -> Vec<FileLoad> {
+    read.into_iter()
+        .zip(reingest)
+        .map(|(f, &reingest)| {
+            let mut load = FileLoad {
+                file: f.id,
+                status: FileStatus::Loaded,
+                reason: None,
+                rows_read: 0,
+                duplicates: 0,
+                rejected: 0,
+                reingest,
+            };
+            match f.outcome {
+                FileOutcome::Rows { rows_read, rejected, duplicates } => {
+                    (load.rows_read, load.rejected, load.duplicates) = (rows_read, rejected, duplicates);
+                }
+                FileOutcome::Quarantine { reason } => {
+                    load.status = FileStatus::Quarantined;
+                    load.reason = Some(reason);
+                }
+                FileOutcome::Missing => {
+                    load.status = FileStatus::Missing;
+                    load.reason = Some("the file was gone when its batch read it".into());
+                }
+            }
+            load
+        })
+        .collect()
 }
 
 fn eligible_names(dir: &Path) -> anyhow::Result<HashSet<String>> {

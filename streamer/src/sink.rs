@@ -165,6 +165,7 @@ pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result
 /// durable whatever the server's default (`synchronous_commit = off` would
 /// let a server crash forget a batch the checkpoint calls done).
 const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT EXISTS events_stage (
+    chunk INTEGER NOT NULL,
     file_index INTEGER NOT NULL,
     user_id INTEGER NOT NULL,
     user_name TEXT NOT NULL,
@@ -178,7 +179,8 @@ const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT E
 ) ON COMMIT DELETE ROWS";
 
 /// Column types of `events_stage`, in order.
-const STAGE_TYPES: [Type; 10] = [
+const STAGE_TYPES: [Type; 11] = [
+    Type::INT4,
     Type::INT4,
     Type::INT4,
     Type::TEXT,
@@ -193,22 +195,32 @@ const STAGE_TYPES: [Type; 10] = [
 
 /// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
 /// the staging table into `events`, in key order for index locality; returns
-/// per staging file the number of rows inserted and updated.
-/// [`merge_sql`], built once.
-static MERGE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_sql);
+/// per staged file the rows kept after deduplication, inserted and updated.
+/// With one chunk the stage holds unique keys already; with several, the row
+/// of the latest chunk wins (`DISTINCT ON`), each chunk being unique within.
+static MERGE_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| [merge_sql(false), merge_sql(true)]);
 
-pub fn merge_sql() -> String {
+pub fn merge_sql(several_chunks: bool) -> String {
     let cols = COLUMNS.join(", ");
     let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
     let set = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
     let old = others.iter().map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
     let new = others.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+    let (latest, source) = if several_chunks {
+        (
+            "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
+             ORDER BY user_id, event_time, chunk DESC), ",
+            "latest",
+        )
+    } else {
+        ("", "events_stage")
+    };
     format!(
-        "WITH merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM events_stage ORDER BY user_id, event_time \
+        "WITH {latest}merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM {source} ORDER BY user_id, event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new}) \
          RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
-         SELECT s.file_index, count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
-         FROM merged m JOIN events_stage s USING (user_id, event_time) GROUP BY s.file_index"
+         SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
+         FROM {source} s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
     )
 }
 
@@ -246,32 +258,33 @@ pub struct FileLoad {
     pub status: FileStatus,
     pub reason: Option<String>,
     pub rows_read: u64,
+    /// Rows that lost to a later row of their own chunk.
     pub duplicates: u64,
     pub rejected: u64,
     pub reingest: bool,
 }
 
-/// A batch ready to commit.
-#[derive(Debug)]
-pub struct BatchLoad<'a> {
+/// What identifies a batch in the load history.
+#[derive(Debug, Clone)]
+pub struct BatchMeta {
     pub checkpoint_id: Uuid,
     pub batch_id: u64,
     pub started_at: DateTime<Utc>,
-    pub files: &'a [FileLoad],
-    /// The deduplicated rows (batch schema).
-    pub events: &'a DataFrame,
-    pub rejected: &'a [Rejected],
+    /// File names by their index in the batch.
+    pub names: Vec<String>,
 }
 
 /// What committing a batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Committed {
-    /// Per file of the batch: rows inserted, updated, and rows whose key
-    /// already held exactly these values.
+    /// Per file of the batch: rows that lost to a later row with the same
+    /// key, rows inserted, updated, and rows whose key already held exactly
+    /// these values.
+    pub duplicates: Vec<u64>,
     pub inserted: Vec<u64>,
     pub updated: Vec<u64>,
     pub unchanged: Vec<u64>,
-    /// Time spent staging and merging, then committing.
+    /// Time from the first staged row to the merge's end, then committing.
     pub load: Duration,
     pub commit: Duration,
 }
@@ -280,115 +293,167 @@ fn micros_to_utc(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
-/// Commits `batch` in one transaction.
-pub async fn load_batch(client: &mut Client, batch: &BatchLoad<'_>) -> Result<Committed, SinkError> {
-    let started = Instant::now();
-    let view = EventView::new(batch.events)?;
-    let tx = client.transaction().await.map_err(SinkError::query("starting the batch transaction"))?;
+/// A batch being loaded: ONE transaction that chunks are staged into, then
+/// merged, recorded and committed by [`Loader::finish`]. Dropped before
+/// that, it rolls back.
+#[allow(missing_debug_implementations)] // a Transaction has no Debug
+pub struct Loader<'a> {
+    tx: tokio_postgres::Transaction<'a>,
+    meta: &'a BatchMeta,
+    chunks: i32,
+    staged: Vec<u64>,
+    started: Instant,
+}
 
-    let sink = tx
-        .copy_in("COPY events_stage FROM STDIN (FORMAT binary)")
-        .await
-        .map_err(SinkError::query("staging the rows"))?;
-    let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
-    pin_mut!(writer);
-    for i in 0..view.len() {
-        let Some(r) = view.row(i) else { break };
-        let file_index = r.file_index as i32;
-        let price = Decimal::new(r.price_cents, 2);
-        let time = micros_to_utc(r.event_time_micros);
-        let row: [&(dyn ToSql + Sync); 10] = [
-            &file_index,
-            &r.user_id,
-            &r.user_name,
-            &r.user_email,
-            &r.event_type,
-            &r.product_id,
-            &r.product_name,
-            &r.product_category,
-            &price,
-            &time,
-        ];
-        writer.as_mut().write(&row).await.map_err(SinkError::query("staging the rows"))?;
+impl<'a> Loader<'a> {
+    pub async fn begin(client: &'a mut Client, meta: &'a BatchMeta) -> Result<Loader<'a>, SinkError> {
+        let tx = client.transaction().await.map_err(SinkError::query("starting the batch transaction"))?;
+        Ok(Loader { tx, meta, chunks: 0, staged: vec![0; meta.names.len()], started: Instant::now() })
     }
-    writer.finish().await.map_err(SinkError::query("staging the rows"))?;
 
-    let mut out =
-        Committed { inserted: vec![0; batch.files.len()], updated: vec![0; batch.files.len()], ..Committed::default() };
-    for row in tx.query(MERGE_SQL.as_str(), &[]).await.map_err(SinkError::query("merging into events"))? {
-        let (file, inserted, updated): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        if let Some(slot) = out.inserted.get_mut(file as usize) {
-            *slot = inserted as u64;
-            out.updated[file as usize] = updated as u64;
+    /// Stages the rows of one chunk (batch schema, unique keys) by binary COPY.
+    pub async fn stage(&mut self, frame: &DataFrame) -> Result<(), SinkError> {
+        let view = EventView::new(frame)?;
+        if view.is_empty() {
+            return Ok(());
         }
+        let chunk = self.chunks;
+        self.chunks += 1;
+        let sink = self
+            .tx
+            .copy_in("COPY events_stage FROM STDIN (FORMAT binary)")
+            .await
+            .map_err(SinkError::query("staging the rows"))?;
+        let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+        pin_mut!(writer);
+        for i in 0..view.len() {
+            let Some(r) = view.row(i) else { break };
+            if let Some(n) = self.staged.get_mut(r.file_index as usize) {
+                *n += 1;
+            }
+            let file_index = r.file_index as i32;
+            let price = Decimal::new(r.price_cents, 2);
+            let time = micros_to_utc(r.event_time_micros);
+            let row: [&(dyn ToSql + Sync); 11] = [
+                &chunk,
+                &file_index,
+                &r.user_id,
+                &r.user_name,
+                &r.user_email,
+                &r.event_type,
+                &r.product_id,
+                &r.product_name,
+                &r.product_category,
+                &price,
+                &time,
+            ];
+            writer.as_mut().write(&row).await.map_err(SinkError::query("staging the rows"))?;
+        }
+        writer.finish().await.map_err(SinkError::query("staging the rows"))?;
+        Ok(())
     }
 
-    if !batch.rejected.is_empty() {
-        let sink = tx.copy_in(REJECTED_COPY).await.map_err(SinkError::query("recording rejected rows"))?;
+    /// Records rejected rows, in the same transaction.
+    pub async fn reject(&mut self, rejected: &[Rejected]) -> Result<(), SinkError> {
+        if rejected.is_empty() {
+            return Ok(());
+        }
+        let sink = self.tx.copy_in(REJECTED_COPY).await.map_err(SinkError::query("recording rejected rows"))?;
         let writer =
             BinaryCopyInWriter::new(sink, &[Type::UUID, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
         pin_mut!(writer);
-        let batch_id = batch.batch_id as i64;
-        for r in batch.rejected {
-            let name = batch.files.get(r.file_index as usize).map_or("", |f| f.file.name.as_str());
+        let batch_id = self.meta.batch_id as i64;
+        for r in rejected {
+            let name = self.meta.names.get(r.file_index as usize).map_or("", String::as_str);
             let line = r.line as i64;
             writer
                 .as_mut()
-                .write(&[&batch.checkpoint_id, &batch_id, &name, &line, &r.raw, &r.reason])
+                .write(&[&self.meta.checkpoint_id, &batch_id, &name, &line, &r.raw, &r.reason])
                 .await
                 .map_err(SinkError::query("recording rejected rows"))?;
         }
         writer.finish().await.map_err(SinkError::query("recording rejected rows"))?;
+        Ok(())
     }
 
-    let files = batch.files;
-    let col =
-        |f: &dyn Fn(usize, &FileLoad) -> i64| files.iter().enumerate().map(|(i, x)| f(i, x)).collect::<Vec<i64>>();
-    let names: Vec<&str> = files.iter().map(|f| f.file.name.as_str()).collect();
-    let sizes = col(&|_, f| f.file.size as i64);
-    let mtimes: Vec<DateTime<Utc>> = files.iter().map(|f| DateTime::from_timestamp_nanos(f.file.mtime_ns)).collect();
-    let statuses: Vec<&str> = files.iter().map(|f| f.status.as_str()).collect();
-    let reasons: Vec<Option<&str>> = files.iter().map(|f| f.reason.as_deref()).collect();
-    let read = col(&|_, f| f.rows_read as i64);
-    let inserted = col(&|i, _| out.inserted[i] as i64);
-    let updated = col(&|i, _| out.updated[i] as i64);
-    out.unchanged = files
-        .iter()
-        .enumerate()
-        .map(|(i, f)| f.rows_read.saturating_sub(f.duplicates + f.rejected + out.inserted[i] + out.updated[i]))
-        .collect();
-    let unchanged = col(&|i, _| out.unchanged[i] as i64);
-    let duplicates = col(&|_, f| f.duplicates as i64);
-    let rejected = col(&|_, f| f.rejected as i64);
-    let reingest: Vec<bool> = files.iter().map(|f| f.reingest).collect();
-    tx.execute(
-        HISTORY_SQL,
-        &[
-            &batch.checkpoint_id,
-            &(batch.batch_id as i64),
-            &names,
-            &sizes,
-            &mtimes,
-            &statuses,
-            &reasons,
-            &read,
-            &inserted,
-            &updated,
-            &unchanged,
-            &duplicates,
-            &rejected,
-            &reingest,
-            &batch.started_at,
-        ],
-    )
-    .await
-    .map_err(SinkError::query("recording the load history"))?;
-    out.load = started.elapsed();
+    /// Merges the staged rows into `events`, records the load history of
+    /// `files` (in batch order) and commits.
+    pub async fn finish(self, files: &[FileLoad]) -> Result<Committed, SinkError> {
+        let Loader { tx, meta, chunks, staged, started } = self;
+        let n = files.len();
+        let mut out = Committed {
+            duplicates: files.iter().map(|f| f.duplicates).collect(),
+            inserted: vec![0; n],
+            updated: vec![0; n],
+            ..Committed::default()
+        };
+        if chunks > 0 {
+            if chunks > 1 {
+                // Planner statistics for a stage too big to guess.
+                tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
+            }
+            let sql = &MERGE_SQL[usize::from(chunks > 1)];
+            for row in tx.query(sql.as_str(), &[]).await.map_err(SinkError::query("merging into events"))? {
+                let (file, kept, inserted, updated): (i32, i64, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let i = file as usize;
+                if i < n {
+                    out.duplicates[i] += staged[i].saturating_sub(kept as u64);
+                    out.inserted[i] = inserted as u64;
+                    out.updated[i] = updated as u64;
+                }
+            }
+        }
 
-    let committing = Instant::now();
-    tx.commit().await.map_err(SinkError::query("committing the batch"))?;
-    out.commit = committing.elapsed();
-    Ok(out)
+        let col =
+            |f: &dyn Fn(usize, &FileLoad) -> i64| files.iter().enumerate().map(|(i, x)| f(i, x)).collect::<Vec<i64>>();
+        let names: Vec<&str> = files.iter().map(|f| f.file.name.as_str()).collect();
+        let sizes = col(&|_, f| f.file.size as i64);
+        let mtimes: Vec<DateTime<Utc>> =
+            files.iter().map(|f| DateTime::from_timestamp_nanos(f.file.mtime_ns)).collect();
+        let statuses: Vec<&str> = files.iter().map(|f| f.status.as_str()).collect();
+        let reasons: Vec<Option<&str>> = files.iter().map(|f| f.reason.as_deref()).collect();
+        let read = col(&|_, f| f.rows_read as i64);
+        let inserted = col(&|i, _| out.inserted[i] as i64);
+        let updated = col(&|i, _| out.updated[i] as i64);
+        out.unchanged = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.rows_read.saturating_sub(out.duplicates[i] + f.rejected + out.inserted[i] + out.updated[i]))
+            .collect();
+        let unchanged = col(&|i, _| out.unchanged[i] as i64);
+        let duplicates = col(&|i, _| out.duplicates[i] as i64);
+        let rejected = col(&|_, f| f.rejected as i64);
+        let reingest: Vec<bool> = files.iter().map(|f| f.reingest).collect();
+        tx.execute(
+            HISTORY_SQL,
+            &[
+                &meta.checkpoint_id,
+                &(meta.batch_id as i64),
+                &names,
+                &sizes,
+                &mtimes,
+                &statuses,
+                &reasons,
+                &read,
+                &inserted,
+                &updated,
+                &unchanged,
+                &duplicates,
+                &rejected,
+                &reingest,
+                &meta.started_at,
+            ],
+        )
+        .await
+        .map_err(SinkError::query("recording the load history"))?;
+        out.load = started.elapsed();
+
+        let committing = Instant::now();
+        tx.commit().await.map_err(SinkError::query("committing the batch"))?;
+        out.commit = committing.elapsed();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -397,17 +462,27 @@ mod tests {
 
     #[test]
     fn merge_sql_is_the_exact_statement() {
-        assert_eq!(
-            merge_sql(),
-            "WITH merged AS (INSERT INTO events AS e (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) \
-             SELECT user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time FROM events_stage ORDER BY user_id, event_time \
-             ON CONFLICT (user_id, event_time) DO UPDATE SET user_name = EXCLUDED.user_name, user_email = EXCLUDED.user_email, event_type = EXCLUDED.event_type, \
+        let cols = "user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time";
+        let tail = "ON CONFLICT (user_id, event_time) DO UPDATE SET user_name = EXCLUDED.user_name, user_email = EXCLUDED.user_email, event_type = EXCLUDED.event_type, \
              product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price \
              WHERE (e.user_name, e.user_email, e.event_type, e.product_id, e.product_name, e.product_category, e.product_price) \
              IS DISTINCT FROM (EXCLUDED.user_name, EXCLUDED.user_email, EXCLUDED.event_type, EXCLUDED.product_id, EXCLUDED.product_name, EXCLUDED.product_category, EXCLUDED.product_price) \
              RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
-             SELECT s.file_index, count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
-             FROM merged m JOIN events_stage s USING (user_id, event_time) GROUP BY s.file_index"
+             SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) FROM";
+        assert_eq!(
+            merge_sql(false),
+            format!(
+                "WITH merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM events_stage ORDER BY user_id, event_time {tail} \
+                 events_stage s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
+            )
+        );
+        assert_eq!(
+            merge_sql(true),
+            format!(
+                "WITH latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage ORDER BY user_id, event_time, chunk DESC), \
+                 merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM latest ORDER BY user_id, event_time {tail} \
+                 latest s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
+            )
         );
     }
 

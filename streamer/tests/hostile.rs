@@ -19,7 +19,7 @@ enum Expect {
 }
 use Expect::*;
 
-const CORPUS: [(&str, Expect); 26] = [
+const CORPUS: [(&str, Expect); 27] = [
     ("missing_column.csv", Loaded(2, &[(3, "expected 9 fields, found 8")])),
     ("extra_column.csv", Loaded(2, &[(3, "expected 9 fields, found 10")])),
     ("reordered_columns.csv", Quarantined("wrong header")),
@@ -27,7 +27,8 @@ const CORPUS: [(&str, Expect); 26] = [
     ("quoted_fields.csv", Loaded(2, &[])),
     ("bom.csv", Loaded(1, &[])),
     ("crlf.csv", Loaded(2, &[])),
-    ("invalid_utf8.csv", Quarantined("not UTF-8: invalid byte at offset")),
+    ("invalid_utf8.csv", Loaded(1, &[(2, "not UTF-8: user_name has an invalid byte at offset 3")])),
+    ("invalid_utf8_header.csv", Quarantined("not UTF-8: the header has an invalid byte")),
     ("nul_byte.csv", Loaded(2, &[(3, "user_name: contains a NUL character")])),
     ("empty.csv", Quarantined("empty file")),
     ("header_only.csv", Loaded(0, &[])),
