@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Peak memory of the streamer (release build) on two workloads, printed:
 #   1. a backlog of BACKLOG_FILES small files (default 50 000 × 100 rows);
-#   2. one big file of BIG_ROWS rows (default 4 000 000 rows, about 500 MB;
-#      BIG_ROWS=16000000 makes the 2 GB case).
+#   2. one big file of BIG_ROWS rows (default 18 500 000 rows, about 2 GB;
+#      it is made here and removed after).
 # Uses DATABASE_URL if it answers, else a private cluster (scripts/lib/pg.sh),
 # a fresh database per workload, and GNU time for the peak RSS.
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
 BACKLOG_FILES=${BACKLOG_FILES:-50000}
-BIG_ROWS=${BIG_ROWS:-4000000}
+BIG_ROWS=${BIG_ROWS:-18500000}
 
 if [ ! -x /usr/bin/time ]; then
     if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq time >/dev/null; else echo "needs GNU time: sudo apt-get install time" >&2; exit 1; fi
