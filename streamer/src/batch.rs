@@ -195,7 +195,8 @@ impl<R: Read> FileReader<R> {
                 Ok(true) => {
                     rows_read += 1;
                     let line = self.record.position().map_or(line, |p| p.line());
-                    let reject = |raw: String, reason: String| Rejected { file_index: self.file_index, line, raw, reason };
+                    let reject =
+                        |raw: String, reason: String| Rejected { file_index: self.file_index, line, raw, reason };
                     match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
                         Ok(record) => {
                             match validate(&record) {
@@ -207,7 +208,8 @@ impl<R: Read> FileReader<R> {
                         Err(e) => {
                             let bad = e.utf8_error();
                             let column = COLUMNS.get(bad.field()).copied().unwrap_or("an extra field");
-                            let reason = format!("not UTF-8: {column} has an invalid byte at offset {}", bad.valid_up_to());
+                            let reason =
+                                format!("not UTF-8: {column} has an invalid byte at offset {}", bad.valid_up_to());
                             self.record = e.into_byte_record();
                             rejected.push(reject(raw_text(&self.record), reason));
                         }
@@ -526,8 +528,14 @@ fn rows_per_file(frame: &DataFrame, files: usize) -> PolarsResult<Vec<u64>> {
 pub enum FileOutcome {
     /// Read to its end; `duplicates` counts its rows that lost to a later
     /// row of the same chunk (later chunks are compared in SQL).
-    Rows { rows_read: u64, rejected: u64, duplicates: u64 },
-    Quarantine { reason: String },
+    Rows {
+        rows_read: u64,
+        rejected: u64,
+        duplicates: u64,
+    },
+    Quarantine {
+        reason: String,
+    },
     Missing,
 }
 
@@ -893,7 +901,9 @@ mod tests {
         assert_eq!(total as u64 + dups, 101, "every row is kept in a chunk or counted as a duplicate");
         assert!(matches!(read.files[0].outcome, FileOutcome::Rows { rows_read: 50, rejected: 0, .. }));
         assert!(matches!(read.files[1].outcome, FileOutcome::Rows { rows_read: 51, rejected: 0, .. }));
-        assert!(matches!(&read.files[2].outcome, FileOutcome::Quarantine { reason } if reason.contains("wrong header")));
+        assert!(
+            matches!(&read.files[2].outcome, FileOutcome::Quarantine { reason } if reason.contains("wrong header"))
+        );
 
         // The receiver going away stops the reader.
         assert!(read_batch(&sources, 1_000, |_| false)?.is_none());

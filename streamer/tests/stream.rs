@@ -64,7 +64,8 @@ async fn a_batch_in_many_chunks_equals_the_batch_in_one() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let files = generate(&data, settings(11), 12);
-    let history = "SELECT file_name, rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_rejected \
+    let history =
+        "SELECT file_name, rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_rejected \
                    FROM load_history ORDER BY file_name";
     let mut results = Vec::new();
     for (i, chunk) in ["2048", "33554432"].iter().enumerate() {
@@ -73,12 +74,8 @@ async fn a_batch_in_many_chunks_equals_the_batch_in_one() -> TestResult {
         let summary = run_once(args(&data, &cp, &db.url, &["--once", "--chunk-bytes", chunk])).await;
         assert_eq!(summary.totals.batches, 1);
         let client = db.client().await;
-        let rows: Vec<Vec<i64>> = client
-            .query(history, &[])
-            .await?
-            .iter()
-            .map(|r| (1..7).map(|c| r.get::<_, i64>(c)).collect())
-            .collect();
+        let rows: Vec<Vec<i64>> =
+            client.query(history, &[]).await?.iter().map(|r| (1..7).map(|c| r.get::<_, i64>(c)).collect()).collect();
         results.push((table(&client).await, rows, summary.totals.duplicates));
     }
     let (expected, _) = oracle(&files);
