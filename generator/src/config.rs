@@ -3,17 +3,22 @@
 //! checks what clap's types cannot.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use crate::cli::{check_rate, ConfigError, LogFormat};
 use crate::record::Settings;
+use crate::replay::{InputFormat, ReplaySettings, Speed};
 
 /// Writes synthetic e-commerce event CSV files into a folder, atomically.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "generator", version, about, long_about = None, allow_negative_numbers = true)]
+#[command(name = "generator", version, about, long_about = None, allow_negative_numbers = true, args_conflicts_with_subcommands = true)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<GeneratorCommand>,
+
     /// Folder the event files are published into (created if missing).
     #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
     pub data_dir: PathBuf,
@@ -73,6 +78,91 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// What the generator does besides generating.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GeneratorCommand {
+    /// Replay a historical event CSV (ours, or the public multi-category store dataset) at a speed factor.
+    Replay(ReplayArgs),
+}
+
+/// Settings of `generator replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The CSV to replay, in time order.
+    #[arg(long, env = "REPLAY_INPUT", value_name = "FILE")]
+    pub input: PathBuf,
+
+    /// Folder the files are published into (created if missing).
+    #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Data-seconds per real second (1 is real time, 14400 four hours a second), or `max`.
+    #[arg(long, env = "REPLAY_SPEED", default_value = "1", value_name = "FACTOR|max")]
+    pub speed: Speed,
+
+    /// The input's format: detected from its header by default.
+    #[arg(long, env = "REPLAY_FORMAT", value_enum, default_value_t = InputFormat::Auto)]
+    pub format: InputFormat,
+
+    /// Files published per real second at a numeric speed: each holds speed / this many data-seconds.
+    #[arg(long, env = "REPLAY_FILES_PER_SECOND", default_value_t = 1.0, value_name = "N")]
+    pub files_per_second: f64,
+
+    /// Data-seconds per file, overriding --files-per-second (default with --speed max: 3600).
+    #[arg(long, env = "REPLAY_SLICE_SECS", value_name = "SECONDS")]
+    pub slice_secs: Option<f64>,
+
+    /// Rebase data time so that the first event lands now.
+    #[arg(long, env = "REPLAY_SHIFT_TO_NOW", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub shift_to_now: bool,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ReplayArgs {
+    /// Data time per file.
+    pub fn slice(&self) -> Result<Duration, ConfigError> {
+        let secs = match (self.slice_secs, self.speed) {
+            (Some(s), _) => s,
+            (None, Speed::Max) => 3600.0,
+            (None, Speed::Factor(speed)) => {
+                if !(self.files_per_second.is_finite() && self.files_per_second > 0.0) {
+                    return Err(ConfigError::new(
+                        "--files-per-second/REPLAY_FILES_PER_SECOND",
+                        format!("{} is not a number > 0", self.files_per_second),
+                    ));
+                }
+                speed / self.files_per_second
+            }
+        };
+        if !(1e-6..=1e9).contains(&secs) {
+            return Err(ConfigError::new("--slice-secs/REPLAY_SLICE_SECS", format!("{secs} is not in 0.000001..=1e9")));
+        }
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// The replay's settings; `now` is where `--shift-to-now` moves the first event.
+    pub fn settings(&self, now: DateTime<Utc>, progress_bar: bool) -> Result<ReplaySettings, ConfigError> {
+        if !self.input.is_file() {
+            return Err(ConfigError::new(
+                "--input/REPLAY_INPUT",
+                format!("{} is not a readable file", self.input.display()),
+            ));
+        }
+        Ok(ReplaySettings {
+            input: self.input.clone(),
+            data_dir: self.data_dir.clone(),
+            format: self.format,
+            speed: self.speed,
+            slice: self.slice()?,
+            shift_to: self.shift_to_now.then_some(now),
+            progress_bar,
+        })
+    }
 }
 
 fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
@@ -169,6 +259,28 @@ mod tests {
         }
         assert!(parse(&["--interval", "-1"]).validate().is_err());
         assert!(parse(&["--interval", "0.05"]).validate().is_ok());
+    }
+
+    #[test]
+    fn replay_is_a_subcommand_with_its_own_settings() {
+        let c = parse(&["replay", "--input", "x.csv", "--speed", "max"]);
+        let Some(GeneratorCommand::Replay(r)) = c.command else { panic!("not a replay") };
+        assert_eq!(r.speed, Speed::Max);
+        assert_eq!(r.slice().ok(), Some(Duration::from_secs(3600)));
+        let c = parse(&["replay", "--input", "x.csv", "--speed", "14400", "--files-per-second", "4"]);
+        let Some(GeneratorCommand::Replay(r)) = c.command else { panic!("not a replay") };
+        assert_eq!(r.slice().ok(), Some(Duration::from_secs(3600)));
+        for bad in [["--speed", "0"], ["--speed", "fast"], ["--format", "parquet"]] {
+            let argv = ["generator", "replay", "--input", "x.csv", bad[0], bad[1]];
+            assert!(Config::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+        let argv = ["generator", "replay", "--input", "x.csv", "--slice-secs", "0"];
+        let Ok(Config { command: Some(GeneratorCommand::Replay(r)), .. }) = Config::try_parse_from(argv) else {
+            panic!("parses")
+        };
+        assert_eq!(r.slice().err().map(|e| e.setting), Some("--slice-secs/REPLAY_SLICE_SECS".to_owned()));
+        let missing = r.settings(Utc::now(), false).err().map(|e| e.setting);
+        assert_eq!(missing, Some("--input/REPLAY_INPUT".to_owned()));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod record;
+pub mod replay;
 pub mod writer;
 
 use std::path::Path;

@@ -66,12 +66,30 @@ pub fn user_profile(user_id: u32) -> UserProfile {
     let first: String = FirstName().fake_with_rng(&mut rng);
     let last: String = LastName().fake_with_rng(&mut rng);
     let domain = EMAIL_DOMAINS[rng.random_range(0..EMAIL_DOMAINS.len())];
-    let local =
-        |s: &str| -> String { s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect() };
-    let name: String = format!("{first} {last}").chars().take(MAX_TEXT_CHARS).collect();
-    let email: String =
-        format!("{}.{}{user_id}@{domain}", local(&first), local(&last)).chars().take(MAX_TEXT_CHARS).collect();
-    UserProfile { name, email }
+    // Built in place (the replay calls this for every new user).
+    let mut name = String::with_capacity(first.len() + last.len() + 1);
+    name.push_str(&first);
+    name.push(' ');
+    name.push_str(&last);
+    let local = |out: &mut String, s: &str| {
+        out.extend(s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()));
+    };
+    let mut email = String::with_capacity(first.len() + last.len() + domain.len() + 12);
+    local(&mut email, &first);
+    email.push('.');
+    local(&mut email, &last);
+    let _ = std::fmt::Write::write_fmt(&mut email, format_args!("{user_id}@{domain}"));
+    UserProfile { name: cut(name, MAX_TEXT_CHARS), email: cut(email, MAX_TEXT_CHARS) }
+}
+
+/// `s` cut to its first `max` characters.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        if let Some((end, _)) = s.char_indices().nth(max) {
+            s.truncate(end);
+        }
+    }
+    s
 }
 
 /// One catalog product.
@@ -194,7 +212,7 @@ struct UserState {
 /// A cheap hasher for `u32` keys (Fibonacci hashing): the user map is looked
 /// up for every row and needs no protection against hostile keys.
 #[derive(Debug, Default, Clone, Copy)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -210,7 +228,7 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
+pub(crate) type IdMap<V> = HashMap<u32, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Makes event files. Deterministic for a given [`Settings`] and sequence of
 /// `now` instants passed to [`Generator::next_file`].
@@ -422,6 +440,21 @@ mod tests {
     #[test]
     fn a_user_is_always_the_same_person() {
         assert_eq!(user_profile(42), user_profile(42));
+        // The profile of every id is what the first version built with
+        // format! (replays and earlier runs must agree).
+        for id in (1..3_000).chain([541_312_140, i32::MAX as u32]) {
+            let mut rng = ChaCha8Rng::seed_from_u64(USER_SEED ^ u64::from(id));
+            let first: String = FirstName().fake_with_rng(&mut rng);
+            let last: String = LastName().fake_with_rng(&mut rng);
+            let domain = EMAIL_DOMAINS[rng.random_range(0..EMAIL_DOMAINS.len())];
+            let local = |s: &str| -> String {
+                s.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+            };
+            let name: String = format!("{first} {last}").chars().take(MAX_TEXT_CHARS).collect();
+            let email: String =
+                format!("{}.{}{id}@{domain}", local(&first), local(&last)).chars().take(MAX_TEXT_CHARS).collect();
+            assert_eq!(user_profile(id), UserProfile { name, email }, "user {id}");
+        }
         assert_ne!(user_profile(42).email, user_profile(43).email);
         let p = user_profile(7);
         assert!(p.email.ends_with(&format!("7@{}", p.email.split('@').nth(1).unwrap_or(""))));

@@ -206,13 +206,20 @@ fn one_shot_run_writes_exactly_the_asked_files_and_is_reproducible() -> TestResu
 fn bad_settings_give_one_line_naming_the_setting_and_exit_2() -> TestResult {
     let file = tempfile::NamedTempFile::new()?;
     let under_a_file = file.path().join("sub");
-    let cases: [(&[&str], &str); 6] = [
+    let input = file.path().to_str().ok_or("utf-8 path")?;
+    let under = under_a_file.to_str().ok_or("utf-8 path")?;
+    let cases: [(&[&str], &str); 11] = [
+        (&["replay", "--input", "/nonexistent/2019-Oct.csv"], "--input"),
+        (&["replay", "--input", input, "--speed", "0"], "--speed"),
+        (&["replay", "--input", input, "--files-per-second", "0"], "--files-per-second"),
+        (&["replay", "--input", input, "--format", "parquet"], "--format"),
+        (&["replay", "--input", input, "--data-dir", under], "--data-dir"),
         (&["--min-events", "10", "--max-events", "5"], "--min-events"),
         (&["--duplicate-rate", "1.5"], "--duplicate-rate"),
         (&["--bad-row-rate", "-1"], "--bad-row-rate"),
         (&["--rows", "many"], "--rows"),
         (&["--interval", "-2"], "--interval"),
-        (&["--data-dir", under_a_file.to_str().ok_or("utf-8 path")?], "--data-dir"),
+        (&["--data-dir", under], "--data-dir"),
     ];
     for (args, setting) in cases {
         let out = run(args);
@@ -221,6 +228,13 @@ fn bad_settings_give_one_line_naming_the_setting_and_exit_2() -> TestResult {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
     }
+    // An input that is neither format: a clear error, exit 1.
+    std::fs::write(file.path(), "a,b,c\n1,2,3\n")?;
+    let dir = tempfile::tempdir()?;
+    let out = run(&["replay", "--input", input, "--data-dir", dir.path().to_str().ok_or("utf-8 path")?]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("neither the contract's") && stderr.contains("--format"), "{stderr}");
     Ok(())
 }
 
