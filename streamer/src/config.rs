@@ -24,6 +24,65 @@ pub struct Cli {
 pub enum Command {
     /// Run the stream (the default when no subcommand is given).
     Run(RunArgs),
+    /// Show the checkpoint, the files waiting, the last batches and the rejects.
+    Status(StatusArgs),
+    /// Mark processed files for loading again (their rows upsert; the load history flags them `reingest`).
+    Reprocess(ReprocessArgs),
+    /// Forget the checkpoint (and, with --truncate-tables, empty the tables).
+    Reset(ResetArgs),
+}
+
+/// Where an operator command finds the stream's state.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// The stream's data folder.
+    #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// The stream's checkpoint folder.
+    #[arg(long, env = "CHECKPOINT_DIR", default_value = "./checkpoints", value_name = "DIR")]
+    pub checkpoint_dir: PathBuf,
+
+    /// PostgreSQL connection URL (never logged).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// `streamer status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `streamer reprocess`.
+#[derive(Debug, Clone, Args)]
+pub struct ReprocessArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// File names or glob patterns (`events_2026*.csv`) in the data folder.
+    #[arg(required = true, value_name = "NAME|GLOB")]
+    pub files: Vec<String>,
+}
+
+/// `streamer reset`.
+#[derive(Debug, Clone, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Confirm: without it nothing is touched.
+    #[arg(long)]
+    pub yes: bool,
+
+    /// Also empty events, load_history and rejected_rows (needs the database).
+    #[arg(long)]
+    pub truncate_tables: bool,
 }
 
 /// What happens to a source file once its batch has committed.

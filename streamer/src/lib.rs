@@ -17,6 +17,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod ops;
 pub mod progress;
 pub mod sink;
 pub mod watch;

@@ -1,9 +1,10 @@
-//! `streamer`: see the library ([`streamer::run`]) for what it does.
+//! `streamer`: see the library ([`streamer::run`]) for what it does, and
+//! [`streamer::ops`] for the operator commands.
 
 use std::process::ExitCode;
 
 use generator::cli;
-use streamer::{Cli, Command};
+use streamer::{ops, Cli, Command};
 
 fn main() -> ExitCode {
     if let Err(e) = cli::load_dotenv() {
@@ -18,5 +19,36 @@ fn main() -> ExitCode {
             cli::init_logging(args.log_format);
             cli::run_async("streamer", |shutdown| streamer::run(args, shutdown))
         }
+        Command::Status(args) => cli::run_async("streamer status", |_| async move {
+            let status = ops::status(&args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+            match &status.database_error {
+                Some(e) => anyhow::bail!("the database part of the status is missing: {e}"),
+                None => Ok(()),
+            }
+        }),
+        Command::Reprocess(args) => cli::run_async("streamer reprocess", |_| async move {
+            let names = ops::reprocess(&args)?;
+            println!("{} file(s) will be loaded again by the stream:", names.len());
+            for name in names {
+                println!("  {name}");
+            }
+            Ok(())
+        }),
+        Command::Reset(args) => cli::run_async("streamer reset", |_| async move {
+            let reset = ops::reset(&args).await?;
+            match reset.checkpoint_id {
+                Some(id) => println!("checkpoint {id} forgotten; the next start loads every file in the data folder"),
+                None => println!("no checkpoint to forget"),
+            }
+            if reset.tables_truncated {
+                println!("events, load_history and rejected_rows emptied");
+            }
+            Ok(())
+        }),
     }
 }

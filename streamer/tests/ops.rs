@@ -1,0 +1,147 @@
+//! The operator commands through the real binary: `status` (text and JSON),
+//! `reprocess` and `reset`, against a fresh database.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use generator::Settings;
+
+fn streamer(data: &Path, cp: &Path, url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_streamer"))
+        .args(args)
+        .args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
+        .args(["--database-url", url])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("the streamer binary runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn settings() -> Settings {
+    Settings { seed: 31, min_events: 20, max_events: 60, bad_row_rate: 0.05, ..Settings::default() }
+}
+
+#[tokio::test]
+async fn status_reports_the_checkpoint_the_waiting_files_and_the_database() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(), 4);
+
+    // Before any run: no checkpoint, four files waiting, no schema yet.
+    let out = streamer(&data, &cp, &db.url, &["status"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("checkpoint   none yet") && stdout.contains("4 waiting"), "{stdout}");
+    assert!(stdout.contains("relation \"events\" does not exist"), "{stdout}");
+    assert!(!cp.exists(), "status never creates a checkpoint");
+
+    streamer::run(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "2"]), Default::default()).await?;
+    generate(&dir.path().join("more"), Settings { seed: 32, ..settings() }, 1)
+        .iter()
+        .try_for_each(|f| std::fs::rename(f, data.join("late.csv")))?;
+
+    let out = streamer(&data, &cp, &db.url, &["status", "--json"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout)?;
+    let client = db.client().await;
+    let (expected, invalid) = oracle(&files);
+    assert_eq!(status["next_batch"], 2);
+    assert_eq!(status["last_committed_batch"], 1);
+    assert_eq!(status["pending_batch"], serde_json::Value::Null);
+    assert_eq!(status["processed_files"], 4);
+    assert_eq!(status["waiting_files"], 1);
+    assert_eq!(status["database"]["events"], expected.len() as i64);
+    assert_eq!(status["database"]["files_loaded"], 4);
+    assert_eq!(status["database"]["rows_rejected"], invalid as i64);
+    let batches = status["database"]["last_batches"].as_array().ok_or("last_batches")?;
+    assert_eq!(batches.iter().map(|b| b["batch_id"].as_i64()).collect::<Vec<_>>(), [Some(1), Some(0)]);
+    assert_eq!(count(&client, "SELECT count(*) FROM events").await, expected.len() as i64);
+
+    let out = streamer(&data, &cp, &db.url, &["status"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("4 processed, 1 waiting") && stdout.contains("batch      1"), "{stdout}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn reprocess_loads_a_file_again_and_the_load_history_says_so() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(), 3);
+    let run = || streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default());
+    run().await?;
+    let client = db.client().await;
+    let before = table(&client).await;
+    let name = files[1].file_name().and_then(|n| n.to_str()).ok_or("name")?.to_owned();
+
+    // The exact name and a glob both select it; the file is marked once.
+    let glob = format!("{}*", name.trim_end_matches(".csv"));
+    let out = streamer(&data, &cp, &db.url, &["reprocess", &name, &glob]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("1 file(s)") && stdout.contains(&name), "{stdout}");
+    let again = run().await?;
+    assert_eq!((again.totals.files, again.totals.inserted, again.totals.updated), (1, 0, 0));
+    assert_eq!(table(&client).await, before, "the rows upsert onto themselves");
+    let loads: Vec<bool> = client
+        .query("SELECT reingest FROM load_history WHERE file_name = $1 ORDER BY load_id", &[&name])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(loads, [false, true]);
+
+    // A pattern that matches nothing, and a path outside the data folder.
+    let out = streamer(&data, &cp, &db.url, &["reprocess", "nothing_*.csv"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("no event file in"), "{}", text(&out).1);
+    let outside = dir.path().join("elsewhere.csv");
+    std::fs::write(&outside, "x")?;
+    let out = streamer(&data, &cp, &db.url, &["reprocess", &outside.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("is not in the data folder"), "{}", text(&out).1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reset_needs_yes_forgets_the_checkpoint_and_can_empty_the_tables() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(), 3);
+    let first = streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
+    let client = db.client().await;
+
+    let out = streamer(&data, &cp, &db.url, &["reset"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--yes"), "{}", text(&out).1);
+    assert!(cp.join("metadata").exists(), "nothing touched without --yes");
+
+    let out = streamer(&data, &cp, &db.url, &["reset", "--yes"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(&first.checkpoint_id.to_string()), "{stdout}");
+    assert!(cp.exists() && std::fs::read_dir(&cp)?.next().is_none(), "the checkpoint folder is emptied");
+    assert!(count(&client, "SELECT count(*) FROM events").await > 0, "the tables are kept without --truncate-tables");
+
+    // Loaded again under a new checkpoint: the same table.
+    let second = streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
+    assert_ne!(first.checkpoint_id, second.checkpoint_id);
+    assert_eq!(table(&client).await, oracle(&files).0);
+
+    let out = streamer(&data, &cp, &db.url, &["reset", "--yes", "--truncate-tables"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    for t in ["events", "load_history", "rejected_rows"] {
+        assert_eq!(count(&client, &format!("SELECT count(*) FROM {t}")).await, 0, "{t}");
+    }
+    Ok(())
+}
