@@ -30,6 +30,8 @@ pub enum Command {
     Reprocess(ReprocessArgs),
     /// Forget the checkpoint (and, with --truncate-tables, empty the tables).
     Reset(ResetArgs),
+    /// Re-read the loaded files still in the data folder and compare them with `events` by the oracle.
+    Verify(StateArgs),
 }
 
 /// Where an operator command finds the stream's state.

@@ -39,6 +39,23 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Verify(args) => {
+            cli::run_async("streamer verify", |_| async move {
+                let v = ops::verify(&args).await?;
+                print!("{v}");
+                if v.rows_differing + v.rows_missing > 0 {
+                    anyhow::bail!(
+                        "events differs from the files: {} rows differ, {} are missing",
+                        v.rows_differing,
+                        v.rows_missing
+                    );
+                }
+                if v.files_absent + v.files_changed > 0 {
+                    println!("(the files that were not re-read may have overwritten some keys: differences there are possible)");
+                }
+                Ok(())
+            })
+        }
         Command::Reset(args) => cli::run_async("streamer reset", |_| async move {
             let reset = ops::reset(&args).await?;
             match reset.checkpoint_id {

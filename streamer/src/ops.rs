@@ -315,3 +315,129 @@ pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
     }
     Ok(out)
 }
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Loaded files re-read, and loaded files that could not be (gone from
+    /// the data folder, or changed since they were loaded).
+    pub files_checked: usize,
+    pub files_absent: usize,
+    pub files_changed: usize,
+    /// Keys the oracle gives, found equal, differing, or missing in `events`.
+    pub rows_compared: usize,
+    pub rows_equal: usize,
+    pub rows_differing: usize,
+    pub rows_missing: usize,
+    /// Rows of `events` no checked file produced (other checkpoints, files no
+    /// longer here).
+    pub rows_other: usize,
+    /// Up to ten differences, described.
+    pub examples: Vec<String>,
+}
+
+/// One event as the oracle and the table both give it.
+type Key = (i32, i64);
+type Values = (String, String, String, i32, String, String, i64);
+
+/// Re-reads the files this checkpoint loaded that are still in the data
+/// folder, unchanged, computes the oracle of DESIGN.md over them (for each
+/// key the last valid row in load order), and compares it with `events`.
+pub async fn verify(state: &StateArgs) -> anyhow::Result<Verification> {
+    let cp = existing_checkpoint(&state.checkpoint_dir)?
+        .ok_or_else(|| ConfigError::new("--checkpoint-dir/CHECKPOINT_DIR", "holds no checkpoint to verify"))?;
+    let client = connect(database_url(state)?).await.map_err(anyhow::Error::msg)?;
+    let files = client
+        .query(
+            "SELECT DISTINCT ON (file_name) file_name, file_size, file_mtime, load_id FROM load_history \
+             WHERE checkpoint_id = $1 AND status = 'loaded' ORDER BY file_name, load_id DESC",
+            &[&cp.id()],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the load history: {}", describe(&e)))?;
+    let mut files: Vec<(String, i64, chrono::DateTime<chrono::Utc>, i64)> =
+        files.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    files.sort_by_key(|f| f.3);
+
+    let mut out = Verification::default();
+    let mut oracle: std::collections::HashMap<Key, Values> = std::collections::HashMap::new();
+    for (name, size, mtime, _) in &files {
+        let path = state.data_dir.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            out.files_absent += 1;
+            continue;
+        };
+        let id = file_id(name, &meta);
+        if id.size as i64 != *size || id.mtime_ns / 1_000 != mtime.timestamp_micros() {
+            out.files_changed += 1;
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if let crate::batch::FileRead::Rows { frame, .. } = crate::batch::parse(&bytes, 0) {
+            let view = crate::batch::EventView::new(&frame)?;
+            for r in (0..view.len()).filter_map(|i| view.row(i)) {
+                oracle.insert(
+                    (r.user_id, r.event_time_micros),
+                    (
+                        r.user_name.to_owned(),
+                        r.user_email.to_owned(),
+                        r.event_type.to_owned(),
+                        r.product_id,
+                        r.product_name.to_owned(),
+                        r.product_category.to_owned(),
+                        r.price_cents,
+                    ),
+                );
+            }
+        }
+        out.files_checked += 1;
+    }
+    out.rows_compared = oracle.len();
+
+    let rows = client
+        .query(
+            "SELECT user_id, (extract(epoch FROM event_time) * 1000000)::int8, user_name, user_email, event_type, \
+             product_id, product_name, product_category, (product_price * 100)::int8 FROM events",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading events: {}", describe(&e)))?;
+    for r in &rows {
+        let key: Key = (r.get(0), r.get(1));
+        let values: Values = (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+        match oracle.remove(&key) {
+            None => out.rows_other += 1,
+            Some(expected) if expected == values => out.rows_equal += 1,
+            Some(expected) => {
+                out.rows_differing += 1;
+                if out.examples.len() < 10 {
+                    out.examples.push(format!("user {} at {} µs: table {values:?}, files {expected:?}", key.0, key.1));
+                }
+            }
+        }
+    }
+    out.rows_missing = oracle.len();
+    for (key, expected) in oracle.iter().take(10usize.saturating_sub(out.examples.len())) {
+        out.examples.push(format!("user {} at {} µs: missing from the table, files {expected:?}", key.0, key.1));
+    }
+    Ok(out)
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "files        {} re-read; {} no longer in the data folder, {} changed since loaded (not checked)",
+            self.files_checked, self.files_absent, self.files_changed
+        )?;
+        writeln!(
+            f,
+            "rows         {} compared: {} equal, {} differing, {} missing; {} other rows in events",
+            self.rows_compared, self.rows_equal, self.rows_differing, self.rows_missing, self.rows_other
+        )?;
+        for e in &self.examples {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}

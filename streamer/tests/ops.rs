@@ -145,3 +145,41 @@ async fn reset_needs_yes_forgets_the_checkpoint_and_can_empty_the_tables() -> Te
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn verify_finds_the_table_equal_to_the_files_and_reports_tampering() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, Settings { duplicate_rate: 0.2, ..settings() }, 4);
+    streamer::run(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "2"]), Default::default()).await?;
+    let rows = oracle(&files).0.len();
+
+    let out = streamer(&data, &cp, &db.url, &["verify"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("4 re-read"), "{stdout}");
+    assert!(stdout.contains(&format!("{rows} compared: {rows} equal, 0 differing, 0 missing; 0 other")), "{stdout}");
+
+    // One row changed, one deleted, one added by hand.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE events SET product_price = product_price + 1 WHERE event_id = (SELECT min(event_id) FROM events); \
+             DELETE FROM events WHERE event_id = (SELECT max(event_id) FROM events); \
+             INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, \
+             product_price, event_time) VALUES (999999, 'X', 'x@x', 'view', 1, 'P', 'C', 1, now())",
+        )
+        .await?;
+    let out = streamer(&data, &cp, &db.url, &["verify"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("{} equal, 1 differing, 1 missing; 1 other", rows - 2)), "{stdout}");
+    assert!(stdout.contains("missing from the table") && stderr.contains("1 rows differ"), "{stdout}{stderr}");
+
+    // A file changed since it was loaded is not used to judge the table.
+    std::fs::write(&files[0], "changed")?;
+    let out = streamer(&data, &cp, &db.url, &["verify"]);
+    assert!(text(&out).0.contains("3 re-read; 0 no longer in the data folder, 1 changed"), "{}", text(&out).0);
+    Ok(())
+}
