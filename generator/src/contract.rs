@@ -29,6 +29,23 @@ pub const MAX_PRICE_CENTS: i64 = 9_999_999_999;
 /// The two event types.
 pub const EVENT_TYPES: [&str; 2] = ["view", "purchase"];
 
+/// Appends a CSV field to `out`, quoted (quotes doubled) when it holds a
+/// comma, a quote or a line break.
+pub fn push_field(out: &mut Vec<u8>, field: &[u8]) {
+    if field.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+        out.push(b'"');
+        for &b in field {
+            if b == b'"' {
+                out.push(b'"');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(field);
+    }
+}
+
 /// Why a data row breaks the contract, or `None` when it is valid: the
 /// reference statement of the rules, kept simple on purpose. Tests use it as
 /// the oracle; the streamer has its own, faster validator.

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::contract::{COLUMNS, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
+use crate::contract::{push_field, COLUMNS, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
 use crate::record::{user_profile, IdMap};
 use crate::writer;
 
@@ -434,22 +434,6 @@ fn parse_contract_time(s: &str) -> Option<i64> {
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
         .ok()
         .map(|t| t.and_utc().timestamp_micros())
-}
-
-/// Writes a CSV field, quoted when it must be.
-fn push_field(out: &mut Vec<u8>, field: &[u8]) {
-    if field.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-        out.push(b'"');
-        for &b in field {
-            if b == b'"' {
-                out.push(b'"');
-            }
-            out.push(b);
-        }
-        out.push(b'"');
-    } else {
-        out.extend_from_slice(field);
-    }
 }
 
 /// The name of the file of the slice that starts at `start_micros`.

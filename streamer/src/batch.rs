@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Timelike};
-use generator::contract::{COLUMNS, MAX_CATEGORY_CHARS, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
+use generator::contract::{push_field, COLUMNS, MAX_CATEGORY_CHARS, MAX_PRICE_CENTS, MAX_TEXT_CHARS};
 use polars::prelude::*;
 
 use crate::checkpoint::FileId;
@@ -259,18 +259,8 @@ fn raw_text(record: &csv::ByteRecord) -> String {
         if i > 0 {
             out.push(b',');
         }
-        if field.iter().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
-            out.push(b'"');
-            for &b in field.iter().take(MAX_RAW_LINE) {
-                if b == b'"' {
-                    out.push(b'"');
-                }
-                out.push(b);
-            }
-            out.push(b'"');
-        } else {
-            out.extend_from_slice(&field[..field.len().min(MAX_RAW_LINE + 1)]);
-        }
+        // A 10 MB field is cut before it is copied.
+        push_field(&mut out, &field[..field.len().min(MAX_RAW_LINE + 1)]);
     }
     out.truncate(MAX_RAW_LINE);
     String::from_utf8_lossy(&out).replace('\0', "\\0")
