@@ -372,22 +372,20 @@ impl Mapper {
                 Some(c) if !c.is_empty() => truncate(c, MAX_CATEGORY_CHARS),
                 _ => "unknown",
             };
-            out.extend_from_slice(user.trim_start_matches(['+', '0']).as_bytes());
-            out.push(b',');
-            push_field(out, user_name.as_bytes());
-            out.push(b',');
-            push_field(out, user_email.as_bytes());
-            out.push(b',');
-            out.extend_from_slice(event_type.as_bytes());
-            out.push(b',');
-            out.extend_from_slice(product.trim_start_matches(['+', '0']).as_bytes());
-            out.push(b',');
-            push_field(out, name.as_bytes());
-            out.push(b',');
-            push_field(out, category.as_bytes());
-            out.push(b',');
-            out.extend_from_slice(price.as_bytes());
-            out.push(b',');
+            let fields = [
+                user.trim_start_matches(['+', '0']),
+                user_name,
+                user_email,
+                event_type,
+                product.trim_start_matches(['+', '0']),
+                name,
+                category,
+                price,
+            ];
+            for field in fields {
+                push_field(out, field.as_bytes());
+                out.push(b',');
+            }
             self.push_time(out, micros);
             out.push(b'\n');
             Ok(Some((micros, identical.is_some())))
