@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, and the whole test suite
-# against a real PostgreSQL (DATABASE_URL if it answers, else a private
-# cluster; see scripts/lib/pg.sh). Fails if any step fails.
+# Runs every check CI runs: the compose file against the Compose
+# specification's schema and the Dockerfile through hadolint (both installed
+# into a private virtualenv on first use; see scripts/lib/tools.sh),
+# formatting, clippy, and the whole test suite against a real PostgreSQL
+# (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh).
+# Fails if any step fails.
 #
 # Long variants (torture, benchmarks) are opt-in by environment variables
 # documented in the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/pg.sh
+source scripts/lib/tools.sh
 
 # Reuse one build cache outside the clone when there is one.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
@@ -25,6 +29,13 @@ step "PostgreSQL"
 trap stop_postgres EXIT
 ensure_postgres test fast
 echo "tests use DATABASE_URL=$(redact_url "$DATABASE_URL")"
+
+step "deployment files: compose schema, Dockerfile lint, diagrams up to date"
+sha256sum --check --quiet images/diagrams.sha256 ||
+    { echo "a diagram source changed: run scripts/diagrams.sh and commit the picture" >&2; exit 1; }
+ensure_py_tools
+"$TOOLS_BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+"$TOOLS_BIN/hadolint" Dockerfile && echo "hadolint: Dockerfile ok"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
