@@ -8,6 +8,8 @@
 #   REPLAY_ROWS=10000000 (default, about 1.3 GB); REPLAY_ROWS=42000000 is the
 #   size of 2019-Oct.csv (about 5 GB).
 #   REPLAY_INPUT=/path/2019-Oct.csv replays a real download instead.
+#   GENERATOR=/path/to/generator uses that binary instead of building one
+#   (scripts/bench.sh does, and puts the figures in docs/performance_metrics.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
@@ -16,8 +18,10 @@ REPLAY_ROWS=${REPLAY_ROWS:-10000000}
 if [ ! -x /usr/bin/time ]; then
     if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq time >/dev/null; else echo "needs GNU time: sudo apt-get install time" >&2; exit 1; fi
 fi
-cargo build --release --locked -p generator
-bin="$CARGO_TARGET_DIR/release"
+if [ -z "${GENERATOR:-}" ]; then
+    cargo build --release --locked -p generator
+    GENERATOR="$CARGO_TARGET_DIR/release/generator"
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -47,7 +51,7 @@ echo "== replaying $((bytes / 1000000)) MB at --speed max, ${REPLAY_RUNS:-3} run
 for run in $(seq "${REPLAY_RUNS:-3}"); do
     rm -rf "$work/out"
     /usr/bin/time -f "%M %e %U %S" -o "$work/time" \
-        "$bin/generator" replay --input "$input" --data-dir "$work/out" --speed max --log-format json \
+        "$GENERATOR" replay --input "$input" --data-dir "$work/out" --speed max --log-format json \
         2>"$work/log" || { tail -5 "$work/log"; exit 1; }
     read -r rss wall user sys <"$work/time"
     summary=$(grep '"replay finished"' "$work/log")

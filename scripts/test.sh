@@ -43,6 +43,15 @@ cargo fmt --all -- --check
 step "cargo test"
 cargo test --workspace --locked
 
+step "benchmark harness, quick variant (the test build, small sizes)"
+bench_out=$(mktemp -d "${TMPDIR:-/tmp}/bench-quick.XXXXXX")
+BENCH_QUICK=1 BENCH_OUT="$bench_out" STREAMER="$CARGO_TARGET_DIR/debug/streamer" \
+    GENERATOR="$CARGO_TARGET_DIR/debug/generator" bash scripts/bench.sh
+for f in docs/performance_metrics.md images/bench_throughput.png images/bench_latency.png images/bench_scaling.png; do
+    [ -s "$bench_out/$f" ] || { echo "the quick benchmark did not write $f" >&2; exit 1; }
+done
+rm -rf "$bench_out"
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""The performance harness: run by scripts/bench.sh, which builds the release
+binaries, finds PostgreSQL and installs matplotlib first.
+
+It measures, on this machine and in one run:
+  1. backlog ingest of data sets A (400 files x 1 500 rows) and B (10 files x
+     200 000 rows), each without and with 2 % duplicates, by `streamer --once`
+     from an empty table: rows/s, phases, peak RSS, CPU (streamer and
+     PostgreSQL);
+  2. the physical limit: `psql \\copy` of the duplicate-free files into an
+     identical empty `events` table, and the streamer's ratio to it;
+  3. latency from a file's rename (the generator's log) to its batch's commit
+     (the streamer's progress log), idle and under 20 000 rows/s;
+  4. scaling against batch size, file size and rows already in the table;
+     start-up after 100 000 processed files (cargo bench --bench restart);
+and writes docs/performance_metrics.md and images/bench_*.png.
+
+Everything is printed as it is measured; nothing is asserted. BENCH_QUICK=1
+shrinks every size (a smoke run, as CI does, writing into BENCH_OUT).
+"""
+
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAMER = os.environ["STREAMER"]
+GENERATOR = os.environ["GENERATOR"]
+ADMIN_URL = os.environ["DATABASE_URL"]
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+RUNS = int(os.environ.get("BENCH_RUNS", "2" if QUICK else "3"))
+OUT = Path(os.environ.get("BENCH_OUT", ROOT))
+WORK = Path(os.environ.get("BENCH_WORK") or tempfile.mkdtemp(prefix="bench-"))
+WORK.mkdir(parents=True, exist_ok=True)
+COLUMNS = "user_id,user_name,user_email,event_type,product_id,product_name,product_category,product_price,event_time"
+
+# Sizes: (files, rows per file). The quick variant keeps the shapes.
+A = (40, 1_500) if QUICK else (400, 1_500)
+B = (2, 20_000) if QUICK else (10, 200_000)
+LATENCY_FILES = 20 if QUICK else 200
+TABLE_SIZES = [0, 200_000] if QUICK else [0, 5_000_000, 10_000_000, 20_000_000]
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# --- PostgreSQL -------------------------------------------------------------
+
+
+def with_database(url, name):
+    base, _, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{name}" + (f"?{query}" if query else "")
+
+
+def psql(url, sql, *extra):
+    out = subprocess.run(
+        ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql, *extra],
+        check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+def fresh_database(name, schema=False):
+    psql(ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    psql(ADMIN_URL, f"CREATE DATABASE {name}")
+    url = with_database(ADMIN_URL, name)
+    if schema:
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(ROOT / "db/001_events.sql")],
+                       check=True, capture_output=True)
+    return url
+
+
+def drop_database(name):
+    psql(ADMIN_URL, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def postmaster_pid():
+    try:
+        data_dir = psql(ADMIN_URL, "SHOW data_directory")
+        return int(Path(data_dir, "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return None
+
+
+PG_PID = None
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu():
+    """CPU seconds of the whole PostgreSQL server so far: its live processes,
+    plus the children the postmaster has reaped (ended backends). None when
+    /proc of the server cannot be read."""
+    if PG_PID is None:
+        return None
+    total = 0
+    try:
+        fields = Path(f"/proc/{PG_PID}/stat").read_text().rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        for child in Path(f"/proc/{PG_PID}/task/{PG_PID}/children").read_text().split():
+            try:
+                f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(f[11]) + int(f[12])
+            except OSError:
+                pass
+    except OSError:
+        return None
+    return total / TICK
+
+
+def checkpoint_db():
+    psql(ADMIN_URL, "CHECKPOINT")
+
+
+# --- processes --------------------------------------------------------------
+
+
+def measured(cmd, env=None):
+    """Runs cmd to the end: wall seconds, CPU seconds, peak RSS (MB), and the
+    server's CPU seconds meanwhile."""
+    pg0 = pg_cpu()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    time.sleep(0.3)  # let the postmaster reap the client's backend, so its CPU is counted
+    pg1 = pg_cpu()
+    stderr = proc.stderr.read().decode(errors="replace")
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{stderr[-3000:]}")
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "pg_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+    }
+
+
+def env(**extra):
+    e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    e.update({"RUST_LOG": "warn", "LOG_FORMAT": "json"})
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+def generate(folder, files, rows, duplicates, seed, start="2026-01-01T00:00:00Z", interval=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [GENERATOR, "--data-dir", str(folder), "--files", str(files), "--rows", str(rows),
+         "--duplicate-rate", str(duplicates), "--bad-row-rate", "0", "--seed", str(seed),
+         "--start-time", start, "--interval", str(interval), "--jitter-ms", "86400000"],
+        check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return sorted(folder.glob("*.csv"))
+
+
+def stream_once(data, url, *flags):
+    cp = Path(tempfile.mkdtemp(dir=WORK, prefix="cp-"))
+    # The generator publishes atomically (rename), so no settle time is needed.
+    m = measured([STREAMER, "--once", "--file-settle", "0", "--data-dir", str(data), "--checkpoint-dir", str(cp),
+                  "--database-url", url, *flags], env=env())
+    batches = [json.loads(l) for l in (cp / "progress/progress.jsonl").read_text().splitlines()]
+    for phase in ("read_ms", "dedup_ms", "load_ms", "commit_ms"):
+        m[phase] = sum(b["phases"][phase] for b in batches)
+    m["rows"] = sum(b["input_rows"] for b in batches)
+    m["inserted"] = sum(b["inserted"] for b in batches)
+    m["batches"] = len(batches)
+    m["rows_per_s"] = m["rows"] / m["wall_s"]
+    shutil.rmtree(cp)
+    return m
+
+
+def copy_limit(files, url):
+    script = WORK / "copy.sql"
+    script.write_text("".join(
+        f"\\copy events({COLUMNS}) FROM '{f}' WITH (FORMAT csv, HEADER true)\n" for f in files))
+    m = measured(["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)])
+    m["rows"] = int(psql(url, "SELECT count(*) FROM events"))
+    m["rows_per_s"] = m["rows"] / m["wall_s"]
+    return m
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def summarize(runs):
+    keys = runs[0].keys()
+    return {k: summary([r[k] for r in runs]) for k in keys if isinstance(runs[0][k], (int, float))}
+
+
+# --- 1 and 2: backlog ingest against the COPY limit --------------------------
+
+
+def backlog():
+    results = {}
+    for name, (files, rows) in (("A", A), ("B", B)):
+        for dup in (0.0, 0.02):
+            label = f"{name}{'' if dup == 0 else ' +2% dup'}"
+            data = WORK / f"set-{name}-{dup}"
+            paths = generate(data, files, rows, dup, seed=11 if name == "A" else 12)
+            size_mb = sum(p.stat().st_size for p in paths) / 1e6
+            streamer_runs, copy_runs = [], []
+            for run in range(RUNS):
+                db = f"bench_{name.lower()}_{int(dup * 100)}"
+                url = fresh_database(db)
+                checkpoint_db()
+                streamer_runs.append(stream_once(data, url))
+                drop_database(db)
+                if dup == 0:
+                    url = fresh_database(db, schema=True)
+                    checkpoint_db()
+                    copy_runs.append(copy_limit(paths, url))
+                    drop_database(db)
+                s = streamer_runs[-1]
+                c = copy_runs[-1] if copy_runs else None
+                log(f"{label} run {run + 1}: streamer {s['rows_per_s']:,.0f} rows/s "
+                    f"({s['wall_s']:.2f} s, RSS {s['rss_mb']:.0f} MB, CPU {s['cpu_s']:.2f} s, "
+                    f"PostgreSQL CPU {s['pg_cpu_s'] or 0:.2f} s)"
+                    + (f"; COPY {c['rows_per_s']:,.0f} rows/s ({c['wall_s']:.2f} s)" if c else ""))
+            entry = {"files": files, "rows_per_file": rows, "duplicates": dup, "size_mb": size_mb,
+                     "streamer": summarize(streamer_runs), "streamer_runs": streamer_runs}
+            if copy_runs:
+                entry["copy"] = summarize(copy_runs)
+                entry["copy_runs"] = copy_runs
+                entry["ratio"] = summary([s["rows_per_s"] / c["rows_per_s"] for s, c in zip(streamer_runs, copy_runs)])
+                log(f"{label}: streamer/COPY = {entry['ratio']['median']:.2f} "
+                    f"(range {entry['ratio']['min']:.2f}-{entry['ratio']['max']:.2f})")
+            results[label] = entry
+            shutil.rmtree(data)
+    return results
+
+
+# --- 3: latency ---------------------------------------------------------------
+
+
+def latency_run(label, files, rows, interval):
+    db = "bench_latency"
+    url = fresh_database(db)
+    data, cp = WORK / "latency-data", WORK / "latency-cp"
+    for d in (data, cp):
+        shutil.rmtree(d, ignore_errors=True)
+    data.mkdir()
+    streamer_log = open(WORK / "latency-streamer.log", "w")
+    started = time.perf_counter()
+    streamer = subprocess.Popen(
+        [STREAMER, "--data-dir", str(data), "--checkpoint-dir", str(cp), "--database-url", url],
+        env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=streamer_log)
+    # Ready: the checkpoint exists and the schema is in place.
+    while not (cp / "metadata").exists() or psql(url, "SELECT to_regclass('load_history') IS NOT NULL") != "t":
+        if streamer.poll() is not None:
+            raise RuntimeError("the streamer stopped at start")
+        time.sleep(0.02)
+    ready_s = time.perf_counter() - started
+    rss = []
+    gen = subprocess.Popen(
+        [GENERATOR, "--data-dir", str(data), "--files", str(files), "--rows", str(rows),
+         "--interval", str(interval), "--duplicate-rate", "0.02", "--seed", "13"],
+        env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while gen.poll() is None:
+        rss.append(vm(streamer.pid, "VmRSS"))
+        time.sleep(0.1)
+    published = {}
+    for line in gen.stderr.read().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        fields = entry.get("fields", entry)  # tracing's JSON: flattened or under "fields"
+        if fields.get("message") == "file published":
+            published[fields["file"]] = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+    deadline = time.time() + 120
+    while int(psql(url, "SELECT count(*) FROM load_history")) < len(published) and time.time() < deadline:
+        rss.append(vm(streamer.pid, "VmRSS"))
+        time.sleep(0.1)
+    hwm = vm(streamer.pid, "VmHWM")
+    streamer.send_signal(signal.SIGTERM)
+    streamer.wait(timeout=60)
+    streamer_log.close()
+    committed = {}
+    for line in (cp / "progress/progress.jsonl").read_text().splitlines():
+        b = json.loads(line)
+        committed[b["batch_id"]] = datetime.fromisoformat(b["timestamp"].replace("Z", "+00:00"))
+    rows_ = psql(url, "SELECT file_name, batch_id FROM load_history WHERE status = 'loaded'").splitlines()
+    latencies = []
+    for r in rows_:
+        name, batch = r.split("|")
+        if name in published:
+            latencies.append((committed[int(batch)] - published[name]).total_seconds() * 1000)
+    drop_database(db)
+    if not latencies:
+        raise RuntimeError(f"latency {label}: no published file was found committed; see {WORK}/latency-streamer.log")
+    latencies.sort()
+    q = lambda p: latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))]
+    result = {"files": len(latencies), "published": len(published), "rows_per_file": rows, "interval_s": interval,
+              "p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "max_ms": latencies[-1],
+              "rss_max_mb": max(rss) / 1024, "hwm_mb": hwm / 1024, "ready_s": ready_s, "latencies_ms": latencies}
+    log(f"latency {label}: {len(latencies)} files, p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; RSS ≤ {result['rss_max_mb']:.0f} MB "
+        f"(peak {result['hwm_mb']:.0f} MB); ready after {ready_s * 1000:.0f} ms")
+    return result
+
+
+def vm(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def latency():
+    return {
+        "idle": latency_run("idle (a file every 0.5 s)", LATENCY_FILES, 1_500, 0.5),
+        # 1 500-row files at 20 000 rows/s: one every 75 ms.
+        "sustained": latency_run("sustained (20 000 rows/s)", int(LATENCY_FILES * 1.5), 1_500, 0.075),
+    }
+
+
+# --- 4: scaling -------------------------------------------------------------
+
+
+def scaling():
+    out = {"batch_size": [], "file_size": [], "table_size": []}
+    data = WORK / "scale-a"
+    generate(data, *A, 0.0, seed=21)
+    for per_batch in (1, 10, 100):
+        runs = []
+        for _ in range(RUNS):
+            url = fresh_database("bench_scale")
+            runs.append(stream_once(data, url, "--max-files-per-batch", str(per_batch)))
+            drop_database("bench_scale")
+        s = summarize(runs)
+        out["batch_size"].append({"files_per_batch": per_batch, **s})
+        log(f"scaling: {per_batch} files per batch: {s['rows_per_s']['median']:,.0f} rows/s")
+    shutil.rmtree(data)
+
+    total = A[0] * A[1]
+    for rows in sorted({r for r in (1_500, 15_000, 150_000, total) if r <= total}):
+        data = WORK / f"scale-f{rows}"
+        generate(data, total // rows, rows, 0.0, seed=22)
+        runs = []
+        for _ in range(RUNS):
+            url = fresh_database("bench_scale")
+            runs.append(stream_once(data, url))
+            drop_database("bench_scale")
+        s = summarize(runs)
+        out["file_size"].append({"rows_per_file": rows, "files": total // rows, **s})
+        log(f"scaling: files of {rows:,} rows: {s['rows_per_s']['median']:,.0f} rows/s")
+        shutil.rmtree(data)
+
+    # Rows already in the table: filled by SQL (keys in 2020, far from the
+    # probes' 2026), then probe batches of 100 files x 1 500 rows each.
+    url = fresh_database("bench_table", schema=True)
+    filled = 0
+    for k, target in enumerate(TABLE_SIZES):
+        if target > filled:
+            t0 = time.perf_counter()
+            psql(url, f"""
+                INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name,
+                                    product_category, product_price, event_time)
+                SELECT 1 + g % 10000, 'User ' || g % 10000, 'user' || g % 10000 || '@example.com',
+                       CASE WHEN g % 20 = 0 THEN 'purchase' ELSE 'view' END, 1 + g % 300,
+                       'Product ' || g % 300, 'category_' || g % 10, (g % 100000) / 100.0,
+                       timestamptz '2020-01-01' + g * interval '1 millisecond'
+                FROM generate_series({filled + 1}, {target}) g""")
+            psql(url, "VACUUM ANALYZE events")
+            log(f"scaling: table filled to {target:,} rows in {time.perf_counter() - t0:.0f} s")
+            filled = target
+        runs = []
+        for run in range(RUNS):
+            data = WORK / "scale-probe"
+            generate(data, 100, 1_500, 0.0, seed=100 + 10 * k + run, start=f"2026-0{1 + k}-0{1 + run}T00:00:00Z")
+            checkpoint_db()
+            runs.append(stream_once(data, url))
+            shutil.rmtree(data)
+        s = summarize(runs)
+        out["table_size"].append({"rows_in_table": target, **s})
+        log(f"scaling: into a table of {target:,} rows: {s['rows_per_s']['median']:,.0f} rows/s")
+    drop_database("bench_table")
+    return out
+
+
+def restart():
+    files = 10_000 if QUICK else 100_000
+    # The quick variant reuses the test build instead of a release build.
+    profile = ["--profile", "dev"] if QUICK else []
+    out = subprocess.run(["cargo", "bench", "--quiet", *profile, "-p", "streamer", "--bench", "restart"], cwd=ROOT,
+                         env={**os.environ, "FILES": str(files)}, check=True, capture_output=True, text=True).stdout
+    figures = {"files": files}
+    for line in out.splitlines():
+        if "(median of 5)" in line:
+            key = line.split(" (median")[0]
+            figures[key] = float(line.rsplit(":", 1)[1].split()[0])
+    log(f"restart after {files:,} processed files: {figures}")
+    return figures
+
+
+def replay():
+    """`generator replay --speed max` on a file in the public dataset's shape,
+    through scripts/bench-replay.sh (which makes the file and prints a line
+    per run)."""
+    rows = 200_000 if QUICK else 10_000_000
+    out = subprocess.run(["bash", str(ROOT / "scripts/bench-replay.sh")], cwd=ROOT, check=True, capture_output=True,
+                         text=True, env={**os.environ, "REPLAY_ROWS": str(rows), "REPLAY_RUNS": str(RUNS)}).stdout
+    runs = []
+    for line in out.splitlines():
+        if line.startswith("replay "):
+            fields = dict(f.split("=", 1) for f in line.split()[2:])
+            runs.append({"events_per_s": float(fields["events/s"]), "events_per_cpu_s": float(fields["events/cpu-s"]),
+                         "rss_mb": float(fields["peak_rss"]), "events": int(fields["events"]),
+                         "wall_s": float(fields["wall"].rstrip("s"))})
+    mb = next((int(l.split()[2]) for l in out.splitlines() if l.startswith("== replaying")), None)
+    result = {"input_rows": rows, "input_mb": mb, **summarize(runs)}
+    log(f"replay --speed max: {result['events_per_s']['median']:,.0f} events/s, peak RSS {result['rss_mb']['max']:.0f} MB")
+    return result
+
+
+# --- the machine -------------------------------------------------------------
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem_kb = int(next(l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")))
+    settings = psql(ADMIN_URL, "SELECT name || '=' || setting || coalesce(unit, '') FROM pg_settings WHERE name IN "
+                    "('shared_buffers','synchronous_commit','fsync','wal_level','max_wal_size','checkpoint_timeout',"
+                    "'work_mem','maintenance_work_mem','full_page_writes') ORDER BY name").splitlines()
+    version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_kb / 1024 / 1024,
+        "kernel": platform.release(), "postgres": psql(ADMIN_URL, "SELECT version()"), "pg_settings": settings,
+        "rustc": version(["rustc", "--version"]), "streamer": version([STREAMER, "--version"]),
+        "psql": version(["psql", "--version"]), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def main():
+    global PG_PID
+    PG_PID = postmaster_pid()
+    if PG_PID is None:
+        log("PostgreSQL's processes cannot be read here: its CPU time is not reported")
+    started = time.perf_counter()
+    results = {"quick": QUICK, "runs": RUNS, "machine": machine()}
+    log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; work in {WORK}")
+    results["backlog"] = backlog()
+    results["latency"] = latency()
+    results["scaling"] = scaling()
+    results["restart"] = restart()
+    results["replay"] = replay()
+    results["duration_s"] = time.perf_counter() - started
+    (WORK / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    sys.path.insert(0, str(Path(__file__).parent))
+    import report
+    report.write(results, OUT)
+    log(f"done in {results['duration_s'] / 60:.1f} min; raw figures in {WORK / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

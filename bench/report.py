@@ -1,0 +1,282 @@
+"""Writes docs/performance_metrics.md and images/bench_*.png from the figures
+bench.py measured (its results.json). Generated: never edit the outputs by
+hand; run scripts/bench.sh again.
+
+    python3 bench/report.py RESULTS.json [OUT_DIR]   # redraw from saved figures
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+
+
+def k(x):
+    return f"{x:,.0f}"
+
+
+def spread(s, fmt=k, unit=""):
+    if s is None:
+        return "—"
+    if s["n"] == 1:
+        return f"{fmt(s['median'])}{unit}"
+    return f"{fmt(s['median'])}{unit} ({fmt(s['min'])}–{fmt(s['max'])})"
+
+
+def ms(x):
+    return f"{x:,.1f}"
+
+
+def sec(x):
+    return f"{x:,.2f}"
+
+
+def ratio(x):
+    return f"{x:.2f}×"
+
+
+def plot_throughput(results, path):
+    labels = list(results["backlog"])
+    streamer = [results["backlog"][l]["streamer"]["rows_per_s"] for l in labels]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    x = range(len(labels))
+    med = [s["median"] / 1000 for s in streamer]
+    err = [[(s["median"] - s["min"]) / 1000 for s in streamer], [(s["max"] - s["median"]) / 1000 for s in streamer]]
+    ax.bar([i - 0.2 for i in x], med, 0.4, yerr=err, capsize=3, label="streamer --once", color="#2f6f9f")
+    copy = [results["backlog"][l].get("copy", {}).get("rows_per_s") for l in labels]
+    cx = [i + 0.2 for i, c in zip(x, copy) if c]
+    cm = [c["median"] / 1000 for c in copy if c]
+    ce = [[(c["median"] - c["min"]) / 1000 for c in copy if c], [(c["max"] - c["median"]) / 1000 for c in copy if c]]
+    ax.bar(cx, cm, 0.4, yerr=ce, capsize=3, label="psql \\copy (the limit)", color="#9aa5ad")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("thousand rows per second")
+    ax.set_title("Backlog ingest into the indexed events table (median, min–max)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_latency(results, path):
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, color in (("idle", "#2f6f9f"), ("sustained", "#c0392b")):
+        r = results["latency"][name]
+        lat = r["latencies_ms"]
+        ys = [(i + 1) / len(lat) for i in range(len(lat))]
+        label = f"{name}: a file every {r['interval_s'] * 1000:.0f} ms ({r['rows_per_file'] / r['interval_s']:,.0f} rows/s)"
+        ax.step(lat, ys, where="post", label=label, color=color)
+    ax.set_xscale("log")
+    ax.set_xlabel("file renamed → rows committed (ms, log scale)")
+    ax.set_ylabel("share of files")
+    ax.set_title("End-to-end latency of 1 500-row files")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(results, path):
+    s = results["scaling"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    panels = [
+        (axes[0], s["batch_size"], "files_per_batch", "files per batch", True),
+        (axes[1], s["file_size"], "rows_per_file", "rows per file", True),
+        (axes[2], s["table_size"], "rows_in_table", "rows already in the table (millions)", False),
+    ]
+    for ax, points, key, xlabel, logx in panels:
+        xs = [p[key] / (1e6 if key == "rows_in_table" else 1) for p in points]
+        med = [p["rows_per_s"]["median"] / 1000 for p in points]
+        lo = [(p["rows_per_s"]["median"] - p["rows_per_s"]["min"]) / 1000 for p in points]
+        hi = [(p["rows_per_s"]["max"] - p["rows_per_s"]["median"]) / 1000 for p in points]
+        ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, color="#2f6f9f")
+        if logx:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks(xs, [f"{x:,.0f}" for x in xs])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("thousand rows/s")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Streamer throughput (median, min–max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(results, out):
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "docs").mkdir(parents=True, exist_ok=True)
+    plot_throughput(results, out / "images/bench_throughput.png")
+    plot_latency(results, out / "images/bench_latency.png")
+    plot_scaling(results, out / "images/bench_scaling.png")
+    (out / "docs/performance_metrics.md").write_text(markdown(results))
+
+
+def goals(r):
+    """The issue's goals, each with the figure measured and whether it is met."""
+    rows = []
+    for label in ("A", "B"):
+        e = r["backlog"].get(label)
+        if e and "ratio" in e:
+            x = e["ratio"]["median"]
+            verdict = "met (≥ 1.0×)" if x >= 1.0 else "met (≥ 0.8×), short of 1.0×" if x >= 0.8 else "**missed**"
+            rows.append((f"backlog {label}: streamer ÷ psql \\copy ≥ 0.8× (goal 1.0×)", ratio(x), verdict))
+    lat = r["latency"]
+    for name, key, limit in (("idle", "p50_ms", 50), ("idle", "p99_ms", 200), ("sustained", "p99_ms", 1000)):
+        x = lat[name][key]
+        rows.append((f"latency {name} {key[:3]} ≤ {limit} ms", f"{ms(x)} ms", "met" if x <= limit else "**missed**"))
+    x = max(lat[n]["hwm_mb"] for n in lat)
+    rows.append(("RSS ≤ 64 MB idle and at the default rate or 20 000 rows/s", f"{x:.0f} MB peak", "met" if x <= 64 else "**missed**"))
+    rs = r["restart"]
+    x = rs.get("restart to first plan")
+    if x is not None:
+        rows.append((f"start-up to the first batch ≤ 1 s after {k(rs['files'])} processed files", f"{x:.0f} ms",
+                     "met" if x <= 1000 else "**missed**"))
+    rp = r.get("replay")
+    if rp:
+        x = rp["events_per_s"]["median"]
+        rows.append(("replay --speed max ≥ 1 000 000 events/s on one core, RSS < 100 MB",
+                     f"{k(x)} events/s, {rp['rss_mb']['max']:.0f} MB",
+                     "met" if x >= 1e6 and rp["rss_mb"]["max"] < 100 else f"**missed** by {100 * (1 - x / 1e6):.0f} %"
+                     if x < 1e6 else "**missed** (memory)"))
+    shares = [e["streamer"]["cpu_s"]["median"] / e["streamer"]["pg_cpu_s"]["median"]
+              for e in r["backlog"].values() if e["streamer"].get("pg_cpu_s") and e["streamer"]["pg_cpu_s"]["median"]]
+    if shares:
+        rows.append(("streamer CPU a small share of PostgreSQL's (backlog runs)",
+                     f"{min(shares):.2f}–{max(shares):.2f} of it",
+                     "met (≤ 0.5 of it)" if max(shares) <= 0.5 else "**missed** (over half of it)"))
+    return rows
+
+
+def markdown(r):
+    m = r["machine"]
+    lines = [
+        "# Performance metrics",
+        "",
+        "<!-- Generated by scripts/bench.sh (bench/bench.py, bench/report.py): do not edit; run it again. -->",
+        "",
+        f"Measured on {m['date']} by `scripts/bench.sh`"
+        + (" in its **quick** variant (BENCH_QUICK=1: small sizes, not the figures to quote)" if r["quick"] else "")
+        + f", {r['runs']} runs of each figure; a figure reads *median (min–max)*. "
+        f"The whole run took {r['duration_s'] / 60:.1f} minutes.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured (median) | |",
+        "|---|---|---|",
+        *[f"| {g} | {v} | {verdict} |" for g, v, verdict in goals(r)],
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']}, {m['cores']} cores; {m['memory_gb']:.0f} GiB of memory; Linux {m['kernel']}",
+        f"- {m['postgres'].split(' on ')[0]} on the same machine, settings: `{'`, `'.join(m['pg_settings'])}`",
+        f"- {m['streamer']} built by {m['rustc']} (release profile); {m['psql']}",
+        "",
+        "## Backlog ingest against the COPY limit",
+        "",
+        "Each data set is made by the generator (seeded; event times spread over a day so that the duplicate-free "
+        "sets hold no repeated key) and loaded from an empty `events` table (the streamer creates its schema; "
+        "time from process start to exit). The limit is `psql -1 -f` running one `\\copy … (FORMAT csv)` per file "
+        "into an identical empty `events` table (same constraints and indexes) in one transaction; COPY cannot "
+        "load repeated keys, so it runs on the duplicate-free sets only. A `CHECKPOINT` precedes every run.",
+        "",
+        "| data set | files × rows | MB | streamer rows/s | psql \\copy rows/s | streamer ÷ COPY | streamer peak RSS | streamer CPU s | PostgreSQL CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, e in r["backlog"].items():
+        s = e["streamer"]
+        lines.append(
+            f"| {label} | {e['files']} × {k(e['rows_per_file'])} | {e['size_mb']:.0f} | {spread(s['rows_per_s'])} | "
+            f"{spread(e['copy']['rows_per_s']) if 'copy' in e else '—'} | "
+            f"{spread(e['ratio'], ratio) if 'ratio' in e else '—'} | {spread(s['rss_mb'], unit=' MB')} | "
+            f"{spread(s['cpu_s'], sec)} | {spread(s.get('pg_cpu_s'), sec)} |")
+    lines += [
+        "",
+        "Where the time goes, summed over the batches of a run (ms; read includes validation, dedup is Polars, "
+        "load is the binary COPY into the staging table and the upsert, commit is the COMMIT and the checkpoint):",
+        "",
+        "| data set | batches | read | dedup | load | commit | total wall |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, e in r["backlog"].items():
+        s = e["streamer"]
+        lines.append(f"| {label} | {spread(s['batches'])} | {spread(s['read_ms'])} | {spread(s['dedup_ms'])} | "
+                     f"{spread(s['load_ms'])} | {spread(s['commit_ms'])} | {spread(s['wall_s'], sec, ' s')} |")
+    lines += ["", "![throughput](../images/bench_throughput.png)", ""]
+
+    lat = r["latency"]
+    lines += [
+        "## Latency",
+        "",
+        "The streamer runs idle (no `--once`); the generator publishes 1 500-row files (2 % duplicates) at a fixed "
+        "interval. Latency is from the generator's `file published` log line (just after the rename) to the "
+        "streamer's progress record of the batch that committed the file (just after COMMIT and the checkpoint).",
+        "",
+        "| run | files | p50 | p95 | p99 | max | streamer RSS while running | peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in lat.items():
+        rate = e["rows_per_file"] / e["interval_s"]
+        lines.append(f"| {name}: a file every {e['interval_s'] * 1000:.0f} ms ({k(rate)} rows/s) | {e['files']} | "
+                     f"{ms(e['p50_ms'])} ms | {ms(e['p95_ms'])} ms | {ms(e['p99_ms'])} ms | {ms(e['max_ms'])} ms | "
+                     f"≤ {e['rss_max_mb']:.0f} MB | {e['hwm_mb']:.0f} MB |")
+    lines += [
+        "",
+        f"From start to watching (checkpoint open, schema in place) on a fresh database: "
+        f"{lat['idle']['ready_s'] * 1000:.0f} ms.",
+        "",
+        "![latency](../images/bench_latency.png)",
+        "",
+        "## Scaling",
+        "",
+    ]
+    sc = r["scaling"]
+    lines += ["| files per batch (data set A) | rows/s |", "|---|---|"]
+    lines += [f"| {p['files_per_batch']} | {spread(p['rows_per_s'])} |" for p in sc["batch_size"]]
+    lines += ["", "| rows per file (same rows in all) | files | rows/s | peak RSS |", "|---|---|---|---|"]
+    lines += [f"| {k(p['rows_per_file'])} | {p['files']} | {spread(p['rows_per_s'])} | {spread(p['rss_mb'], unit=' MB')} |"
+              for p in sc["file_size"]]
+    lines += ["", "One batch of 100 files × 1 500 rows into a table already holding (filled by SQL):", "",
+              "| rows in the table | rows/s |", "|---|---|"]
+    lines += [f"| {k(p['rows_in_table'])} | {spread(p['rows_per_s'])} |" for p in sc["table_size"]]
+    rs = r["restart"]
+    lines += [
+        "",
+        f"Start-up after {k(rs['files'])} processed files, all still in the data folder (`cargo bench --bench restart`, "
+        f"median of 5): open the checkpoint {rs.get('open checkpoint', 0):.0f} ms, list and filter the folder "
+        f"{rs.get('list + filter folder', 0):.0f} ms, restart to the first plan {rs.get('restart to first plan', 0):.0f} ms.",
+        "",
+        "![scaling](../images/bench_scaling.png)",
+        "",
+    ]
+    rp = r.get("replay")
+    if rp:
+        lines += [
+            "## Replay",
+            "",
+            f"`generator replay --speed max` (`scripts/bench-replay.sh`) on a {rp['input_mb']} MB file of "
+            f"{k(rp['input_rows'])} rows in the shape of the public multi-category store dataset (views, carts, "
+            "removals and purchases; sessions; same-second events), publishing files into a folder:",
+            "",
+            "| events published per second | per CPU second | peak RSS |",
+            "|---|---|---|",
+            f"| {spread(rp['events_per_s'])} | {spread(rp['events_per_cpu_s'])} | {spread(rp['rss_mb'], unit=' MB')} |",
+            "",
+        ]
+    notes = Path(__file__).with_name("analysis.md")
+    if notes.exists() and not r["quick"]:
+        lines += [notes.read_text().rstrip(), ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    results = json.loads(Path(sys.argv[1]).read_text())
+    write(results, Path(sys.argv[2]) if len(sys.argv) > 2 else Path(__file__).resolve().parent.parent)
