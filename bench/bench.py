@@ -420,7 +420,7 @@ def replay():
     runs = []
     for line in out.splitlines():
         if line.startswith("replay "):
-            fields = dict(f.split("=", 1) for f in line.split()[2:])
+            fields = dict(f.split("=", 1) for f in line.split()[2:] if "=" in f)
             runs.append({"events_per_s": float(fields["events/s"]), "events_per_cpu_s": float(fields["events/cpu-s"]),
                          "rss_mb": float(fields["peak_rss"]), "events": int(fields["events"]),
                          "wall_s": float(fields["wall"].rstrip("s"))})
