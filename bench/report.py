@@ -2,7 +2,7 @@
 bench.py measured (its results.json). Generated: never edit the outputs by
 hand; run scripts/bench.sh again.
 
-    python3 bench/report.py RESULTS.json [OUT_DIR]   # redraw from saved figures
+    python3 bench/report.py docs/performance_metrics.json [OUT_DIR]   # redraw from the saved figures
 """
 
 import json
