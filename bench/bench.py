@@ -13,7 +13,9 @@ It measures, on this machine and in one run:
      (the streamer's progress log), idle and under 20 000 rows/s;
   4. scaling against batch size, file size and rows already in the table;
      start-up after 100 000 processed files (cargo bench --bench restart);
-and writes docs/performance_metrics.md and images/bench_*.png.
+  5. `generator replay --speed max` (scripts/bench-replay.sh);
+and writes docs/performance_metrics.md, its raw figures
+docs/performance_metrics.json and images/bench_*.png.
 
 Everything is printed as it is measured; nothing is asserted. BENCH_QUICK=1
 shrinks every size (a smoke run, as CI does, writing into BENCH_OUT).
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,17 +131,19 @@ def checkpoint_db():
 def measured(cmd, env=None):
     """Runs cmd to the end: wall seconds, CPU seconds, peak RSS (MB), and the
     server's CPU seconds meanwhile."""
+    log_path = WORK / "measured.log"
     pg0 = pg_cpu()
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # stderr into a file, not a pipe nobody reads until the end (a full pipe would stall the program).
+    with open(log_path, "wb") as stderr:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     time.sleep(0.3)  # let the postmaster reap the client's backend, so its CPU is counted
     pg1 = pg_cpu()
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} exited {proc.returncode}:\n{stderr[-3000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{cmd[0]} exited {code}:\n{log_path.read_text(errors='replace')[-3000:]}")
     return {
         "wall_s": wall,
         "cpu_s": usage.ru_utime + usage.ru_stime,
@@ -155,12 +159,17 @@ def env(**extra):
     return e
 
 
-def generate(folder, files, rows, duplicates, seed, start="2026-01-01T00:00:00Z", interval=0):
+def instant(text):
+    """An RFC 3339 time as the logs write it (Z, up to nanoseconds)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def generate(folder, files, rows, duplicates, seed, start="2026-01-01T00:00:00Z"):
     folder.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [GENERATOR, "--data-dir", str(folder), "--files", str(files), "--rows", str(rows),
          "--duplicate-rate", str(duplicates), "--bad-row-rate", "0", "--seed", str(seed),
-         "--start-time", start, "--interval", str(interval), "--jitter-ms", "86400000"],
+         "--start-time", start, "--interval", "0", "--jitter-ms", "86400000"],
         check=True, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return sorted(folder.glob("*.csv"))
@@ -180,6 +189,16 @@ def stream_once(data, url, *flags):
     m["rows_per_s"] = m["rows"] / m["wall_s"]
     shutil.rmtree(cp)
     return m
+
+
+def stream_runs(data, database, *flags):
+    """RUNS loads of `data` by `streamer --once`, each into a new database."""
+    runs = []
+    for _ in range(RUNS):
+        url = fresh_database(database)
+        runs.append(stream_once(data, url, *flags))
+        drop_database(database)
+    return summarize(runs)
 
 
 def copy_limit(files, url):
@@ -268,22 +287,24 @@ def latency_run(label, files, rows, interval):
         time.sleep(0.02)
     ready_s = time.perf_counter() - started
     rss = []
-    gen = subprocess.Popen(
-        [GENERATOR, "--data-dir", str(data), "--files", str(files), "--rows", str(rows),
-         "--interval", str(interval), "--duplicate-rate", "0.02", "--seed", "13"],
-        env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while gen.poll() is None:
-        rss.append(vm(streamer.pid, "VmRSS"))
-        time.sleep(0.1)
+    generator_log = WORK / "latency-generator.log"
+    with open(generator_log, "w") as gen_stderr:
+        gen = subprocess.Popen(
+            [GENERATOR, "--data-dir", str(data), "--files", str(files), "--rows", str(rows),
+             "--interval", str(interval), "--duplicate-rate", "0.02", "--seed", "13"],
+            env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=gen_stderr)
+        while gen.poll() is None:
+            rss.append(vm(streamer.pid, "VmRSS"))
+            time.sleep(0.1)
     published = {}
-    for line in gen.stderr.read().splitlines():
+    for line in generator_log.read_text().splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
         fields = entry.get("fields", entry)  # tracing's JSON: flattened or under "fields"
         if fields.get("message") == "file published":
-            published[fields["file"]] = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00"))
+            published[fields["file"]] = instant(entry["timestamp"])
     deadline = time.time() + 120
     while int(psql(url, "SELECT count(*) FROM load_history")) < len(published) and time.time() < deadline:
         rss.append(vm(streamer.pid, "VmRSS"))
@@ -295,7 +316,7 @@ def latency_run(label, files, rows, interval):
     committed = {}
     for line in (cp / "progress/progress.jsonl").read_text().splitlines():
         b = json.loads(line)
-        committed[b["batch_id"]] = datetime.fromisoformat(b["timestamp"].replace("Z", "+00:00"))
+        committed[b["batch_id"]] = instant(b["timestamp"])
     rows_ = psql(url, "SELECT file_name, batch_id FROM load_history WHERE status = 'loaded'").splitlines()
     latencies = []
     for r in rows_:
@@ -345,12 +366,7 @@ def scaling(backlog_results):
         if per_batch == 100:
             out["batch_size"].append({"files_per_batch": per_batch, **a})
             continue
-        runs = []
-        for _ in range(RUNS):
-            url = fresh_database("bench_scale")
-            runs.append(stream_once(data, url, "--max-files-per-batch", str(per_batch)))
-            drop_database("bench_scale")
-        s = summarize(runs)
+        s = stream_runs(data, "bench_scale", "--max-files-per-batch", str(per_batch))
         out["batch_size"].append({"files_per_batch": per_batch, **s})
         log(f"scaling: {per_batch} files per batch: {s['rows_per_s']['median']:,.0f} rows/s")
     shutil.rmtree(data)
@@ -362,12 +378,7 @@ def scaling(backlog_results):
             continue
         data = WORK / f"scale-f{rows}"
         generate(data, total // rows, rows, 0.0, seed=22)
-        runs = []
-        for _ in range(RUNS):
-            url = fresh_database("bench_scale")
-            runs.append(stream_once(data, url))
-            drop_database("bench_scale")
-        s = summarize(runs)
+        s = stream_runs(data, "bench_scale")
         out["file_size"].append({"rows_per_file": rows, "files": total // rows, **s})
         log(f"scaling: files of {rows:,} rows: {s['rows_per_s']['median']:,.0f} rows/s")
         shutil.rmtree(data)
@@ -400,7 +411,9 @@ def scaling(backlog_results):
         runs = []
         for run in range(RUNS):
             data = WORK / "scale-probe"
-            generate(data, 100, 1_500, 0.0, seed=100 + 10 * k + run, start=f"2026-0{1 + k}-0{1 + run}T00:00:00Z")
+            # Each probe a day of its own, so no probe repeats another's keys.
+            day = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=k * RUNS + run)
+            generate(data, 100, 1_500, 0.0, seed=100 + k * RUNS + run, start=day.strftime("%Y-%m-%dT%H:%M:%SZ"))
             checkpoint_db()
             runs.append(stream_once(data, url))
             shutil.rmtree(data)

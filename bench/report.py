@@ -1,5 +1,5 @@
 """Writes docs/performance_metrics.md and images/bench_*.png from the figures
-bench.py measured (its results.json). Generated: never edit the outputs by
+bench.py measured (docs/performance_metrics.json). Generated: never edit the outputs by
 hand; run scripts/bench.sh again.
 
     python3 bench/report.py docs/performance_metrics.json [OUT_DIR]   # redraw from the saved figures
@@ -40,18 +40,23 @@ def ratio(x):
     return f"{x:.2f}×"
 
 
+def thousands(summaries):
+    """Medians and their error bars (down to min, up to max), in thousands."""
+    medians = [s["median"] / 1000 for s in summaries]
+    bars = [[(s["median"] - s["min"]) / 1000 for s in summaries], [(s["max"] - s["median"]) / 1000 for s in summaries]]
+    return medians, bars
+
+
 def plot_throughput(results, path):
     labels = list(results["backlog"])
     streamer = [results["backlog"][l]["streamer"]["rows_per_s"] for l in labels]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     x = range(len(labels))
-    med = [s["median"] / 1000 for s in streamer]
-    err = [[(s["median"] - s["min"]) / 1000 for s in streamer], [(s["max"] - s["median"]) / 1000 for s in streamer]]
+    med, err = thousands(streamer)
     ax.bar([i - 0.2 for i in x], med, 0.4, yerr=err, capsize=3, label="streamer --once", color="#2f6f9f")
     copy = [results["backlog"][l].get("copy", {}).get("rows_per_s") for l in labels]
     cx = [i + 0.2 for i, c in zip(x, copy) if c]
-    cm = [c["median"] / 1000 for c in copy if c]
-    ce = [[(c["median"] - c["min"]) / 1000 for c in copy if c], [(c["max"] - c["median"]) / 1000 for c in copy if c]]
+    cm, ce = thousands([c for c in copy if c])
     ax.bar(cx, cm, 0.4, yerr=ce, capsize=3, label="psql \\copy (the limit)", color="#9aa5ad")
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("thousand rows per second")
@@ -92,10 +97,8 @@ def plot_scaling(results, path):
     ]
     for ax, points, key, xlabel, logx in panels:
         xs = [p[key] / (1e6 if key == "rows_in_table" else 1) for p in points]
-        med = [p["rows_per_s"]["median"] / 1000 for p in points]
-        lo = [(p["rows_per_s"]["median"] - p["rows_per_s"]["min"]) / 1000 for p in points]
-        hi = [(p["rows_per_s"]["max"] - p["rows_per_s"]["median"]) / 1000 for p in points]
-        ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, color="#2f6f9f")
+        med, err = thousands([p["rows_per_s"] for p in points])
+        ax.errorbar(xs, med, yerr=err, marker="o", capsize=3, color="#2f6f9f")
         if logx:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -179,7 +182,7 @@ def markdown(r):
         "",
         f"- CPU: {m['cpu']}, {m['cores']} cores; {m['memory_gb']:.0f} GiB of memory; Linux {m['kernel']}",
         f"- {m['postgres'].split(' on ')[0]} on the same machine, settings: `{'`, `'.join(m['pg_settings'])}`",
-        f"- {m['streamer']} built by {m['rustc']} (release profile); {m['psql']}",
+        f"- {m['streamer']} built by {m['rustc']} ({'the test build' if r['quick'] else 'release profile'}); {m['psql']}",
         "",
         "## Backlog ingest against the COPY limit",
         "",

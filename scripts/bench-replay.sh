@@ -12,12 +12,12 @@
 #   (scripts/bench.sh does, and puts the figures in docs/performance_metrics.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/tools.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/ecommerce-pipeline/target}
 REPLAY_ROWS=${REPLAY_ROWS:-10000000}
 
-if [ ! -x /usr/bin/time ]; then
-    if [ "$(id -u)" -eq 0 ]; then apt-get install -y -qq time >/dev/null; else echo "needs GNU time: sudo apt-get install time" >&2; exit 1; fi
-fi
+# GNU time for the peak RSS (`command -v time` would find the shell's keyword).
+[ -x /usr/bin/time ] || apt_install time "GNU time (/usr/bin/time) not found"
 if [ -z "${GENERATOR:-}" ]; then
     cargo build --release --locked -p generator
     GENERATOR="$CARGO_TARGET_DIR/release/generator"

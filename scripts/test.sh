@@ -3,8 +3,9 @@
 # specification's schema and the Dockerfile through hadolint (both installed
 # into a private virtualenv on first use; see scripts/lib/tools.sh),
 # formatting, clippy, and the whole test suite against a real PostgreSQL
-# (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh).
-# Fails if any step fails.
+# (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh),
+# then the benchmark harness in its quick variant (scripts/bench.sh with
+# BENCH_QUICK=1 and the test build; about a minute). Fails if any step fails.
 #
 # Long variants (torture, benchmarks) are opt-in by environment variables
 # documented in the README.

