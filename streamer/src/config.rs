@@ -82,7 +82,7 @@ pub struct ResetArgs {
     #[arg(long)]
     pub yes: bool,
 
-    /// Also empty events, load_history and rejected_rows (needs the database).
+    /// Also empty events, load_history, rejected_rows and the analytics tables (needs the database).
     #[arg(long)]
     pub truncate_tables: bool,
 }
@@ -98,6 +98,9 @@ pub enum CleanSource {
     /// Delete it.
     Delete,
 }
+
+/// The widest metrics window: one day.
+pub const MAX_WINDOW_SECS: u32 = 86_400;
 
 /// Settings of the stream.
 #[derive(Debug, Clone, Args)]
@@ -171,6 +174,22 @@ pub struct RunArgs {
     #[arg(long, env = "MAX_BACKOFF_MS", default_value_t = 10_000, value_name = "MS")]
     pub max_backoff: u64,
 
+    /// Width of the windows of event_metrics_minute, in seconds (a change rebuilds the table at start).
+    #[arg(long, env = "METRICS_WINDOW_SECS", default_value_t = 60, value_name = "SECONDS")]
+    pub metrics_window: u32,
+
+    /// Address of the HTTP server (/health, /metrics, the dashboard at /), or `off`.
+    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9898", value_name = "HOST:PORT|off")]
+    pub http_addr: String,
+
+    /// /health answers 503 when files have waited this long with no batch committed, in seconds.
+    #[arg(long, env = "STALL_AFTER_SECS", default_value_t = 300, value_name = "SECONDS")]
+    pub stall_after: u64,
+
+    /// Show a progress bar on the terminal while a backlog drains (files, rows/s, ETA).
+    #[arg(long, env = "PROGRESS", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub progress: bool,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -211,7 +230,33 @@ impl RunArgs {
         if self.max_backoff == 0 {
             return Err(ConfigError::new("--max-backoff/MAX_BACKOFF_MS", "must be at least 1"));
         }
+        if !(1..=MAX_WINDOW_SECS).contains(&self.metrics_window) {
+            return Err(ConfigError::new(
+                "--metrics-window/METRICS_WINDOW_SECS",
+                format!("must be between 1 and {MAX_WINDOW_SECS} (one day)"),
+            ));
+        }
+        self.http_addr()?;
+        if self.stall_after == 0 {
+            return Err(ConfigError::new("--stall-after/STALL_AFTER_SECS", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The HTTP server's address; `None` when it is `off`.
+    pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let addr = self.http_addr.trim();
+        if addr.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        addr.parse().map(Some).map_err(|_| {
+            ConfigError::new("--http-addr/HTTP_ADDR", format!("{addr:?} is not HOST:PORT (e.g. 127.0.0.1:9898) or off"))
+        })
+    }
+
+    /// The metrics window width, in seconds, as the database stores it.
+    pub fn metrics_window_secs(&self) -> i32 {
+        self.metrics_window.min(MAX_WINDOW_SECS) as i32
     }
 
     /// The validated database URL.
@@ -303,6 +348,14 @@ mod tests {
             Some("--database-url/DATABASE_URL")
         );
         assert!(parse(&["--clean-source", "shred"]).is_err());
+        let ok = ["--database-url", "postgres://h/db"];
+        let with = |extra: &[&'static str]| [&ok[..], extra].concat();
+        assert_eq!(run(&with(&["--metrics-window", "0"])).as_deref(), Some("--metrics-window/METRICS_WINDOW_SECS"));
+        assert_eq!(run(&with(&["--metrics-window", "86401"])).as_deref(), Some("--metrics-window/METRICS_WINDOW_SECS"));
+        assert_eq!(run(&with(&["--http-addr", "localhost"])).as_deref(), Some("--http-addr/HTTP_ADDR"));
+        assert_eq!(run(&with(&["--stall-after", "0"])).as_deref(), Some("--stall-after/STALL_AFTER_SECS"));
+        assert_eq!(run(&with(&["--http-addr", "OFF"])), None);
+        assert_eq!(run(&with(&["--http-addr", "0.0.0.0:80"])), None);
     }
 
     #[test]

@@ -330,7 +330,7 @@ impl Stream {
 
     async fn prepare(&mut self, client: &mut Client) -> Result<(), SinkError> {
         if !self.schema_applied {
-            sink::apply_schema(client).await?;
+            sink::apply_schema(client, self.args.metrics_window_secs()).await?;
             self.schema_applied = true;
         }
         Ok(())

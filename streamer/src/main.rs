@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 None => println!("no checkpoint to forget"),
             }
             if reset.tables_truncated {
-                println!("events, load_history and rejected_rows emptied");
+                println!("events, load_history, rejected_rows and the analytics tables emptied");
             }
             Ok(())
         }),

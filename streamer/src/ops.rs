@@ -308,7 +308,8 @@ pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
     }
     if let (true, Some(client)) = (args.truncate_tables, &client) {
         client
-            .batch_execute("TRUNCATE events, load_history, rejected_rows RESTART IDENTITY")
+            .batch_execute("TRUNCATE events, load_history, rejected_rows, event_metrics_minute, user_category_counts, user_product_counts \
+                 RESTART IDENTITY")
             .await
             .map_err(|e| anyhow::anyhow!("cannot truncate the tables: {}", describe(&e)))?;
         out.tables_truncated = true;

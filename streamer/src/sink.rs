@@ -24,13 +24,21 @@ use crate::checkpoint::FileId;
 use generator::contract::COLUMNS;
 
 /// The schema files, in order, compiled into the binary.
-pub const MIGRATIONS: [(&str, &str); 2] = [
+pub const MIGRATIONS: [(&str, &str); 4] = [
     ("db/001_events.sql", include_str!("../../db/001_events.sql")),
     ("db/002_load_history.sql", include_str!("../../db/002_load_history.sql")),
+    ("db/003_analytics.sql", include_str!("../../db/003_analytics.sql")),
+    ("db/004_reports.sql", include_str!("../../db/004_reports.sql")),
 ];
 
 /// Serialises schema changes between streamers starting at once.
 const SCHEMA_LOCK: i64 = 0x6576_656e_7473;
+
+/// Serialises the merge and the analytics upkeep of batches committing at
+/// once (streamers on several data folders, one database): each batch then
+/// sees the rows the one before it committed, so the counters' deltas and
+/// the recomputed windows are exact. Staging still runs side by side.
+const ANALYTICS_LOCK: i64 = 0x6d65_7472_6963_73;
 
 /// A PostgreSQL failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +133,9 @@ pub async fn connect(url: &str) -> Result<Client, SinkError> {
 }
 
 /// Applies `db/*.sql` in order in one transaction, under an advisory lock.
-pub async fn apply_schema(client: &mut Client) -> Result<(), SinkError> {
+/// `window_secs` is the width of the metrics windows (see
+/// [`set_metrics_window`]).
+pub async fn apply_schema(client: &mut Client, window_secs: i32) -> Result<(), SinkError> {
     let tx = client.transaction().await.map_err(SinkError::query("starting the schema transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
@@ -137,8 +147,70 @@ pub async fn apply_schema(client: &mut Client) -> Result<(), SinkError> {
     for (file, sql) in MIGRATIONS {
         tx.batch_execute(sql).await.map_err(|source| SinkError::Schema { file, source })?;
     }
+    set_metrics_window(&tx, window_secs).await?;
     tx.commit().await.map_err(SinkError::query("committing the schema"))
 }
+
+/// Records the metrics window width; builds the analytics tables from
+/// `events` when they are new (a database of an older version) and rebuilds
+/// the windowed metrics when the width changed.
+async fn set_metrics_window(tx: &tokio_postgres::Transaction<'_>, window_secs: i32) -> Result<(), SinkError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
+        .await
+        .map_err(SinkError::query("taking the analytics lock"))?;
+    let stored: Option<i32> = tx
+        .query_opt("SELECT window_seconds FROM analytics_settings", &[])
+        .await
+        .map_err(SinkError::query("reading the analytics settings"))?
+        .map(|r| r.get(0));
+    if stored == Some(window_secs) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tx.execute(
+        "INSERT INTO analytics_settings (window_seconds) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET window_seconds = EXCLUDED.window_seconds",
+        &[&window_secs],
+    )
+    .await
+    .map_err(SinkError::query("writing the analytics settings"))?;
+    let rebuild = match stored {
+        None => REBUILD_ALL_SQL.as_str(),
+        Some(old) => {
+            tracing::warn!(
+                old_secs = old,
+                new_secs = window_secs,
+                "the metrics window width changed; rebuilding event_metrics_minute from events"
+            );
+            REBUILD_METRICS_SQL.as_str()
+        }
+    };
+    tx.batch_execute(rebuild).await.map_err(SinkError::query("building the analytics tables from events"))?;
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(window_secs, ms, "analytics tables built from events");
+    Ok(())
+}
+
+/// The windowed metrics of every event, as `event_metrics_minute` holds them.
+const METRICS_OF_EVENTS: &str = "INSERT INTO event_metrics_minute \
+     SELECT metrics_window(event_time), product_category, count(*) FILTER (WHERE event_type = 'view'), \
+     count(*) FILTER (WHERE event_type = 'purchase'), count(DISTINCT user_id), \
+     coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0) FROM events GROUP BY 1, 2";
+
+static REBUILD_METRICS_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("TRUNCATE event_metrics_minute; {METRICS_OF_EVENTS}"));
+
+static REBUILD_ALL_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}; TRUNCATE user_category_counts; INSERT INTO user_category_counts \
+         SELECT user_id, product_category, count(*) FILTER (WHERE event_type = 'view'), \
+         count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2; \
+         TRUNCATE user_product_counts; INSERT INTO user_product_counts \
+         SELECT user_id, product_id, count(*) FILTER (WHERE event_type = 'view'), \
+         count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2",
+        *REBUILD_METRICS_SQL
+    )
+});
 
 /// One file of a committed batch, as the load history has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +248,13 @@ const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT E
     product_category TEXT NOT NULL,
     product_price NUMERIC(10,2) NOT NULL,
     event_time TIMESTAMPTZ NOT NULL
+) ON COMMIT DELETE ROWS; CREATE TEMP TABLE IF NOT EXISTS events_delta (
+    user_id INTEGER NOT NULL,
+    event_time TIMESTAMPTZ NOT NULL,
+    event_type TEXT NOT NULL,
+    product_id INTEGER NOT NULL,
+    product_category TEXT NOT NULL,
+    sign INTEGER NOT NULL
 ) ON COMMIT DELETE ROWS";
 
 /// Column types of `events_stage`, in order.
@@ -196,8 +275,14 @@ const STAGE_TYPES: [Type; 11] = [
 /// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
 /// the staging table into `events`, in key order for index locality; returns
 /// per staged file the rows kept after deduplication, inserted and updated.
+/// Every row it changed goes into `events_delta`: the new values with sign
+/// +1 and, for an update, the old ones with -1 (read by the same statement,
+/// whose snapshot still holds them).
 /// With one chunk the stage holds unique keys already; with several, the row
 /// of the latest chunk wins (`DISTINCT ON`), each chunk being unique within.
+/// The columns the analytics tables depend on, of a changed row.
+const DELTA_COLS: &str = "e.user_id, e.event_time, e.event_type, e.product_id, e.product_category";
+
 static MERGE_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| [merge_sql(false), merge_sql(true)]);
 
 pub fn merge_sql(several_chunks: bool) -> String {
@@ -218,11 +303,49 @@ pub fn merge_sql(several_chunks: bool) -> String {
     format!(
         "WITH {latest}merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM {source} ORDER BY user_id, event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new}) \
-         RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
+         RETURNING {DELTA_COLS}, (e.xmax = 0) AS inserted), \
+         replaced AS (SELECT {DELTA_COLS} FROM events e JOIN merged m USING (user_id, event_time) WHERE NOT m.inserted), \
+         delta AS (INSERT INTO events_delta SELECT {DELTA_COLS}, 1 FROM merged e \
+         UNION ALL SELECT {DELTA_COLS}, -1 FROM replaced e) \
          SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
          FROM {source} s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
     )
 }
+
+/// Brings the analytics tables up to the batch's changes (`events_delta`):
+/// counters by delta, pairs left at zero deleted; every window holding a
+/// changed row recomputed from `events`, one index range scan per window.
+const ANALYTICS_SQL: &str = "\
+INSERT INTO user_category_counts AS c (user_id, product_category, views, purchases) \
+    SELECT user_id, product_category, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
+           coalesce(sum(sign) FILTER (WHERE event_type = 'purchase'), 0) \
+    FROM events_delta GROUP BY 1, 2 HAVING sum(sign) FILTER (WHERE event_type = 'view') <> 0 \
+        OR sum(sign) FILTER (WHERE event_type = 'purchase') <> 0 ORDER BY 1, 2 \
+    ON CONFLICT (user_id, product_category) DO UPDATE \
+    SET views = c.views + EXCLUDED.views, purchases = c.purchases + EXCLUDED.purchases; \
+INSERT INTO user_product_counts AS c (user_id, product_id, views, purchases) \
+    SELECT user_id, product_id, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
+           coalesce(sum(sign) FILTER (WHERE event_type = 'purchase'), 0) \
+    FROM events_delta GROUP BY 1, 2 HAVING sum(sign) FILTER (WHERE event_type = 'view') <> 0 \
+        OR sum(sign) FILTER (WHERE event_type = 'purchase') <> 0 ORDER BY 1, 2 \
+    ON CONFLICT (user_id, product_id) DO UPDATE \
+    SET views = c.views + EXCLUDED.views, purchases = c.purchases + EXCLUDED.purchases; \
+DELETE FROM user_category_counts c USING events_delta d \
+    WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_category = d.product_category \
+      AND c.views = 0 AND c.purchases = 0; \
+DELETE FROM user_product_counts c USING events_delta d \
+    WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_id = d.product_id \
+      AND c.views = 0 AND c.purchases = 0; \
+DELETE FROM event_metrics_minute WHERE window_start IN (SELECT metrics_window(event_time) FROM events_delta); \
+INSERT INTO event_metrics_minute \
+    SELECT t.window_start, m.* FROM (SELECT DISTINCT metrics_window(event_time) AS window_start FROM events_delta) t, \
+    LATERAL (SELECT e.product_category, count(*) FILTER (WHERE e.event_type = 'view'), \
+                    count(*) FILTER (WHERE e.event_type = 'purchase'), count(DISTINCT e.user_id), \
+                    coalesce(sum(e.product_price) FILTER (WHERE e.event_type = 'purchase'), 0) \
+             FROM events e \
+             WHERE e.event_time >= t.window_start \
+               AND e.event_time < t.window_start + make_interval(secs => (SELECT window_seconds FROM analytics_settings)) \
+             GROUP BY e.product_category) m";
 
 const HISTORY_SQL: &str = "INSERT INTO load_history (checkpoint_id, batch_id, file_name, file_size, file_mtime, status, reason, \
      rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_rejected, reingest, batch_started_at, committed_at) \
@@ -392,6 +515,9 @@ impl<'a> Loader<'a> {
                 // Planner statistics for a stage too big to guess.
                 tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
             }
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
+                .await
+                .map_err(SinkError::query("taking the analytics lock"))?;
             let sql = &MERGE_SQL[usize::from(chunks > 1)];
             for row in tx.query(sql.as_str(), &[]).await.map_err(SinkError::query("merging into events"))? {
                 let (file, kept, inserted, updated): (i32, i64, i64, i64) =
@@ -403,6 +529,7 @@ impl<'a> Loader<'a> {
                     out.updated[i] = updated as u64;
                 }
             }
+            tx.batch_execute(ANALYTICS_SQL).await.map_err(SinkError::query("updating the metrics and counters"))?;
         }
 
         let col =
@@ -467,7 +594,11 @@ mod tests {
              product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price \
              WHERE (e.user_name, e.user_email, e.event_type, e.product_id, e.product_name, e.product_category, e.product_price) \
              IS DISTINCT FROM (EXCLUDED.user_name, EXCLUDED.user_email, EXCLUDED.event_type, EXCLUDED.product_id, EXCLUDED.product_name, EXCLUDED.product_category, EXCLUDED.product_price) \
-             RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted) \
+             RETURNING e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, (e.xmax = 0) AS inserted), \
+             replaced AS (SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category FROM events e \
+             JOIN merged m USING (user_id, event_time) WHERE NOT m.inserted), \
+             delta AS (INSERT INTO events_delta SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, 1 FROM merged e \
+             UNION ALL SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, -1 FROM replaced e) \
              SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) FROM";
         assert_eq!(
             merge_sql(false),
@@ -496,7 +627,10 @@ mod tests {
             let code: String =
                 sql.lines().map(|l| l.split("--").next().unwrap_or_default()).collect::<Vec<_>>().join(" ");
             for stmt in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                assert!(stmt.contains("IF NOT EXISTS"), "{name}: a statement is not idempotent: {stmt}");
+                assert!(
+                    stmt.contains("IF NOT EXISTS") || stmt.starts_with("CREATE OR REPLACE"),
+                    "{name}: a statement is not idempotent: {stmt}"
+                );
             }
         }
     }

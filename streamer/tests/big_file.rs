@@ -21,6 +21,7 @@ fn spawn(data: &Path, cp: &Path, url: &str) -> std::io::Result<Child> {
         .args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
         .args(["--database-url", url, "--file-settle", "0", "--chunk-bytes", CHUNK_BYTES])
         .env_remove("DATABASE_URL")
+        .env("HTTP_ADDR", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -14,8 +14,8 @@ fn streamer(dir: &std::path::Path) -> Command {
     for var in ["DATABASE_URL", "DATA_DIR", "CHECKPOINT_DIR", "ONCE", "CLEAN_SOURCE", "LOG_FORMAT", "RUST_LOG"] {
         cmd.env_remove(var);
     }
-    // No .env of the developer's is picked up.
-    cmd.current_dir(dir);
+    // No .env of the developer's is picked up; tests in parallel share no port.
+    cmd.current_dir(dir).env("HTTP_ADDR", "off");
     cmd
 }
 

@@ -15,6 +15,7 @@ fn streamer(data: &Path, cp: &Path, url: &str, args: &[&str]) -> Output {
         .args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
         .args(["--database-url", url])
         .env_remove("DATABASE_URL")
+        .env("HTTP_ADDR", "off")
         .output()
         .expect("the streamer binary runs")
 }

@@ -28,7 +28,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 fn spawn_streamer(data: &Path, cp: &Path, url: &str, max_files: u32, once: bool) -> std::io::Result<Child> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streamer"));
     cmd.args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
-        .args(["--database-url", url, "--file-settle", "0", "--max-backoff", "200"])
+        .args(["--database-url", url, "--file-settle", "0", "--max-backoff", "200", "--http-addr", "off"])
         .args(["--max-files-per-batch", &max_files.to_string()])
         .env_remove("DATABASE_URL")
         .stdout(Stdio::null())
@@ -99,6 +99,7 @@ async fn survives_sigkill_at_random_moments_without_losing_or_duplicating_a_row(
     let got = table(&client).await;
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "events differs from the oracle");
+    assert_analytics_exact(&client).await;
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, files.len() as i64, "each file loaded once");
     assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, files.len() as i64);
     assert_eq!(

@@ -137,7 +137,7 @@ pub fn args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> RunAr
     argv.push(checkpoints.display().to_string());
     argv.push("--database-url".into());
     argv.push(url.to_owned());
-    argv.extend(["--file-settle", "0", "--max-backoff", "200"].map(String::from));
+    argv.extend(["--file-settle", "0", "--max-backoff", "200", "--http-addr", "off"].map(String::from));
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::try_parse_from(argv).map(Cli::command) {
         Ok(Command::Run(args)) => args,
@@ -444,4 +444,40 @@ pub async fn loads_now(url: &str) -> Option<i64> {
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Each analytics table and its GROUP BY definition over `events`
+/// (db/003_analytics.sql): `(table, definition)`.
+pub const ANALYTICS_DEFINITIONS: [(&str, &str); 3] = [
+    (
+        "SELECT window_start, product_category, views, purchases, users, revenue FROM event_metrics_minute",
+        "SELECT metrics_window(event_time), product_category, count(*) FILTER (WHERE event_type = 'view'), \
+         count(*) FILTER (WHERE event_type = 'purchase'), count(DISTINCT user_id), \
+         coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0)::numeric(14,2) FROM events GROUP BY 1, 2",
+    ),
+    (
+        "SELECT user_id, product_category, views, purchases FROM user_category_counts",
+        "SELECT user_id, product_category, count(*) FILTER (WHERE event_type = 'view'), \
+         count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2",
+    ),
+    (
+        "SELECT user_id, product_id, views, purchases FROM user_product_counts",
+        "SELECT user_id, product_id, count(*) FILTER (WHERE event_type = 'view'), \
+         count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2",
+    ),
+];
+
+/// Asserts that the metrics and counters equal their GROUP BY definitions
+/// row for row (and hold as many rows); returns the rows of each table.
+pub async fn assert_analytics_exact(client: &Client) -> [i64; 3] {
+    let mut sizes = [0; 3];
+    for (i, (table, definition)) in ANALYTICS_DEFINITIONS.iter().enumerate() {
+        let only = |a: &str, b: &str| format!("SELECT count(*) FROM (({a}) EXCEPT ALL ({b})) d");
+        let extra = count(client, &only(table, definition)).await;
+        let missing = count(client, &only(definition, table)).await;
+        let rows = count(client, &format!("SELECT count(*) FROM ({table}) t")).await;
+        assert_eq!((extra, missing), (0, 0), "{table}: {extra} rows not in its definition, {missing} missing ({rows} rows)");
+        sizes[i] = rows;
+    }
+    sizes
 }

@@ -1,0 +1,128 @@
+//! The windowed metrics and the counters datamart (db/003_analytics.sql)
+//! equal their GROUP BY definitions over `events` after every batch: with
+//! upserts that change a row's type, product, category and price, with
+//! duplicates and bad rows, when the window width changes, and on a database
+//! that had events before the analytics tables existed.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use rand::{Rng, SeedableRng};
+
+const CATEGORIES: [&str; 3] = ["Books", "Toys", "Garden"];
+
+/// A file of `rows` random rows over a small key space (15 users, 4 minutes
+/// of whole and half seconds), so later files overwrite earlier keys with
+/// other values; about one row in 40 is invalid.
+fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> PathBuf {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut out = std::fs::File::create(&tmp).expect("test file");
+    writeln!(out, "{}", generator::contract::COLUMNS.join(",")).expect("write");
+    for _ in 0..rows {
+        let user = rng.random_range(1..=15);
+        let millis = rng.random_range(0..480) * 500;
+        let time = instant("2026-03-01T12:00:00Z") + chrono::TimeDelta::milliseconds(millis);
+        let kind = if rng.random_bool(0.3) { "purchase" } else { "view" };
+        let product = rng.random_range(1..=8);
+        let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
+        let cents = rng.random_range(1..100_000);
+        let price = if rng.random_bool(0.025) { "-1".to_owned() } else { format!("{}.{:02}", cents / 100, cents % 100) };
+        writeln!(
+            out,
+            "{user},User {user},u{user}@example.com,{kind},{product},Product {product},{category},{price},{}",
+            time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )
+        .expect("write");
+    }
+    drop(out);
+    std::fs::rename(&tmp, &path).expect("publish");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_upserts() -> TestResult {
+    let seed: u64 = std::env::var("ANALYTICS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("seed {seed} (ANALYTICS_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let client = db.client().await;
+    let mut files = Vec::new();
+    for round in 0..8 {
+        for k in 0..rng.random_range(1..=3) {
+            let rows = rng.random_range(20..150);
+            files.push(random_file(&data, &format!("r{round:02}_{k}.csv"), rows, &mut rng));
+        }
+        // Several files per batch (duplicates across files) or one per batch.
+        let per_batch = rng.random_range(1..=3).to_string();
+        streamer::run(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", &per_batch]), Default::default())
+            .await?;
+        let (expected, _) = oracle(&files);
+        assert!(table(&client).await == expected, "round {round}: events differs from the oracle");
+        let sizes = assert_analytics_exact(&client).await;
+        assert!(sizes.iter().all(|&n| n > 0), "round {round}: an analytics table is empty: {sizes:?}");
+    }
+    // The rounds did exercise the hard path: rows changed in place.
+    let updated = count(&client, "SELECT sum(rows_updated)::int8 FROM load_history").await;
+    assert!(updated > 50, "only {updated} rows were updated: the test lost its point");
+    let windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
+    assert_eq!(windows, 4, "four minutes of data make four one-minute windows");
+    Ok(())
+}
+
+async fn width(client: &tokio_postgres::Client) -> i64 {
+    count(client, "SELECT window_seconds::int8 FROM analytics_settings").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_window_width_rebuilds_the_metrics_and_an_older_database_gets_its_analytics() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for k in 0..4 {
+        random_file(&data, &format!("f{k}.csv"), 200, &mut rng);
+    }
+    let client = db.client().await;
+    let run = |extra: &'static [&'static str]| {
+        let (data, cp, url) = (data.clone(), cp.clone(), db.url.clone());
+        async move {
+            let mut flags = vec!["--once"];
+            flags.extend_from_slice(extra);
+            streamer::run(args(&data, &cp, &url, &flags), Default::default()).await
+        }
+    };
+
+    run(&[]).await?;
+    assert_eq!(width(&client).await, 60);
+    assert_analytics_exact(&client).await;
+    let misaligned =
+        count(&client, "SELECT count(*) FROM event_metrics_minute WHERE window_start <> date_trunc('minute', window_start)")
+            .await;
+    assert_eq!(misaligned, 0, "one-minute windows start on the minute");
+    let minute_windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
+
+    // Nothing new to load, another width: the table is rebuilt.
+    run(&["--metrics-window", "15"]).await?;
+    assert_eq!(width(&client).await, 15);
+    assert_analytics_exact(&client).await;
+    let quarter_windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
+    assert_eq!((minute_windows, quarter_windows), (4, 16), "four minutes of data");
+
+    // A database of a version without analytics: events, no settings, empty tables.
+    client
+        .batch_execute("DELETE FROM analytics_settings; TRUNCATE event_metrics_minute, user_category_counts, user_product_counts")
+        .await?;
+    run(&["--metrics-window", "60"]).await?;
+    assert_eq!(width(&client).await, 60);
+    let sizes = assert_analytics_exact(&client).await;
+    assert!(sizes.iter().all(|&n| n > 0), "the analytics were built from events: {sizes:?}");
+    Ok(())
+}
