@@ -77,8 +77,16 @@ pub fn config_exit(e: &ConfigError) -> ExitCode {
 
 /// `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging(format: LogFormat) {
+    init_logging_to(format, std::io::stderr);
+}
+
+/// [`init_logging`] into `writer` instead of stderr (e.g. through a progress bar).
+pub fn init_logging_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -17,6 +17,8 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod config;
+pub mod http;
+pub mod monitor;
 pub mod ops;
 pub mod progress;
 pub mod sink;
@@ -38,7 +40,8 @@ use uuid::Uuid;
 use crate::batch::{BatchRead, FileOutcome, FileSummary, SourceFile};
 use crate::checkpoint::{Checkpoint, CommittedFile, Disposition, FileId, Offsets, FORMAT_VERSION};
 use crate::config::redact_url;
-use crate::progress::{ms, BatchProgress, Phases, ProgressLog, Totals};
+use crate::monitor::Monitor;
+use crate::progress::{ms, BacklogBar, BatchProgress, Phases, ProgressLog, Totals};
 use crate::sink::{BatchMeta, Committed, FileLoad, FileStatus, Loader, SinkError};
 use crate::watch::{Candidate, Discovery};
 
@@ -78,6 +81,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<R
         next_batch = checkpoint.next_batch_id(),
         "streamer starting"
     );
+    let monitor = Arc::new(Monitor::new(Duration::from_secs(args.stall_after)));
+    // The HTTP side stops with the stream, never before it.
+    let http_stop = CancellationToken::new();
+    let http = args.http_addr()?.map(|addr| {
+        let server = http::serve(addr, monitor.clone(), args.database_url().to_owned(), http_stop.clone());
+        tokio::spawn(server)
+    });
+    let bar = args.progress.then(BacklogBar::new);
     let mut stream = Stream {
         url: args.database_url().to_owned(),
         args,
@@ -87,8 +98,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<R
         schema_applied: false,
         progress,
         totals: Totals::default(),
+        monitor,
+        bar,
     };
-    stream.run().await?;
+    let result = stream.run().await;
+    http_stop.cancel();
+    if let Some(server) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    if let Some(bar) = &stream.bar {
+        bar.finish();
+    }
+    result?;
     stream.totals.log_stopped();
     Ok(RunSummary { checkpoint_id: stream.checkpoint()?.id(), totals: stream.totals })
 }
@@ -142,6 +163,8 @@ struct Stream {
     schema_applied: bool,
     progress: ProgressLog,
     totals: Totals,
+    monitor: Arc<Monitor>,
+    bar: Option<BacklogBar>,
 }
 
 impl Stream {
@@ -219,6 +242,10 @@ impl Stream {
                 let cp = self.checkpoint()?;
                 queue = listing.ready.into_iter().filter(|c| !cp.is_processed(&c.id)).collect();
                 (waiting, next_settle) = (listing.waiting, listing.next_settle);
+                self.monitor.set_pending(queue.len());
+                if let Some(bar) = &self.bar {
+                    bar.queued(queue.len());
+                }
             }
             if queue.is_empty() {
                 if self.args.once && waiting == 0 {
@@ -261,6 +288,7 @@ impl Stream {
             if self.guarded(|s| Box::pin(s.run_batch(plan, discover, false))).await? == Outcome::Abandoned {
                 break;
             }
+            self.monitor.set_pending(queue.len());
         }
         Ok(())
     }
@@ -428,6 +456,7 @@ impl Stream {
                     // The next attempt finds the batch in the load history.
                     Some(s) if s.is_batch_already_loaded() => {}
                     Some(s) if s.is_transient() => {
+                        self.monitor.rolled_back();
                         let wait = backoff.step();
                         warn!(batch_id, attempt, retry_in_ms = wait.as_millis() as u64, error = %s, "batch rolled back; retrying");
                         self.client = None;
@@ -491,6 +520,16 @@ impl Stream {
             },
         };
         p.log();
+        let now = Utc::now();
+        let latencies: Vec<Duration> = files
+            .iter()
+            .filter(|f| f.status == FileStatus::Loaded)
+            .map(|f| (now - chrono::DateTime::from_timestamp_nanos(f.file.mtime_ns)).to_std().unwrap_or_default())
+            .collect();
+        self.monitor.committed(&p, &latencies);
+        if let Some(bar) = &self.bar {
+            bar.batch_done(&p);
+        }
         if let Err(e) = self.progress.append(&p) {
             warn!(error = %e, path = %self.progress.path().display(), "cannot append to the progress file");
         }

@@ -16,7 +16,11 @@ fn main() -> ExitCode {
             if let Err(e) = args.validate() {
                 return cli::config_exit(&e);
             }
-            cli::init_logging(args.log_format);
+            if args.progress {
+                cli::init_logging_to(args.log_format, streamer::progress::BarWriter::make);
+            } else {
+                cli::init_logging(args.log_format);
+            }
             cli::run_async("streamer", |shutdown| streamer::run(args, shutdown))
         }
         Command::Status(args) => cli::run_async("streamer status", |_| async move {

@@ -173,3 +173,78 @@ mod tests {
         Ok(())
     }
 }
+
+/// The terminal's progress bar of `--progress` (indicatif): files done of
+/// the files listed, rows/s, ETA. It draws only on a terminal; log lines
+/// written through [`BarWriter`] appear above it instead of through it.
+#[derive(Debug, Clone)]
+pub struct BacklogBar(indicatif::ProgressBar);
+
+static BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+fn terminal_bar() -> &'static indicatif::ProgressBar {
+    BAR.get_or_init(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files · {msg} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.set_message("watching for files");
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    })
+}
+
+impl BacklogBar {
+    pub fn new() -> BacklogBar {
+        BacklogBar(terminal_bar().clone())
+    }
+
+    /// A listing found `n` files to process: they are what is left to do.
+    pub fn queued(&self, n: usize) {
+        self.0.set_length(self.0.position() + n as u64);
+        if n == 0 {
+            self.0.set_message("watching for files");
+        }
+    }
+
+    pub fn batch_done(&self, p: &BatchProgress) {
+        self.0.inc(p.files as u64);
+        self.0.set_message(format!("{:.0} rows/s", p.rows_per_sec));
+    }
+
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+
+    pub fn position(&self) -> (u64, Option<u64>) {
+        (self.0.position(), self.0.length())
+    }
+}
+
+impl Default for BacklogBar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Log output that clears the progress bar, writes, and draws it again.
+#[derive(Debug)]
+pub struct BarWriter;
+
+impl BarWriter {
+    pub fn make() -> BarWriter {
+        BarWriter
+    }
+}
+
+impl io::Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        terminal_bar().suspend(|| io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}

@@ -30,7 +30,8 @@ fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> PathB
         let product = rng.random_range(1..=8);
         let category = CATEGORIES[rng.random_range(0..CATEGORIES.len())];
         let cents = rng.random_range(1..100_000);
-        let price = if rng.random_bool(0.025) { "-1".to_owned() } else { format!("{}.{:02}", cents / 100, cents % 100) };
+        let price =
+            if rng.random_bool(0.025) { "-1".to_owned() } else { format!("{}.{:02}", cents / 100, cents % 100) };
         writeln!(
             out,
             "{user},User {user},u{user}@example.com,{kind},{product},Product {product},{category},{price},{}",
@@ -103,9 +104,11 @@ async fn a_new_window_width_rebuilds_the_metrics_and_an_older_database_gets_its_
     run(&[]).await?;
     assert_eq!(width(&client).await, 60);
     assert_analytics_exact(&client).await;
-    let misaligned =
-        count(&client, "SELECT count(*) FROM event_metrics_minute WHERE window_start <> date_trunc('minute', window_start)")
-            .await;
+    let misaligned = count(
+        &client,
+        "SELECT count(*) FROM event_metrics_minute WHERE window_start <> date_trunc('minute', window_start)",
+    )
+    .await;
     assert_eq!(misaligned, 0, "one-minute windows start on the minute");
     let minute_windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
 
@@ -118,7 +121,9 @@ async fn a_new_window_width_rebuilds_the_metrics_and_an_older_database_gets_its_
 
     // A database of a version without analytics: events, no settings, empty tables.
     client
-        .batch_execute("DELETE FROM analytics_settings; TRUNCATE event_metrics_minute, user_category_counts, user_product_counts")
+        .batch_execute(
+            "DELETE FROM analytics_settings; TRUNCATE event_metrics_minute, user_category_counts, user_product_counts",
+        )
         .await?;
     run(&["--metrics-window", "60"]).await?;
     assert_eq!(width(&client).await, 60);

@@ -476,8 +476,46 @@ pub async fn assert_analytics_exact(client: &Client) -> [i64; 3] {
         let extra = count(client, &only(table, definition)).await;
         let missing = count(client, &only(definition, table)).await;
         let rows = count(client, &format!("SELECT count(*) FROM ({table}) t")).await;
-        assert_eq!((extra, missing), (0, 0), "{table}: {extra} rows not in its definition, {missing} missing ({rows} rows)");
+        assert_eq!(
+            (extra, missing),
+            (0, 0),
+            "{table}: {extra} rows not in its definition, {missing} missing ({rows} rows)"
+        );
         sizes[i] = rows;
     }
     sizes
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0, no client library needed):
+/// the status code, the content type and the body; `None` while nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut raw)).await.ok()?.ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let content_type = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .unwrap_or_default();
+    Some((status, content_type, body.to_owned()))
+}
+
+/// [`http_get`], waiting up to 10 s for the server to answer.
+pub async fn http_get_ok(port: u16, path: &str) -> (u16, String, String) {
+    for _ in 0..200 {
+        if let Some(answer) = http_get(port, path).await {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing answers on port {port}");
 }

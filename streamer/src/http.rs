@@ -1,0 +1,218 @@
+//! The HTTP side (axum): `GET /health`, `GET /metrics` (Prometheus) and the
+//! live dashboard at `/` with its JSON at `/api/dashboard`. The page's assets
+//! are compiled into the binary (no CDN: it works offline).
+//!
+//! It never stands in the way of ingest: it has its own database connection,
+//! and when its address cannot be bound it says so once and the stream runs
+//! on without it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::monitor::Monitor;
+use crate::sink::describe;
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+/// How long `/health` and the dashboard wait for the database.
+const DB_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Shared {
+    monitor: Arc<Monitor>,
+    url: String,
+    /// The HTTP side's own connection, made on first use and again after a failure.
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+/// Binds `addr` and serves until `shutdown`. A failure to bind is logged once
+/// and ends the task: the stream does not depend on it.
+pub async fn serve(addr: SocketAddr, monitor: Arc<Monitor>, url: String, shutdown: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot serve HTTP (health, metrics, dashboard); the stream runs without it");
+            return;
+        }
+    };
+    let local = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+    tracing::info!(addr = %local, "serving /health, /metrics and the dashboard at /");
+    let shared = Arc::new(Shared { monitor, url, client: tokio::sync::Mutex::new(None) });
+    let app = router(shared);
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+        tracing::warn!(error = %e, "the HTTP server stopped; the stream runs without it");
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
+        .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/dashboard", get(dashboard))
+        .with_state(shared)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], shared.monitor.encode())
+        .into_response()
+}
+
+impl Shared {
+    /// Runs `f` on the HTTP side's connection (made if needed), within
+    /// [`DB_TIMEOUT`]; a failed connection is dropped and made again next time.
+    async fn with_client<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'c>,
+        >,
+    ) -> Result<T, String> {
+        let mut slot = self.client.lock().await;
+        let work = async {
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| describe(&e))?;
+                config.application_name("streamer-http");
+                let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+                tokio::spawn(connection);
+                *slot = Some(client);
+            }
+            let client = slot.as_ref().ok_or("no connection")?;
+            f(client).await.map_err(|e| describe(&e))
+        };
+        let result = match tokio::time::timeout(DB_TIMEOUT, work).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} s", DB_TIMEOUT.as_secs())),
+        };
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    let database = shared.with_client(|c| Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })).await;
+    let stream = shared.monitor.stream_health();
+    let mut reasons = Vec::new();
+    if let Err(e) = &database {
+        reasons.push(format!("the database is not reachable: {e}"));
+    }
+    if stream.stalled {
+        reasons.push(format!(
+            "stalled: {} file(s) waiting and no batch committed for {:.0} s (threshold {} s)",
+            stream.files_pending, stream.waiting_secs, stream.stall_after_secs
+        ));
+    }
+    let ok = reasons.is_empty();
+    let body = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "reasons": reasons,
+        "database": { "reachable": database.is_ok(), "error": database.err() },
+        "stream": stream,
+    });
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+/// Everything the dashboard shows, from the database (so the page and psql
+/// agree) and the stream's live state.
+async fn dashboard(State(shared): State<Arc<Shared>>) -> Response {
+    let data = shared.with_client(|c| Box::pin(dashboard_data(c))).await;
+    match data {
+        Ok(mut v) => {
+            v["stream"] = json!(shared.monitor.stream_health());
+            Json(v).into_response()
+        }
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e }))).into_response(),
+    }
+}
+
+/// Rows of `sql` as JSON objects, by column name; every value as text (or null).
+async fn rows(client: &Client, sql: &str) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for message in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+            let object: serde_json::Map<String, Value> = row
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name().to_owned(), row.get(i).map_or(Value::Null, |s| Value::String(s.to_owned()))))
+                .collect();
+            out.push(Value::Object(object));
+        }
+    }
+    Ok(out)
+}
+
+/// The dashboard's queries. Times are ISO 8601 in UTC; numbers are text, as
+/// PostgreSQL prints them (revenue keeps its two decimals).
+pub const DASHBOARD_QUERIES: [(&str, &str); 5] = [
+    (
+        "totals",
+        "SELECT coalesce(sum(views + purchases), 0) AS events, \
+         coalesce(sum(views), 0) AS views, coalesce(sum(purchases), 0) AS purchases, \
+         coalesce(sum(revenue), 0) AS revenue, \
+         coalesce(round(100.0 * sum(purchases) / nullif(sum(views), 0), 2), 0) AS conversion_pct, \
+         (SELECT count(*) FROM load_history WHERE status = 'loaded') AS files_loaded, \
+         (SELECT count(*) FROM load_history WHERE status <> 'loaded') AS files_failed, \
+         (SELECT coalesce(sum(rows_rejected), 0) FROM load_history) AS rows_rejected \
+         FROM event_metrics_minute",
+    ),
+    (
+        "minutes",
+        "SELECT to_char(date_trunc('minute', committed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS minute, \
+         sum(rows_read) AS rows, count(*) AS files, \
+         round(1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - file_mtime))::numeric) AS latency_p50_ms, \
+         round(1000 * percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - file_mtime))::numeric) AS latency_p95_ms \
+         FROM load_history WHERE committed_at > now() - interval '15 minutes' GROUP BY 1 ORDER BY 1",
+    ),
+    (
+        "batches",
+        "SELECT batch_id, to_char(max(committed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS committed_at, \
+         count(*) AS files, sum(rows_read) AS rows_read, sum(rows_inserted) AS inserted, sum(rows_updated) AS updated, \
+         sum(rows_duplicate) AS duplicates, sum(rows_rejected) AS rejected, \
+         round(1000 * extract(epoch FROM max(committed_at) - min(batch_started_at))) AS duration_ms \
+         FROM load_history GROUP BY checkpoint_id, batch_id ORDER BY max(committed_at) DESC, batch_id DESC LIMIT 10",
+    ),
+    (
+        "windows",
+        "SELECT to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS window_start, product_category, \
+         views, purchases, users, revenue, coalesce(round(100.0 * purchases / nullif(views, 0), 2), 0) AS conversion_pct \
+         FROM event_metrics_minute \
+         WHERE window_start >= (SELECT min(w) FROM (SELECT DISTINCT window_start AS w FROM event_metrics_minute ORDER BY 1 DESC LIMIT 3) t) \
+         ORDER BY window_start DESC, revenue DESC, product_category",
+    ),
+    ("window_seconds", "SELECT window_seconds FROM analytics_settings"),
+];
+
+async fn dashboard_data(client: &Client) -> Result<Value, tokio_postgres::Error> {
+    let mut out = serde_json::Map::new();
+    for (name, sql) in DASHBOARD_QUERIES {
+        let rows = rows(client, sql).await?;
+        let value = match name {
+            "totals" | "window_seconds" => rows.into_iter().next().unwrap_or(Value::Null),
+            _ => Value::Array(rows),
+        };
+        out.insert(name.to_owned(), value);
+    }
+    Ok(Value::Object(out))
+}
