@@ -4,7 +4,8 @@
 # into a private virtualenv on first use; see scripts/lib/tools.sh),
 # formatting, clippy, and the whole test suite against a real PostgreSQL
 # (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh),
-# then the benchmark harness in its quick variant (scripts/bench.sh with
+# (the dashboard's test in headless Chromium, Debian's package installed when
+# missing), then the benchmark harness in its quick variant (scripts/bench.sh with
 # BENCH_QUICK=1 and the test build; about a minute). Fails if any step fails.
 #
 # Long variants (torture, benchmarks) are opt-in by environment variables
@@ -37,6 +38,11 @@ sha256sum --check --quiet images/diagrams.sha256 ||
 ensure_py_tools
 "$TOOLS_BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 "$TOOLS_BIN/hadolint" Dockerfile && echo "hadolint: Dockerfile ok"
+
+step "Chromium, for the dashboard's browser test"
+ensure_apt_package chromium chromium
+export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
+"$CHROMIUM" --version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

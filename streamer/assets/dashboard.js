@@ -47,15 +47,20 @@ function chart(svg, labels, series) {
   });
   for (const s of series) {
     if (s.kind === "bar") {
+      const w = Math.min(step * 0.7, 36);
       s.values.forEach((v, i) => svg.appendChild(svgEl("rect", {
-        x: L + step * i + step * 0.15, width: step * 0.7, y: y(v), height: Math.max(0, H - B - y(v)), fill: s.color,
+        x: L + step * (i + 0.5) - w / 2, width: w, y: y(v), height: Math.max(0, H - B - y(v)), fill: s.color,
       })));
     } else {
       const points = s.values.map((v, i) => `${L + step * (i + 0.5)},${y(v)}`).join(" ");
       svg.appendChild(svgEl("polyline", { points, fill: "none", stroke: s.color, "stroke-width": 2 }));
-      s.values.forEach((v, i) => svg.appendChild(svgEl("circle", { cx: L + step * (i + 0.5), cy: y(v), r: 2.5, fill: s.color })));
+      s.values.forEach((v, i) => svg.appendChild(svgEl("circle", { cx: L + step * (i + 0.5), cy: y(v), r: 3, fill: s.color })));
     }
   }
+  series.filter((s) => s.name).forEach((s, i) => {
+    svg.appendChild(svgEl("rect", { x: W - 70, y: T + 4 + i * 14, width: 10, height: 10, fill: s.color }));
+    svg.appendChild(svgEl("text", { x: W - 56, y: T + 13 + i * 14 }, s.name));
+  });
 }
 
 function render(d) {
@@ -73,8 +78,8 @@ function render(d) {
   const labels = minutes.map((m) => m.minute);
   chart(document.getElementById("throughput"), labels, [{ kind: "bar", color: "#2f6fde", values: minutes.map((m) => Number(m.rows)) }]);
   chart(document.getElementById("latency"), labels, [
-    { kind: "line", color: "#2f6fde", values: minutes.map((m) => Number(m.latency_p50_ms)) },
-    { kind: "line", color: "#e0762f", values: minutes.map((m) => Number(m.latency_p95_ms)) },
+    { kind: "line", name: "p50", color: "#2f6fde", values: minutes.map((m) => Number(m.latency_p50_ms)) },
+    { kind: "line", name: "p95", color: "#e0762f", values: minutes.map((m) => Number(m.latency_p95_ms)) },
   ]);
 
   const wbody = document.querySelector("#windows tbody");
