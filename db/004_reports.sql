@@ -51,7 +51,7 @@ RETURNS TABLE (user_id INTEGER, user_name TEXT, events BIGINT, views BIGINT, pur
 LANGUAGE sql STABLE AS $$
     SELECT e.user_id, max(e.user_name), count(*),
            count(*) FILTER (WHERE e.event_type = 'view'), count(*) FILTER (WHERE e.event_type = 'purchase'),
-           coalesce(sum(e.product_price) FILTER (WHERE e.event_type = 'purchase'), 0), max(e.event_time)
+           coalesce(sum(e.product_price) FILTER (WHERE e.event_type = 'purchase'), 0)::numeric(14,2), max(e.event_time)
     FROM events e
     WHERE e.event_time >= coalesce(since, '-infinity') AND e.event_time < coalesce(until, 'infinity')
     GROUP BY e.user_id

@@ -32,6 +32,8 @@ pub enum Command {
     Reset(ResetArgs),
     /// Re-read the loaded files still in the data folder and compare them with `events` by the oracle.
     Verify(StateArgs),
+    /// Print a report: funnel, top-products, revenue, active-users or ingest (db/004_reports.sql).
+    Report(crate::report::ReportArgs),
 }
 
 /// Where an operator command finds the stream's state.

@@ -20,6 +20,7 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Monitor;
+use crate::report::text_rows;
 use crate::sink::describe;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -148,19 +149,16 @@ async fn dashboard(State(shared): State<Arc<Shared>>) -> Response {
 
 /// Rows of `sql` as JSON objects, by column name; every value as text (or null).
 async fn rows(client: &Client, sql: &str) -> Result<Vec<Value>, tokio_postgres::Error> {
-    let mut out = Vec::new();
-    for message in client.simple_query(sql).await? {
-        if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-            let object: serde_json::Map<String, Value> = row
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (c.name().to_owned(), row.get(i).map_or(Value::Null, |s| Value::String(s.to_owned()))))
-                .collect();
-            out.push(Value::Object(object));
-        }
-    }
-    Ok(out)
+    let text = text_rows(client, sql).await?;
+    Ok(text
+        .rows
+        .into_iter()
+        .map(|row| {
+            let object =
+                text.columns.iter().cloned().zip(row.into_iter().map(|v| v.map_or(Value::Null, Value::String)));
+            Value::Object(object.collect())
+        })
+        .collect())
 }
 
 /// The dashboard's queries. Times are ISO 8601 in UTC; numbers are text, as

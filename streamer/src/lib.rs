@@ -21,6 +21,7 @@ pub mod http;
 pub mod monitor;
 pub mod ops;
 pub mod progress;
+pub mod report;
 pub mod sink;
 pub mod watch;
 

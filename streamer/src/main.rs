@@ -60,6 +60,9 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Report(args) => {
+            cli::run_async("streamer report", |_| async move { streamer::report::report(&args).await })
+        }
         Command::Reset(args) => cli::run_async("streamer reset", |_| async move {
             let reset = ops::reset(&args).await?;
             match reset.checkpoint_id {

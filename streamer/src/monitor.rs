@@ -74,7 +74,7 @@ impl Monitor {
         let last_commit = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "streamer_batches",
-            "Batches by outcome: committed, recovered (found committed after a restart), rolled_back (retried)",
+            "Batches by outcome: committed, recovered (planned before a restart, re-run), rolled_back (an attempt rolled back and retried)",
             batches.clone(),
         );
         registry.register("streamer_files", "Files by outcome: loaded, quarantined, missing", files.clone());

@@ -38,7 +38,7 @@ const SCHEMA_LOCK: i64 = 0x6576_656e_7473;
 /// once (streamers on several data folders, one database): each batch then
 /// sees the rows the one before it committed, so the counters' deltas and
 /// the recomputed windows are exact. Staging still runs side by side.
-const ANALYTICS_LOCK: i64 = 0x6d65_7472_6963_73;
+const ANALYTICS_LOCK: i64 = 0x006d_6574_7269_6373;
 
 /// A PostgreSQL failure, with what was being done.
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ fn unescape(s: &str) -> String {
 fn testid(dom: &str, id: &str) -> String {
     let marker = format!("data-testid=\"{id}\">");
     let start = dom.find(&marker).unwrap_or_else(|| panic!("no {id} in the page")) + marker.len();
-    unescape(&dom[start..].split('<').next().unwrap_or_default())
+    unescape(dom[start..].split('<').next().unwrap_or_default())
 }
 
 /// Table rows carrying attribute `key`: that attribute (and `data-category`

@@ -212,7 +212,7 @@ fn the_user_guide_documents_exactly_the_settings_of_both_programs() {
 
     // The operator commands' own flags are documented under Operations.
     let operations = &guide[guide.find("\n## Operations\n").expect("an Operations section")..];
-    for command in ["status", "reprocess", "reset", "verify"] {
+    for command in ["status", "reprocess", "reset", "verify", "report"] {
         assert!(operations.contains(&format!("streamer {command}")), "Operations does not show `streamer {command}`");
         let run = streamer_help(&[]);
         for flag in streamer_help(&[command]).flags.difference(&run.flags) {
