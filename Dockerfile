@@ -44,5 +44,7 @@ COPY --from=build /src/target/release/streamer /src/target/release/generator /us
 USER 10001:10001
 WORKDIR /home/pipeline
 ENV DATA_DIR=/data CHECKPOINT_DIR=/checkpoints
+# The streamer's dashboard, /health and /metrics (HTTP_ADDR=0.0.0.0:9898 to reach it from outside).
+EXPOSE 9898
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["streamer"]

@@ -150,30 +150,6 @@ impl ProgressLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_lines_are_json_and_the_file_stays_bounded() -> io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let mut log = ProgressLog::new(dir.path())?;
-        log.max_bytes = 1_000;
-        let p = BatchProgress { batch_id: 3, input_rows: 10, ..BatchProgress::default() };
-        for _ in 0..50 {
-            log.append(&p)?;
-        }
-        let text = fs::read_to_string(log.path())?;
-        let first: serde_json::Value =
-            serde_json::from_str(text.lines().next().unwrap_or_default()).map_err(io::Error::other)?;
-        assert_eq!(first["batch_id"], 3);
-        assert_eq!(first["phases"]["load_ms"], 0.0);
-        assert!(fs::metadata(log.path())?.len() < 2_000);
-        assert!(log.path().with_extension("jsonl.1").exists());
-        Ok(())
-    }
-}
-
 /// The terminal's progress bar of `--progress` (indicatif): files done of
 /// the files listed, rows/s, ETA. It draws only on a terminal; log lines
 /// written through [`BarWriter`] appear above it instead of through it.
@@ -199,6 +175,11 @@ fn terminal_bar() -> &'static indicatif::ProgressBar {
 impl BacklogBar {
     pub fn new() -> BacklogBar {
         BacklogBar(terminal_bar().clone())
+    }
+
+    /// A bar on another draw target (tests: a hidden one).
+    pub fn with(bar: indicatif::ProgressBar) -> BacklogBar {
+        BacklogBar(bar)
     }
 
     /// A listing found `n` files to process: they are what is left to do.
@@ -246,5 +227,45 @@ impl io::Write for BarWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_json_and_the_file_stays_bounded() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut log = ProgressLog::new(dir.path())?;
+        log.max_bytes = 1_000;
+        let p = BatchProgress { batch_id: 3, input_rows: 10, ..BatchProgress::default() };
+        for _ in 0..50 {
+            log.append(&p)?;
+        }
+        let text = fs::read_to_string(log.path())?;
+        let first: serde_json::Value =
+            serde_json::from_str(text.lines().next().unwrap_or_default()).map_err(io::Error::other)?;
+        assert_eq!(first["batch_id"], 3);
+        assert_eq!(first["phases"]["load_ms"], 0.0);
+        assert!(fs::metadata(log.path())?.len() < 2_000);
+        assert!(log.path().with_extension("jsonl.1").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn the_bar_counts_files_done_of_those_listed() {
+        let bar = BacklogBar::with(indicatif::ProgressBar::hidden());
+        bar.queued(5);
+        assert_eq!(bar.position(), (0, Some(5)));
+        bar.batch_done(&BatchProgress { files: 2, rows_per_sec: 1234.4, ..BatchProgress::default() });
+        assert_eq!(bar.position(), (2, Some(5)));
+        assert_eq!(bar.0.message(), "1234 rows/s");
+        // The rest of the listing drains, then a new listing finds 4 more.
+        bar.batch_done(&BatchProgress { files: 3, ..BatchProgress::default() });
+        bar.queued(0);
+        assert_eq!((bar.position(), bar.0.message().as_str()), ((5, Some(5)), "watching for files"));
+        bar.queued(4);
+        assert_eq!(bar.position(), (5, Some(9)));
     }
 }

@@ -57,6 +57,43 @@ async fn once_loads_a_folder_and_exits_0() -> TestResult {
 }
 
 #[tokio::test]
+async fn progress_draws_a_bar_on_a_terminal_and_nothing_but_the_log_elsewhere() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(23), 6);
+    let flags = |cp: &std::path::Path| {
+        format!(
+            "--data-dir {} --checkpoint-dir {} --database-url {} --once --file-settle 0 --max-files-per-batch 2 --progress",
+            data.display(),
+            cp.display(),
+            db.url
+        )
+    };
+    // Off a terminal: the log as usual, no bar.
+    let out = streamer(dir.path()).args(flags(&cp).split(' ')).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("batch committed").count(), 3, "{stderr}");
+    assert!(!stderr.contains("files ·") && !stderr.contains('\r'), "no bar off a terminal: {stderr}");
+    assert_eq!(table(&db.client().await).await, oracle(&files).0);
+
+    // On a terminal (util-linux `script` gives it one): the bar, files done of those listed.
+    let bin = env!("CARGO_BIN_EXE_streamer");
+    let line = format!("{bin} {}", flags(&dir.path().join("cp2")));
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(dir.path())
+        .env("HTTP_ADDR", "off")
+        .output()?;
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("/6 files"), "a bar over the 6 files: {screen}");
+    assert!(screen.contains("batch committed"), "the log still shows: {screen}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_stream_with_exit_0_and_nothing_lost() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
