@@ -176,6 +176,11 @@ pub struct RunArgs {
     #[arg(long, env = "MAX_BACKOFF_MS", default_value_t = 10_000, value_name = "MS")]
     pub max_backoff: u64,
 
+    /// Keep event_metrics_minute and the counters in each batch; false empties them and loads at raw speed
+    /// (the next start with true rebuilds them from events).
+    #[arg(long, env = "ANALYTICS", value_parser = BoolishValueParser::new(), default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub analytics: bool,
+
     /// Width of the windows of event_metrics_minute, in seconds (a change rebuilds the table at start).
     #[arg(long, env = "METRICS_WINDOW_SECS", default_value_t = 60, value_name = "SECONDS")]
     pub metrics_window: u32,

@@ -359,7 +359,7 @@ impl Stream {
 
     async fn prepare(&mut self, client: &mut Client) -> Result<(), SinkError> {
         if !self.schema_applied {
-            sink::apply_schema(client, self.args.metrics_window_secs()).await?;
+            sink::apply_schema(client, self.args.analytics.then(|| self.args.metrics_window_secs())).await?;
             self.schema_applied = true;
         }
         Ok(())
@@ -418,6 +418,7 @@ impl Stream {
             batch_id,
             started_at: Utc::now(),
             names: plan.files.iter().map(|f| f.name.clone()).collect(),
+            analytics: self.args.analytics,
         };
         let reingest: Vec<bool> = plan.files.iter().map(|f| cp.knows_name(&f.name)).collect();
         let sources: Arc<[SourceFile]> = plan

@@ -134,8 +134,9 @@ pub async fn connect(url: &str) -> Result<Client, SinkError> {
 
 /// Applies `db/*.sql` in order in one transaction, under an advisory lock.
 /// `window_secs` is the width of the metrics windows (see
-/// [`set_metrics_window`]).
-pub async fn apply_schema(client: &mut Client, window_secs: i32) -> Result<(), SinkError> {
+/// [`set_metrics_window`]); `None` turns the analytics off (emptied, and
+/// rebuilt at the next start that has them on).
+pub async fn apply_schema(client: &mut Client, window_secs: Option<i32>) -> Result<(), SinkError> {
     let tx = client.transaction().await.map_err(SinkError::query("starting the schema transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .await
@@ -147,7 +148,25 @@ pub async fn apply_schema(client: &mut Client, window_secs: i32) -> Result<(), S
     for (file, sql) in MIGRATIONS {
         tx.batch_execute(sql).await.map_err(|source| SinkError::Schema { file, source })?;
     }
-    set_metrics_window(&tx, window_secs).await?;
+    // No batch of another streamer may commit in between.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
+        .await
+        .map_err(SinkError::query("taking the analytics lock"))?;
+    match window_secs {
+        Some(secs) => set_metrics_window(&tx, secs).await?,
+        None => {
+            tx.batch_execute(
+                "DELETE FROM analytics_settings; \
+                 TRUNCATE event_metrics_minute, user_category_counts, user_product_counts",
+            )
+            .await
+            .map_err(SinkError::query("turning the analytics off"))?;
+            tracing::warn!(
+                "analytics off: event_metrics_minute and the counters are emptied and not kept; \
+                 the next start with them on builds them from events"
+            );
+        }
+    }
     tx.commit().await.map_err(SinkError::query("committing the schema"))
 }
 
@@ -155,9 +174,6 @@ pub async fn apply_schema(client: &mut Client, window_secs: i32) -> Result<(), S
 /// `events` when they are new (a database of an older version) and rebuilds
 /// the windowed metrics when the width changed.
 async fn set_metrics_window(tx: &tokio_postgres::Transaction<'_>, window_secs: i32) -> Result<(), SinkError> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
-        .await
-        .map_err(SinkError::query("taking the analytics lock"))?;
     let stored: Option<i32> = tx
         .query_opt("SELECT window_seconds FROM analytics_settings", &[])
         .await
@@ -255,6 +271,8 @@ const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT E
     product_id INTEGER NOT NULL,
     product_category TEXT NOT NULL,
     sign INTEGER NOT NULL
+) ON COMMIT DELETE ROWS; CREATE TEMP TABLE IF NOT EXISTS windows_touched (
+    window_start TIMESTAMPTZ NOT NULL
 ) ON COMMIT DELETE ROWS";
 
 /// Column types of `events_stage`, in order.
@@ -272,6 +290,9 @@ const STAGE_TYPES: [Type; 11] = [
     Type::TIMESTAMPTZ,
 ];
 
+/// The columns the analytics tables depend on, of a changed row.
+const DELTA_COLS: &str = "e.user_id, e.event_time, e.event_type, e.product_id, e.product_category";
+
 /// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
 /// the staging table into `events`, in key order for index locality; returns
 /// per staged file the rows kept after deduplication, inserted and updated.
@@ -280,12 +301,13 @@ const STAGE_TYPES: [Type; 11] = [
 /// whose snapshot still holds them).
 /// With one chunk the stage holds unique keys already; with several, the row
 /// of the latest chunk wins (`DISTINCT ON`), each chunk being unique within.
-/// The columns the analytics tables depend on, of a changed row.
-const DELTA_COLS: &str = "e.user_id, e.event_time, e.event_type, e.product_id, e.product_category";
+/// Indexed by `[analytics][several chunks]`.
+static MERGE_SQL: std::sync::LazyLock<[[String; 2]; 2]> = std::sync::LazyLock::new(|| {
+    [[merge_sql(false, false), merge_sql(true, false)], [merge_sql(false, true), merge_sql(true, true)]]
+});
 
-static MERGE_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| [merge_sql(false), merge_sql(true)]);
-
-pub fn merge_sql(several_chunks: bool) -> String {
+/// The merge; with `analytics` it also records the changed rows in `events_delta`.
+pub fn merge_sql(several_chunks: bool, analytics: bool) -> String {
     let cols = COLUMNS.join(", ");
     let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
     let set = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
@@ -300,13 +322,19 @@ pub fn merge_sql(several_chunks: bool) -> String {
     } else {
         ("", "events_stage")
     };
+    let delta = if analytics {
+        format!(
+            ", replaced AS (SELECT {DELTA_COLS} FROM events e JOIN merged m USING (user_id, event_time) WHERE NOT m.inserted), \
+             delta AS (INSERT INTO events_delta SELECT {DELTA_COLS}, 1 FROM merged e \
+             UNION ALL SELECT {DELTA_COLS}, -1 FROM replaced e)"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "WITH {latest}merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM {source} ORDER BY user_id, event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE ({old}) IS DISTINCT FROM ({new}) \
-         RETURNING {DELTA_COLS}, (e.xmax = 0) AS inserted), \
-         replaced AS (SELECT {DELTA_COLS} FROM events e JOIN merged m USING (user_id, event_time) WHERE NOT m.inserted), \
-         delta AS (INSERT INTO events_delta SELECT {DELTA_COLS}, 1 FROM merged e \
-         UNION ALL SELECT {DELTA_COLS}, -1 FROM replaced e) \
+         RETURNING {DELTA_COLS}, (e.xmax = 0) AS inserted){delta} \
          SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) \
          FROM {source} s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
     )
@@ -315,6 +343,8 @@ pub fn merge_sql(several_chunks: bool) -> String {
 /// Brings the analytics tables up to the batch's changes (`events_delta`):
 /// counters by delta, pairs left at zero deleted; every window holding a
 /// changed row recomputed from `events`, one index range scan per window.
+/// (`date_bin` with the width read once, as `metrics_window` computes it:
+/// calling that SQL function per row costs several times more.)
 const ANALYTICS_SQL: &str = "\
 INSERT INTO user_category_counts AS c (user_id, product_category, views, purchases) \
     SELECT user_id, product_category, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
@@ -336,15 +366,18 @@ DELETE FROM user_category_counts c USING events_delta d \
 DELETE FROM user_product_counts c USING events_delta d \
     WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_id = d.product_id \
       AND c.views = 0 AND c.purchases = 0; \
-DELETE FROM event_metrics_minute WHERE window_start IN (SELECT metrics_window(event_time) FROM events_delta); \
+INSERT INTO windows_touched \
+    SELECT DISTINCT date_bin(s.width, d.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM events_delta d, \
+    (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s; \
+DELETE FROM event_metrics_minute m USING windows_touched t WHERE m.window_start = t.window_start; \
 INSERT INTO event_metrics_minute \
-    SELECT t.window_start, m.* FROM (SELECT DISTINCT metrics_window(event_time) AS window_start FROM events_delta) t, \
+    SELECT t.window_start, m.* FROM windows_touched t, \
+    (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s, \
     LATERAL (SELECT e.product_category, count(*) FILTER (WHERE e.event_type = 'view'), \
                     count(*) FILTER (WHERE e.event_type = 'purchase'), count(DISTINCT e.user_id), \
                     coalesce(sum(e.product_price) FILTER (WHERE e.event_type = 'purchase'), 0) \
              FROM events e \
-             WHERE e.event_time >= t.window_start \
-               AND e.event_time < t.window_start + make_interval(secs => (SELECT window_seconds FROM analytics_settings)) \
+             WHERE e.event_time >= t.window_start AND e.event_time < t.window_start + s.width \
              GROUP BY e.product_category) m";
 
 const HISTORY_SQL: &str = "INSERT INTO load_history (checkpoint_id, batch_id, file_name, file_size, file_mtime, status, reason, \
@@ -395,6 +428,8 @@ pub struct BatchMeta {
     pub started_at: DateTime<Utc>,
     /// File names by their index in the batch.
     pub names: Vec<String>,
+    /// Keep the analytics tables (`--analytics`).
+    pub analytics: bool,
 }
 
 /// What committing a batch did.
@@ -515,10 +550,12 @@ impl<'a> Loader<'a> {
                 // Planner statistics for a stage too big to guess.
                 tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
             }
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
-                .await
-                .map_err(SinkError::query("taking the analytics lock"))?;
-            let sql = &MERGE_SQL[usize::from(chunks > 1)];
+            if meta.analytics {
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ANALYTICS_LOCK])
+                    .await
+                    .map_err(SinkError::query("taking the analytics lock"))?;
+            }
+            let sql = &MERGE_SQL[usize::from(meta.analytics)][usize::from(chunks > 1)];
             for row in tx.query(sql.as_str(), &[]).await.map_err(SinkError::query("merging into events"))? {
                 let (file, kept, inserted, updated): (i32, i64, i64, i64) =
                     (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -529,7 +566,9 @@ impl<'a> Loader<'a> {
                     out.updated[i] = updated as u64;
                 }
             }
-            tx.batch_execute(ANALYTICS_SQL).await.map_err(SinkError::query("updating the metrics and counters"))?;
+            if meta.analytics {
+                tx.batch_execute(ANALYTICS_SQL).await.map_err(SinkError::query("updating the metrics and counters"))?;
+            }
         }
 
         let col =
@@ -601,20 +640,30 @@ mod tests {
              UNION ALL SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, -1 FROM replaced e) \
              SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) FROM";
         assert_eq!(
-            merge_sql(false),
+            merge_sql(false, true),
             format!(
                 "WITH merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM events_stage ORDER BY user_id, event_time {tail} \
                  events_stage s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
             )
         );
         assert_eq!(
-            merge_sql(true),
+            merge_sql(true, true),
             format!(
                 "WITH latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage ORDER BY user_id, event_time, chunk DESC), \
                  merged AS (INSERT INTO events AS e ({cols}) SELECT {cols} FROM latest ORDER BY user_id, event_time {tail} \
                  latest s LEFT JOIN merged m USING (user_id, event_time) GROUP BY s.file_index"
             )
         );
+    }
+
+    #[test]
+    fn without_analytics_the_merge_records_no_delta() {
+        for several in [false, true] {
+            let (with, without) = (merge_sql(several, true), merge_sql(several, false));
+            assert!(with.contains("INSERT INTO events_delta") && !without.contains("events_delta"));
+            let tail = |sql: &str| sql[sql.find(" SELECT s.file_index").unwrap_or_default()..].to_owned();
+            assert_eq!(tail(&with), tail(&without), "the same per-file counts");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ async fn width(client: &tokio_postgres::Client) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_window_width_rebuilds_the_metrics_and_an_older_database_gets_its_analytics() -> TestResult {
+async fn a_new_window_width_rebuilds_the_metrics_analytics_off_empties_them_and_on_again_builds_them() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
@@ -118,6 +118,19 @@ async fn a_new_window_width_rebuilds_the_metrics_and_an_older_database_gets_its_
     assert_analytics_exact(&client).await;
     let quarter_windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
     assert_eq!((minute_windows, quarter_windows), (4, 16), "four minutes of data");
+
+    // Analytics off: emptied and not kept, while events go on loading.
+    random_file(&data, "f4.csv", 200, &mut rng);
+    run(&["--analytics", "false"]).await?;
+    assert_eq!(count(&client, "SELECT count(*) FROM analytics_settings").await, 0);
+    for table in ["event_metrics_minute", "user_category_counts", "user_product_counts"] {
+        assert_eq!(count(&client, &format!("SELECT count(*) FROM {table}")).await, 0, "{table}");
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 5);
+    // On again: built from events, the rows loaded meanwhile included.
+    run(&[]).await?;
+    assert_eq!(width(&client).await, 60);
+    assert_analytics_exact(&client).await;
 
     // A database of a version without analytics: events, no settings, empty tables.
     client

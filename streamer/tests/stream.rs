@@ -406,8 +406,8 @@ async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestRe
 async fn schema_applies_twice_and_its_constraints_refuse_bad_rows() -> TestResult {
     let db = TestDb::new().await;
     let mut client = db.client().await;
-    streamer::sink::apply_schema(&mut client, 60).await?;
-    streamer::sink::apply_schema(&mut client, 60).await?;
+    streamer::sink::apply_schema(&mut client, Some(60)).await?;
+    streamer::sink::apply_schema(&mut client, Some(60)).await?;
     let good = "(1, 'a', 'a@x', 'view', 1, 'p', 'c', 1.00, '2026-01-01T00:00:00Z')";
     client.batch_execute(&format!("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES {good}")).await?;
     let bad = [
