@@ -234,7 +234,7 @@ def backlog():
             data = WORK / f"set-{name}-{dup}"
             paths = generate(data, files, rows, dup, seed=11 if name == "A" else 12)
             size_mb = sum(p.stat().st_size for p in paths) / 1e6
-            streamer_runs, copy_runs = [], []
+            streamer_runs, raw_runs, copy_runs = [], [], []
             for run in range(RUNS):
                 db = f"bench_{name.lower()}_{int(dup * 100)}"
                 url = fresh_database(db)
@@ -242,15 +242,23 @@ def backlog():
                 streamer_runs.append(stream_once(data, url))
                 drop_database(db)
                 if dup == 0:
+                    # Ingest alone: the analytics upkeep off.
+                    url = fresh_database(db)
+                    checkpoint_db()
+                    raw_runs.append(stream_once(data, url, "--analytics", "false"))
+                    drop_database(db)
                     url = fresh_database(db, schema=True)
                     checkpoint_db()
                     copy_runs.append(copy_limit(paths, url))
                     drop_database(db)
                 s = streamer_runs[-1]
                 c = copy_runs[-1] if copy_runs else None
+                raw = raw_runs[-1] if raw_runs else None
                 log(f"{label} run {run + 1}: streamer {s['rows_per_s']:,.0f} rows/s "
                     f"({s['wall_s']:.2f} s, RSS {s['rss_mb']:.0f} MB, CPU {s['cpu_s']:.2f} s, "
                     f"PostgreSQL CPU {s['pg_cpu_s'] or 0:.2f} s)"
+                    + (f"; analytics off {raw['rows_per_s']:,.0f} rows/s (PostgreSQL CPU {raw['pg_cpu_s'] or 0:.2f} s)"
+                       if raw else "")
                     + (f"; COPY {c['rows_per_s']:,.0f} rows/s ({c['wall_s']:.2f} s)" if c else ""))
             entry = {"files": files, "rows_per_file": rows, "duplicates": dup, "size_mb": size_mb,
                      "streamer": summarize(streamer_runs), "streamer_runs": streamer_runs}
@@ -258,8 +266,13 @@ def backlog():
                 entry["copy"] = summarize(copy_runs)
                 entry["copy_runs"] = copy_runs
                 entry["ratio"] = summary([s["rows_per_s"] / c["rows_per_s"] for s, c in zip(streamer_runs, copy_runs)])
+                entry["ingest_only"] = summarize(raw_runs)
+                entry["ingest_only_runs"] = raw_runs
+                entry["ratio_ingest_only"] = summary(
+                    [s["rows_per_s"] / c["rows_per_s"] for s, c in zip(raw_runs, copy_runs)])
                 log(f"{label}: streamer/COPY = {entry['ratio']['median']:.2f} "
-                    f"(range {entry['ratio']['min']:.2f}-{entry['ratio']['max']:.2f})")
+                    f"(range {entry['ratio']['min']:.2f}-{entry['ratio']['max']:.2f}); analytics off "
+                    f"{entry['ratio_ingest_only']['median']:.2f}")
             results[label] = entry
             shutil.rmtree(data)
     return results
