@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS analytics_settings (
 --          count(DISTINCT user_id)                                             AS users,
 --          coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
 --   FROM events GROUP BY 1, 2
--- A batch recomputes every window it changed a row in, from `events`.
+-- A batch applies exact deltas for the rows it changed: new values added,
+-- an updated row's old values taken away; distinct users by probing
+-- `events` for each user it touched (see streamer/src/sink.rs).
 CREATE TABLE IF NOT EXISTS event_metrics_minute (
     window_start     TIMESTAMPTZ   NOT NULL,
     product_category TEXT          NOT NULL,

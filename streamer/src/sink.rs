@@ -36,8 +36,8 @@ const SCHEMA_LOCK: i64 = 0x6576_656e_7473;
 
 /// Serialises the merge and the analytics upkeep of batches committing at
 /// once (streamers on several data folders, one database): each batch then
-/// sees the rows the one before it committed, so the counters' deltas and
-/// the recomputed windows are exact. Staging still runs side by side.
+/// sees the rows the one before it committed, so the deltas are exact.
+/// Staging still runs side by side.
 const ANALYTICS_LOCK: i64 = 0x006d_6574_7269_6373;
 
 /// A PostgreSQL failure, with what was being done.
@@ -270,9 +270,8 @@ const STAGE_DDL: &str = "SET synchronous_commit = on; CREATE TEMP TABLE IF NOT E
     event_type TEXT NOT NULL,
     product_id INTEGER NOT NULL,
     product_category TEXT NOT NULL,
+    product_price NUMERIC(10,2) NOT NULL,
     sign INTEGER NOT NULL
-) ON COMMIT DELETE ROWS; CREATE TEMP TABLE IF NOT EXISTS windows_touched (
-    window_start TIMESTAMPTZ NOT NULL
 ) ON COMMIT DELETE ROWS";
 
 /// Column types of `events_stage`, in order.
@@ -291,7 +290,7 @@ const STAGE_TYPES: [Type; 11] = [
 ];
 
 /// The columns the analytics tables depend on, of a changed row.
-const DELTA_COLS: &str = "e.user_id, e.event_time, e.event_type, e.product_id, e.product_category";
+const DELTA_COLS: &str = "e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, e.product_price";
 
 /// `INSERT … SELECT … ON CONFLICT … DO UPDATE … WHERE` the row changed, from
 /// the staging table into `events`, in key order for index locality; returns
@@ -340,11 +339,16 @@ pub fn merge_sql(several_chunks: bool, analytics: bool) -> String {
     )
 }
 
-/// Brings the analytics tables up to the batch's changes (`events_delta`):
-/// counters by delta, pairs left at zero deleted; every window holding a
-/// changed row recomputed from `events`, one index range scan per window.
-/// (`date_bin` with the width read once, as `metrics_window` computes it:
-/// calling that SQL function per row costs several times more.)
+/// Brings the analytics tables up to the batch's changes (`events_delta`),
+/// by exact deltas: each changed row adds its new values and takes its old
+/// ones away. Counter pairs and metric cells left at zero are deleted.
+/// Distinct users of a cell change by, per user with changed rows there:
+/// [has rows now] − [had rows before], where "now" is counted in `events`
+/// (one probe of the `(user_id, event_time)` index) and "before" is now
+/// minus the user's net change. The cost follows the batch, not the size of
+/// the windows it touches. (`date_bin` with the width read once, as
+/// `metrics_window` computes it: calling that SQL function per row costs
+/// several times more.)
 const ANALYTICS_SQL: &str = "\
 INSERT INTO user_category_counts AS c (user_id, product_category, views, purchases) \
     SELECT user_id, product_category, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
@@ -366,19 +370,32 @@ DELETE FROM user_category_counts c USING events_delta d \
 DELETE FROM user_product_counts c USING events_delta d \
     WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_id = d.product_id \
       AND c.views = 0 AND c.purchases = 0; \
-INSERT INTO windows_touched \
-    SELECT DISTINCT date_bin(s.width, d.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') FROM events_delta d, \
-    (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s; \
-DELETE FROM event_metrics_minute m USING windows_touched t WHERE m.window_start = t.window_start; \
-INSERT INTO event_metrics_minute \
-    SELECT t.window_start, m.* FROM windows_touched t, \
-    (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s, \
-    LATERAL (SELECT e.product_category, count(*) FILTER (WHERE e.event_type = 'view'), \
-                    count(*) FILTER (WHERE e.event_type = 'purchase'), count(DISTINCT e.user_id), \
-                    coalesce(sum(e.product_price) FILTER (WHERE e.event_type = 'purchase'), 0) \
-             FROM events e \
-             WHERE e.event_time >= t.window_start AND e.event_time < t.window_start + s.width \
-             GROUP BY e.product_category) m";
+INSERT INTO event_metrics_minute AS m (window_start, product_category, views, purchases, users, revenue) \
+    SELECT window_start, product_category, sum(views), sum(purchases), sum(users), sum(revenue) FROM ( \
+        SELECT g.window_start, g.product_category, g.views, g.purchases, g.revenue, \
+               (a.after > 0)::int - (a.after - g.net > 0)::int AS users \
+        FROM (SELECT date_bin(s.width, d.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, s.width, \
+                     d.product_category, d.user_id, sum(d.sign) AS net, \
+                     coalesce(sum(d.sign) FILTER (WHERE d.event_type = 'view'), 0) AS views, \
+                     coalesce(sum(d.sign) FILTER (WHERE d.event_type = 'purchase'), 0) AS purchases, \
+                     coalesce(sum(d.sign * d.product_price) FILTER (WHERE d.event_type = 'purchase'), 0) AS revenue \
+              FROM events_delta d, (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s \
+              GROUP BY 1, 2, 3, 4) g, \
+        LATERAL (SELECT count(*) AS after FROM events e WHERE e.user_id = g.user_id \
+                 AND e.event_time >= g.window_start AND e.event_time < g.window_start + g.width \
+                 AND e.product_category = g.product_category) a \
+    ) x GROUP BY 1, 2 \
+    HAVING sum(views) <> 0 OR sum(purchases) <> 0 OR sum(users) <> 0 OR sum(revenue) <> 0 ORDER BY 1, 2 \
+    ON CONFLICT (window_start, product_category) DO UPDATE \
+    SET views = m.views + EXCLUDED.views, purchases = m.purchases + EXCLUDED.purchases, \
+        users = m.users + EXCLUDED.users, revenue = m.revenue + EXCLUDED.revenue; \
+DELETE FROM event_metrics_minute m \
+    USING (SELECT DISTINCT date_bin(s.width, d.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, \
+                  d.product_category \
+           FROM events_delta d, (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s \
+           WHERE d.sign < 0) t \
+    WHERE m.window_start = t.window_start AND m.product_category = t.product_category \
+      AND m.views = 0 AND m.purchases = 0";
 
 const HISTORY_SQL: &str = "INSERT INTO load_history (checkpoint_id, batch_id, file_name, file_size, file_mtime, status, reason, \
      rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, rows_rejected, reingest, batch_started_at, committed_at) \
@@ -633,11 +650,11 @@ mod tests {
              product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price \
              WHERE (e.user_name, e.user_email, e.event_type, e.product_id, e.product_name, e.product_category, e.product_price) \
              IS DISTINCT FROM (EXCLUDED.user_name, EXCLUDED.user_email, EXCLUDED.event_type, EXCLUDED.product_id, EXCLUDED.product_name, EXCLUDED.product_category, EXCLUDED.product_price) \
-             RETURNING e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, (e.xmax = 0) AS inserted), \
-             replaced AS (SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category FROM events e \
+             RETURNING e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, e.product_price, (e.xmax = 0) AS inserted), \
+             replaced AS (SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, e.product_price FROM events e \
              JOIN merged m USING (user_id, event_time) WHERE NOT m.inserted), \
-             delta AS (INSERT INTO events_delta SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, 1 FROM merged e \
-             UNION ALL SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, -1 FROM replaced e) \
+             delta AS (INSERT INTO events_delta SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, e.product_price, 1 FROM merged e \
+             UNION ALL SELECT e.user_id, e.event_time, e.event_type, e.product_id, e.product_category, e.product_price, -1 FROM replaced e) \
              SELECT s.file_index, count(*), count(*) FILTER (WHERE m.inserted), count(*) FILTER (WHERE NOT m.inserted) FROM";
         assert_eq!(
             merge_sql(false, true),
