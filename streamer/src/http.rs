@@ -94,6 +94,8 @@ impl Shared {
                 config.application_name("streamer-http");
                 let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
                 tokio::spawn(connection);
+                // Small queries: compiling them (JIT) would cost more than running them.
+                client.batch_execute("SET jit = off").await.map_err(|e| describe(&e))?;
                 *slot = Some(client);
             }
             let client = slot.as_ref().ok_or("no connection")?;

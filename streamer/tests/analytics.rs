@@ -144,3 +144,13 @@ async fn a_new_window_width_rebuilds_the_metrics_analytics_off_empties_them_and_
     assert!(sizes.iter().all(|&n| n > 0), "the analytics were built from events: {sizes:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn the_streamer_session_compiles_nothing_with_jit() -> TestResult {
+    // JIT compiled the batch statements for about 200 ms a batch.
+    let db = TestDb::new().await;
+    let client = streamer::sink::connect(&db.url).await?;
+    let jit: String = client.query_one("SHOW jit", &[]).await?.get(0);
+    assert_eq!(jit, "off");
+    Ok(())
+}
