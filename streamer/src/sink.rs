@@ -352,27 +352,27 @@ pub fn merge_sql(several_chunks: bool, analytics: bool) -> String {
 /// the windows it touches. (`date_bin` with the width read once, as
 /// `metrics_window` computes it: calling that SQL function per row costs
 /// several times more.)
-const ANALYTICS_SQL: &str = "\
-INSERT INTO user_category_counts AS c (user_id, product_category, views, purchases) \
-    SELECT user_id, product_category, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
-           coalesce(sum(sign) FILTER (WHERE event_type = 'purchase'), 0) \
-    FROM events_delta GROUP BY 1, 2 HAVING sum(sign) FILTER (WHERE event_type = 'view') <> 0 \
-        OR sum(sign) FILTER (WHERE event_type = 'purchase') <> 0 ORDER BY 1, 2 \
-    ON CONFLICT (user_id, product_category) DO UPDATE \
-    SET views = c.views + EXCLUDED.views, purchases = c.purchases + EXCLUDED.purchases; \
-INSERT INTO user_product_counts AS c (user_id, product_id, views, purchases) \
-    SELECT user_id, product_id, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
-           coalesce(sum(sign) FILTER (WHERE event_type = 'purchase'), 0) \
-    FROM events_delta GROUP BY 1, 2 HAVING sum(sign) FILTER (WHERE event_type = 'view') <> 0 \
-        OR sum(sign) FILTER (WHERE event_type = 'purchase') <> 0 ORDER BY 1, 2 \
-    ON CONFLICT (user_id, product_id) DO UPDATE \
-    SET views = c.views + EXCLUDED.views, purchases = c.purchases + EXCLUDED.purchases; \
-DELETE FROM user_category_counts c USING events_delta d \
-    WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_category = d.product_category \
-      AND c.views = 0 AND c.purchases = 0; \
-DELETE FROM user_product_counts c USING events_delta d \
-    WHERE d.sign < 0 AND c.user_id = d.user_id AND c.product_id = d.product_id \
-      AND c.views = 0 AND c.purchases = 0; \
+static ANALYTICS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let counters = ["product_category", "product_id"].map(|key| {
+        let table = if key == "product_id" { "user_product_counts" } else { "user_category_counts" };
+        format!(
+            "INSERT INTO {table} AS c (user_id, {key}, views, purchases) \
+                 SELECT user_id, {key}, coalesce(sum(sign) FILTER (WHERE event_type = 'view'), 0), \
+                        coalesce(sum(sign) FILTER (WHERE event_type = 'purchase'), 0) \
+                 FROM events_delta GROUP BY 1, 2 HAVING sum(sign) FILTER (WHERE event_type = 'view') <> 0 \
+                     OR sum(sign) FILTER (WHERE event_type = 'purchase') <> 0 ORDER BY 1, 2 \
+                 ON CONFLICT (user_id, {key}) DO UPDATE \
+                 SET views = c.views + EXCLUDED.views, purchases = c.purchases + EXCLUDED.purchases; \
+             DELETE FROM {table} c USING events_delta d \
+                 WHERE d.sign < 0 AND c.user_id = d.user_id AND c.{key} = d.{key} \
+                   AND c.views = 0 AND c.purchases = 0; "
+        )
+    });
+    format!("{}{}{WINDOW_METRICS_SQL}", counters[0], counters[1])
+});
+
+/// The windowed metrics' part of [`ANALYTICS_SQL`].
+const WINDOW_METRICS_SQL: &str = "\
 INSERT INTO event_metrics_minute AS m (window_start, product_category, views, purchases, users, revenue) \
     SELECT window_start, product_category, sum(views), sum(purchases), sum(users), sum(revenue) FROM ( \
         SELECT g.window_start, g.product_category, g.views, g.purchases, g.revenue, \
@@ -587,7 +587,9 @@ impl<'a> Loader<'a> {
                 }
             }
             if meta.analytics {
-                tx.batch_execute(ANALYTICS_SQL).await.map_err(SinkError::query("updating the metrics and counters"))?;
+                tx.batch_execute(ANALYTICS_SQL.as_str())
+                    .await
+                    .map_err(SinkError::query("updating the metrics and counters"))?;
             }
         }
 
