@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Monitor;
@@ -90,12 +90,12 @@ impl Shared {
         let mut slot = self.client.lock().await;
         let work = async {
             if slot.as_ref().is_none_or(Client::is_closed) {
-                let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| describe(&e))?;
-                config.application_name("streamer-http");
-                let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
-                tokio::spawn(connection);
+                let client = crate::ops::connect(&self.url).await?;
                 // Small queries: compiling them (JIT) would cost more than running them.
-                client.batch_execute("SET jit = off").await.map_err(|e| describe(&e))?;
+                client
+                    .batch_execute("SET application_name = 'streamer-http'; SET jit = off")
+                    .await
+                    .map_err(|e| describe(&e))?;
                 *slot = Some(client);
             }
             let client = slot.as_ref().ok_or("no connection")?;

@@ -59,7 +59,9 @@ pub struct BatchStatus {
 /// How many batches `status` lists.
 const LAST_BATCHES: i64 = 5;
 
-async fn connect(url: &str) -> Result<Client, String> {
+/// A plain session (no staging tables): for the operator commands, reports
+/// and the HTTP side.
+pub(crate) async fn connect(url: &str) -> Result<Client, String> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| describe(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;

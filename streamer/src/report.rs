@@ -140,7 +140,7 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
             return Err(generator::cli::ConfigError::new("--since/--until", "--since must be before --until").into());
         }
     }
-    let client = crate::sink::connect(url).await?;
+    let client = crate::ops::connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
     let sql = report_sql(args.name, args.since, args.until, args.top);
     let rows = text_rows(&client, &sql).await.map_err(|e| {
         anyhow::anyhow!("the report failed: {} (has a streamer of this version run on this database?)", describe(&e))
