@@ -20,12 +20,13 @@
 //! Memory is bounded: the input is streamed, and at most a few slices are
 //! held (a reader thread maps rows; the async side paces and publishes).
 
+use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDateTime, Timelike as _, Utc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -159,16 +160,78 @@ pub struct Mapper {
     encoded: Vec<u8>,
     /// The text of the last `event_time` and its second.
     last_time: (Vec<u8>, i64),
-    /// Per user `name\nemail`, as [`user_profile`] makes them.
-    profiles: IdMap<Box<str>>,
+    profiles: Profiles,
     shift_micros: Option<i64>,
     shift_to: Option<i64>,
     text: String,
     time_text: (i64, String),
 }
 
-/// Users whose profile is kept (about 35 MB); the cache is emptied when full.
-const PROFILE_CACHE: usize = 300_000;
+/// Recent users' `user_name,user_email,` (CSV, with the comma after), as
+/// [`user_profile`] derives them.
+///
+/// Direct-mapped: a user's slot is fixed by its id, and a newcomer replaces
+/// whoever held it. A slot is one cache line holding the text, so a hit
+/// costs one memory access. The users of the sessions open at one moment
+/// (about 5 000 in the public dataset) mostly keep their slots; a larger
+/// hash map with separately allocated text cost more in cache misses than
+/// deriving profiles again saves.
+#[derive(Debug)]
+struct Profiles {
+    slots: Vec<ProfileSlot>,
+}
+
+const PROFILE_SLOTS_LOG2: u32 = 16;
+/// Marks a profile too long for a slot: derived again at every use (about
+/// 3 % of users).
+const PROFILE_TOO_LONG: u8 = u8::MAX;
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct ProfileSlot {
+    /// 0 for an empty slot (user ids are > 0).
+    user_id: u32,
+    len: u8,
+    text: [u8; 59],
+}
+
+impl Profiles {
+    fn new() -> Profiles {
+        let empty = ProfileSlot { user_id: 0, len: 0, text: [0; 59] };
+        Profiles { slots: vec![empty; 1 << PROFILE_SLOTS_LOG2] }
+    }
+
+    /// Fibonacci hashing: the top bits of the product spread nearby ids.
+    fn slot_of(user_id: u32) -> usize {
+        (user_id.wrapping_mul(0x9E37_79B9) >> (32 - PROFILE_SLOTS_LOG2)) as usize
+    }
+
+    /// Appends `user_id,user_name,user_email,` to `out`; `user_id` is > 0.
+    fn push(&mut self, user_id: u32, out: &mut Vec<u8>) {
+        out.extend_from_slice(itoa::Buffer::new().format(user_id).as_bytes());
+        out.push(b',');
+        let slot = &mut self.slots[Profiles::slot_of(user_id)];
+        if slot.user_id == user_id && slot.len != PROFILE_TOO_LONG {
+            out.extend_from_slice(&slot.text[..usize::from(slot.len)]);
+            return;
+        }
+        let start = out.len();
+        let profile = user_profile(user_id);
+        for field in [profile.name, profile.email] {
+            push_field(out, field.as_bytes());
+            out.push(b',');
+        }
+        let text = &out[start..];
+        slot.user_id = user_id;
+        match slot.text.get_mut(..text.len()) {
+            Some(room) => {
+                room.copy_from_slice(text);
+                slot.len = text.len() as u8;
+            }
+            None => slot.len = PROFILE_TOO_LONG,
+        }
+    }
+}
 
 impl Mapper {
     pub fn new(format: InputFormat, shift_to: Option<DateTime<Utc>>) -> Mapper {
@@ -180,7 +243,7 @@ impl Mapper {
             arena: Vec::new(),
             encoded: Vec::new(),
             last_time: (Vec::new(), i64::MIN),
-            profiles: IdMap::default(),
+            profiles: Profiles::new(),
             shift_micros: None,
             shift_to: shift_to.map(|t| t.timestamp_micros()),
             text: String::new(),
@@ -200,7 +263,8 @@ impl Mapper {
         }
     }
 
-    /// Maps one record, appending its contract row to `out`.
+    /// Maps one record, appending its contract row to `out`; a record that
+    /// is not mapped into a row leaves `out` as it was.
     pub fn map(&mut self, record: &csv::ByteRecord, out: &mut Vec<u8>) -> Mapped {
         match self.format {
             InputFormat::Dataset => self.map_dataset(record, out),
@@ -214,7 +278,29 @@ impl Mapper {
         let (second, fraction) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
         if self.time_text.0 != second {
             let t = DateTime::from_timestamp(second, 0).unwrap_or_default();
-            self.time_text = (second, t.format("%Y-%m-%dT%H:%M:%S").to_string());
+            self.time_text.0 = second;
+            self.time_text.1.clear();
+            if (0..=9999).contains(&t.year()) {
+                // What `%Y-%m-%dT%H:%M:%S` gives, without parsing the format.
+                let text = &mut self.time_text.1;
+                for (n, width, sep) in [
+                    (t.year() as u32, 4, '-'),
+                    (t.month(), 2, '-'),
+                    (t.day(), 2, 'T'),
+                    (t.hour(), 2, ':'),
+                    (t.minute(), 2, ':'),
+                    (t.second(), 2, ' '),
+                ] {
+                    for k in (0..width).rev() {
+                        text.push(char::from(b'0' + (n / 10u32.pow(k) % 10) as u8));
+                    }
+                    if sep != ' ' {
+                        text.push(sep);
+                    }
+                }
+            } else {
+                let _ = write!(self.time_text.1, "{}", t.format("%Y-%m-%dT%H:%M:%S"));
+            }
         }
         out.extend_from_slice(self.time_text.1.as_bytes());
         let mut digits = *b".000000Z";
@@ -273,29 +359,34 @@ impl Mapper {
         if record.len() != DATASET_COLUMNS.len() {
             return Mapped::Malformed(format!("expected {} fields, found {}", DATASET_COLUMNS.len(), record.len()));
         }
+        let mut fields: [&[u8]; DATASET_COLUMNS.len()] = [&[]; DATASET_COLUMNS.len()];
+        for (slot, f) in fields.iter_mut().zip(record.iter()) {
+            *slot = f;
+        }
         let field =
-            |i: usize| std::str::from_utf8(&record[i]).map_err(|_| format!("{} is not UTF-8", DATASET_COLUMNS[i]));
+            |i: usize| std::str::from_utf8(fields[i]).map_err(|_| format!("{} is not UTF-8", DATASET_COLUMNS[i]));
         let result = (|| -> Result<Option<(i64, bool)>, String> {
-            let event_type = match &record[1] {
+            let event_type = match fields[1] {
                 b"view" => "view",
                 b"purchase" => "purchase",
                 b"cart" | b"remove_from_cart" => return Ok(None),
                 other => return Err(format!("unknown event_type {:?}", String::from_utf8_lossy(other))),
             };
-            let second = if record[0] == self.last_time.0[..] {
+            let second = if fields[0] == &self.last_time.0[..] {
                 self.last_time.1
             } else {
                 let second = parse_dataset_time(field(0)?).ok_or("event_time is not `YYYY-MM-DD HH:MM:SS UTC`")?;
-                self.last_time = (record[0].to_vec(), second);
+                self.last_time = (fields[0].to_vec(), second);
                 second
             };
-            let product = field(2)?;
-            parse_id(product).ok_or("product_id is not an id > 0")?;
-            let user = field(7)?;
-            let user_id = parse_id(user).ok_or("user_id is not an id > 0")?;
-            let price = field(6)?;
+            let product = parse_id(fields[2]).ok_or("product_id is not an id > 0")?;
+            let user_id = parse_id(fields[7]).ok_or("user_id is not an id > 0")?;
+            let price = fields[6];
             if !is_price(price) {
-                return Err(format!("price {price:?} is not a decimal with at most two decimals"));
+                return Err(format!(
+                    "price {:?} is not a decimal with at most two decimals",
+                    String::from_utf8_lossy(price)
+                ));
             }
             let code = field(4)?;
             let brand = field(5)?;
@@ -310,11 +401,14 @@ impl Mapper {
                 self.entries.clear();
                 self.arena.clear();
             }
-            self.encoded.clear();
-            for f in record.iter() {
-                self.encoded.extend_from_slice(&(f.len() as u32).to_le_bytes());
-                self.encoded.extend_from_slice(f);
+            // The row as its field lengths, then its fields' bytes.
+            let mut lengths = [0u8; 4 * DATASET_COLUMNS.len()];
+            for (length, f) in lengths.chunks_exact_mut(4).zip(fields) {
+                length.copy_from_slice(&(f.len() as u32).to_le_bytes());
             }
+            self.encoded.clear();
+            self.encoded.extend_from_slice(&lengths);
+            self.encoded.extend_from_slice(record.as_slice());
             // Walk the user's rows of this second, newest first: `count` of
             // them, the identical one (if any) `count - 1 - position` old.
             let (mut count, mut identical, mut next) = (0usize, None, self.latest.get(&user_id).copied());
@@ -339,53 +433,50 @@ impl Mapper {
             };
             let micros = self.shifted(second * 1_000_000 + rank as i64);
 
-            if self.profiles.len() >= PROFILE_CACHE {
-                self.profiles.clear();
-            }
-            let profile = self.profiles.entry(user_id).or_insert_with(|| {
-                let p = user_profile(user_id);
-                let mut both = p.name;
-                both.push('\n');
-                both.push_str(&p.email);
-                both.into_boxed_str()
-            });
-            let (user_name, user_email) = profile.split_once('\n').unwrap_or_default();
-            let last = code.rsplit('.').next().unwrap_or_default();
-            self.text.clear();
-            let id_text = |t: &mut String, prefix: &str| {
-                t.push_str(prefix);
-                t.push('#');
-                t.push_str(product.trim_start_matches(['+', '0']));
+            let (category, last) = match code.as_bytes().iter().position(|&b| b == b'.') {
+                // Byte positions of an ASCII dot are char boundaries.
+                Some(first_dot) => {
+                    let last_dot = code.as_bytes().iter().rposition(|&b| b == b'.').unwrap_or(first_dot);
+                    (&code[..first_dot], &code[last_dot + 1..])
+                }
+                None => (code, code),
             };
+            let mut digits = itoa::Buffer::new();
+            let product = digits.format(product);
+            self.text.clear();
             match (brand.is_empty(), last.is_empty()) {
                 (false, false) => {
                     self.text.push_str(brand);
                     self.text.push(' ');
                     self.text.push_str(last);
                 }
-                (false, true) => id_text(&mut self.text, &format!("{brand} ")),
-                (true, false) => id_text(&mut self.text, &format!("{last} ")),
-                (true, true) => id_text(&mut self.text, "product "),
+                (brand_empty, _) => {
+                    self.text.push_str(if !brand_empty {
+                        brand
+                    } else if !last.is_empty() {
+                        last
+                    } else {
+                        "product"
+                    });
+                    self.text.push_str(" #");
+                    self.text.push_str(product);
+                }
             }
-            let name: &str = truncate(&self.text, MAX_TEXT_CHARS);
-            let category = match code.split('.').next() {
-                Some(c) if !c.is_empty() => truncate(c, MAX_CATEGORY_CHARS),
-                _ => "unknown",
-            };
-            let fields = [
-                user.trim_start_matches(['+', '0']),
-                user_name,
-                user_email,
-                event_type,
-                product.trim_start_matches(['+', '0']),
-                name,
-                category,
-                price,
-            ];
-            for field in fields {
-                push_field(out, field.as_bytes());
-                out.push(b',');
-            }
+            let name = truncate(&self.text, MAX_TEXT_CHARS);
+            let category = if category.is_empty() { "unknown" } else { truncate(category, MAX_CATEGORY_CHARS) };
+
+            self.profiles.push(user_id, out);
+            out.extend_from_slice(event_type.as_bytes());
+            out.push(b',');
+            out.extend_from_slice(product.as_bytes());
+            out.push(b',');
+            push_field(out, name.as_bytes());
+            out.push(b',');
+            push_field(out, category.as_bytes());
+            out.push(b',');
+            // Checked above: digits and at most one dot.
+            out.extend_from_slice(price);
+            out.push(b',');
             self.push_time(out, micros);
             out.push(b'\n');
             Ok(Some((micros, identical.is_some())))
@@ -409,13 +500,32 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn parse_id(s: &str) -> Option<u32> {
-    s.parse::<u32>().ok().filter(|v| *v > 0 && *v <= i32::MAX as u32)
+/// A decimal id in 1..=i32::MAX, as `u32::from_str` reads it (an optional
+/// `+`, leading zeros allowed).
+fn parse_id(s: &[u8]) -> Option<u32> {
+    let digits = s.strip_prefix(b"+").unwrap_or(s);
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value = 0u64;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u64::from(b - b'0');
+        if value > i32::MAX as u64 {
+            return None;
+        }
+    }
+    u32::try_from(value).ok().filter(|v| *v > 0)
 }
 
-fn is_price(s: &str) -> bool {
-    let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+fn is_price(s: &[u8]) -> bool {
+    let (int, frac) = match s.iter().position(|&b| b == b'.') {
+        Some(dot) => (&s[..dot], &s[dot + 1..]),
+        None => (s, &b"0"[..]),
+    };
+    let digits = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_digit);
     digits(int) && int.len() <= 8 && digits(frac) && frac.len() <= 2
 }
 
@@ -423,6 +533,23 @@ fn is_price(s: &str) -> bool {
 /// epoch.
 pub fn parse_dataset_time(s: &str) -> Option<i64> {
     let s = s.strip_suffix(" UTC").unwrap_or(s);
+    // The dataset's own layout, read without parsing a format; anything else
+    // goes through chrono.
+    let b = s.as_bytes();
+    let number = |range: std::ops::Range<usize>| {
+        b[range].iter().try_fold(0u32, |n, &d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    if b.len() == 19 && b[4] == b'-' && b[7] == b'-' && b[10] == b' ' && b[13] == b':' && b[16] == b':' {
+        if let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(sec)) =
+            (number(0..4), number(5..7), number(8..10), number(11..13), number(14..16), number(17..19))
+        {
+            if let Some(t) =
+                chrono::NaiveDate::from_ymd_opt(y as i32, mo, d).and_then(|date| date.and_hms_opt(h, mi, sec))
+            {
+                return Some(t.and_utc().timestamp());
+            }
+        }
+    }
     NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc().timestamp())
 }
 
@@ -444,16 +571,20 @@ fn slice_name(start_micros: i64, index: u64) -> String {
 const LOGGED_MALFORMED: u64 = 100;
 
 /// Reads and maps the input, handing on each non-empty slice; runs on a
-/// blocking thread. `progress` is told the bytes read so far.
+/// blocking thread. `spare` gives back the buffers of published slices for
+/// reuse; `progress` is told the bytes read so far.
 fn read_slices(
     settings: &ReplaySettings,
     mut emit: impl FnMut(Slice) -> bool,
+    mut spare: impl FnMut() -> Option<Vec<u8>>,
     progress: impl Fn(u64, &ReplaySummary),
 ) -> anyhow::Result<ReplaySummary> {
     let file = std::fs::File::open(&settings.input)
         .with_context(|| format!("cannot open the replay input {}", settings.input.display()))?;
-    let counted = CountingReader { inner: std::io::BufReader::with_capacity(1 << 20, file), bytes: 0 };
-    let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(counted);
+    // The csv reader buffers; reads go straight into its buffer.
+    let counted = CountingReader { inner: file, bytes: 0 };
+    let mut csv =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(1 << 20).from_reader(counted);
     let mut record = csv::ByteRecord::new();
     if !csv.read_byte_record(&mut record).context("cannot read the replay input's header")? {
         anyhow::bail!("the replay input {} is empty", settings.input.display());
@@ -472,10 +603,23 @@ fn read_slices(
     let mut mapper = Mapper::new(format, settings.shift_to);
     let slice_micros = (settings.slice.as_micros() as i64).max(1);
     let mut summary = ReplaySummary::default();
-    let mut current: Option<Slice> = None;
-    let mut origin: Option<i64> = None;
-    let mut row = Vec::with_capacity(256);
-    let mut last_size = 64 * 1024;
+    // Rows are mapped straight into the open slice's buffer; a row that
+    // opens the next slice moves over with it.
+    let new_buffer = |spare: Option<Vec<u8>>, size: usize| {
+        let mut contents = spare.unwrap_or_else(|| Vec::with_capacity(size));
+        contents.clear();
+        contents.extend_from_slice(COLUMNS.join(",").as_bytes());
+        contents.push(b'\n');
+        contents
+    };
+    let mut contents = new_buffer(None, 64 * 1024);
+    // The open slice: its index and events.
+    let mut open: Option<(u64, u64)> = None;
+    let (mut origin, mut first, mut last) = (None::<i64>, None::<i64>, i64::MIN);
+    let note_times = |summary: &mut ReplaySummary, first: Option<i64>, last: i64| {
+        summary.first_event = first.and_then(DateTime::from_timestamp_micros);
+        summary.last_event = DateTime::from_timestamp_micros(last);
+    };
     loop {
         match csv.read_byte_record(&mut record) {
             Ok(false) => break,
@@ -486,9 +630,10 @@ fn read_slices(
             }
         }
         summary.lines += 1;
-        row.clear();
-        let line = record.position().map_or(0, |p| p.line());
-        let micros = match mapper.map(&record, &mut row) {
+        let before = contents.len();
+        let outcome = mapper.map(&record, &mut contents);
+        let line = || record.position().map_or(0, |p| p.line());
+        let micros = match outcome {
             Mapped::Row { micros, identical } => {
                 summary.identical += u64::from(identical);
                 micros
@@ -500,47 +645,54 @@ fn read_slices(
             Mapped::OutOfOrder => {
                 summary.out_of_order += 1;
                 if summary.out_of_order <= LOGGED_MALFORMED {
-                    warn!(line, "row older than the rows before it; skipped (the dataset replays in time order)");
+                    warn!(
+                        line = line(),
+                        "row older than the rows before it; skipped (the dataset replays in time order)"
+                    );
                 }
                 continue;
             }
             Mapped::Malformed(reason) => {
                 summary.malformed += 1;
                 if summary.malformed <= LOGGED_MALFORMED {
-                    warn!(line, reason, "malformed input line skipped");
+                    warn!(line = line(), reason, "malformed input line skipped");
                 }
                 continue;
             }
         };
-        let t = DateTime::from_timestamp_micros(micros);
-        summary.first_event = summary.first_event.or(t);
-        summary.last_event = summary.last_event.max(t);
+        first = first.or(Some(micros));
+        last = last.max(micros);
         let origin = *origin.get_or_insert(micros);
-        // A row earlier than the current slice (contract input is only
-        // roughly ordered) joins the current slice.
+        // A row earlier than the open slice (contract input is only roughly
+        // ordered) joins the open slice.
         let index = ((micros - origin).max(0) / slice_micros) as u64;
-        if current.as_ref().is_some_and(|c| index > c.index) {
-            if let Some(done) = current.take() {
-                last_size = done.contents.len() + done.contents.len() / 8;
+        match open {
+            Some((open_index, events)) if index > open_index => {
+                // Sized like the last slice: no regrowing on the way.
+                let mut next = new_buffer(spare(), contents.len() + contents.len() / 8);
+                next.extend_from_slice(&contents[before..]);
+                contents.truncate(before);
+                let done = Slice {
+                    index: open_index,
+                    start_micros: origin + open_index as i64 * slice_micros,
+                    contents: std::mem::replace(&mut contents, next),
+                    events,
+                };
+                note_times(&mut summary, first, last);
                 if !emit(done) {
                     return Ok(summary);
                 }
                 progress(csv.get_ref().bytes, &summary);
+                open = Some((index, 1));
             }
+            Some((open_index, events)) => open = Some((open_index, events + 1)),
+            None => open = Some((index, 1)),
         }
-        let slice = current.get_or_insert_with(|| {
-            // Sized like the last slice: no regrowing on the way.
-            let mut contents = Vec::with_capacity(last_size);
-            contents.extend_from_slice(COLUMNS.join(",").as_bytes());
-            contents.push(b'\n');
-            Slice { index, start_micros: origin + index as i64 * slice_micros, contents, events: 0 }
-        });
-        slice.contents.extend_from_slice(&row);
-        slice.events += 1;
         summary.events += 1;
     }
-    if let Some(done) = current.take() {
-        emit(done);
+    note_times(&mut summary, first, last);
+    if let (Some((index, events)), Some(origin)) = (open, origin) {
+        emit(Slice { index, start_micros: origin + index as i64 * slice_micros, contents, events });
     }
     progress(csv.get_ref().bytes, &summary);
     if summary.malformed > LOGGED_MALFORMED {
@@ -576,6 +728,9 @@ pub async fn replay(
         .len();
     let bar = settings.progress_bar.then(|| progress_bar(total));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Slice>(2);
+    // Published slices' buffers go back to the reader: no fresh pages to
+    // fault in for every file.
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     // A plain thread, not spawn_blocking: a blocked blocking task would
     // stop tokio's paused clock from advancing in tests.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -588,6 +743,7 @@ pub async fn replay(
                 let summary = read_slices(
                     &settings,
                     move |s| tx.blocking_send(s).is_ok(),
+                    move || spare_rx.try_recv().ok(),
                     move |bytes, s| {
                         if let Some(bar) = &bar {
                             bar.set_position(bytes);
@@ -625,10 +781,13 @@ pub async fn replay(
         let dir = settings.data_dir.clone();
         let contents = slice.contents;
         let n = name.clone();
-        let published = tokio::task::spawn_blocking(move || writer::publish(&dir, &n, &contents))
-            .await
-            .context("the file writer panicked")?;
+        let (published, contents) =
+            tokio::task::spawn_blocking(move || (writer::publish(&dir, &n, &contents), contents))
+                .await
+                .context("the file writer panicked")?;
         published.with_context(|| format!("publishing {name} into {}", settings.data_dir.display()))?;
+        // The reader may have finished; then the buffer is simply dropped.
+        let _ = spare_tx.send(contents);
         files += 1;
         let p = Published { name, events: slice.events, slice: slice.index, at: started.elapsed() };
         if bar.is_none() {
@@ -774,6 +933,112 @@ mod tests {
         let b = mapper.map(&rec("2019-10-01 00:01:00 UTC"), &mut out);
         assert_eq!(a, Mapped::Row { micros: now.timestamp_micros(), identical: false });
         assert_eq!(b, Mapped::Row { micros: now.timestamp_micros() + 60_000_000, identical: false });
+    }
+
+    #[test]
+    fn cached_profiles_are_what_user_profile_derives() {
+        let expected = |id: u32| {
+            let p = user_profile(id);
+            let mut row = format!("{id},").into_bytes();
+            for field in [p.name, p.email] {
+                push_field(&mut row, field.as_bytes());
+                row.push(b',');
+            }
+            row
+        };
+        // Two users sharing a slot, and one whose profile is too long for a slot.
+        let a = 541_312_140;
+        let b = (1..).find(|&id| id != a && Profiles::slot_of(id) == Profiles::slot_of(a)).unwrap_or_default();
+        let long = (1..).find(|&id| expected(id).len() > 10 + 59).unwrap_or_default();
+        let mut profiles = Profiles::new();
+        for id in [a, a, b, a, b, b, long, long, a, 1, i32::MAX as u32] {
+            let mut out = b"x".to_vec();
+            profiles.push(id, &mut out);
+            assert_eq!(String::from_utf8_lossy(&out[1..]), String::from_utf8_lossy(&expected(id)), "user {id}");
+        }
+    }
+
+    #[test]
+    fn times_are_read_and_written_as_chrono_does() {
+        for text in [
+            "2019-10-01 00:00:00 UTC",
+            "2019-10-31 23:59:59",
+            "2020-02-29 12:30:45 UTC",
+            "2019-02-29 12:30:45 UTC",
+            "2019-10-01 23:59:60 UTC",
+            "2019-10-1 00:00:00 UTC",
+            "2019-10-01 24:00:00 UTC",
+            "0000-01-01 00:00:00 UTC",
+            "2019-10-01T00:00:00 UTC",
+            "2019-1a-01 00:00:00 UTC",
+        ] {
+            let chrono = NaiveDateTime::parse_from_str(text.trim_end_matches(" UTC"), "%Y-%m-%d %H:%M:%S")
+                .ok()
+                .map(|t| t.and_utc().timestamp());
+            assert_eq!(parse_dataset_time(text), chrono, "{text}");
+        }
+        let mut mapper = Mapper::new(InputFormat::Dataset, None);
+        for second in
+            [0, 1_569_888_000, 1_569_974_399, 253_402_300_799, 253_402_300_800, -1, -62_167_219_200, -62_167_219_201]
+        {
+            let mut out = Vec::new();
+            mapper.push_time(&mut out, second * 1_000_000 + 42);
+            let t = DateTime::from_timestamp(second, 0).unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&out), format!("{}.000042Z", t.format("%Y-%m-%dT%H:%M:%S")), "{second}");
+        }
+    }
+
+    #[test]
+    fn ids_are_read_as_u32_from_str_does_within_1_to_i32_max() {
+        for text in ["1", "+7", "0007", "0", "", "+", "-1", "1a", " 1", "2147483647", "2147483648", "99999999999"] {
+            let std = text.parse::<u32>().ok().filter(|v| (1..=i32::MAX as u32).contains(v));
+            assert_eq!(parse_id(text.as_bytes()), std, "{text:?}");
+        }
+    }
+
+    /// Many short slices: each file holds exactly the rows of its slice, in
+    /// input order (the row that opens a slice moves with it, and a reused
+    /// buffer carries nothing over).
+    #[tokio::test]
+    async fn every_slice_holds_exactly_its_rows() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let lines: Vec<String> = (0..600u32)
+            .map(|i| {
+                let s = i / 2 + i / 50 * 7;
+                let kind = if i % 11 == 0 { "cart" } else { "view" };
+                format!("2019-10-01 00:{:02}:{:02} UTC,{kind},{},2,a.b,c,1.00,{},x", s / 60, s % 60, i + 1, i % 7 + 1)
+            })
+            .collect();
+        let input = write_input(dir.path(), &(lines.join("\n") + "\n"));
+        let data = dir.path().join("data");
+        let summary = replay_max(&input, &data, Duration::from_secs(3)).await?;
+
+        let (outcomes, rows) = map_lines(InputFormat::Dataset, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+        let first = 1_569_888_000_000_000;
+        let mut expected: Vec<(u64, String)> = Vec::new();
+        for (outcome, row) in outcomes.iter().filter(|o| matches!(o, Mapped::Row { .. })).zip(rows.lines()) {
+            if let Mapped::Row { micros, .. } = outcome {
+                let index = ((micros - first) / 3_000_000) as u64;
+                match expected.last_mut() {
+                    Some((i, text)) if *i == index => text.push_str(&format!("{row}\n")),
+                    _ => expected.push((index, format!("{}\n{row}\n", COLUMNS.join(",")))),
+                }
+            }
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&data)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        files.sort();
+        let got: Vec<(u64, String)> = files
+            .iter()
+            .map(|f| {
+                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                let index = name.trim_end_matches(".csv").rsplit('_').next().and_then(|i| i.parse().ok());
+                Ok((index.unwrap_or(u64::MAX), std::fs::read_to_string(f)?))
+            })
+            .collect::<std::io::Result<_>>()?;
+        assert!(expected.len() > 50, "{} slices", expected.len());
+        assert_eq!(got, expected);
+        assert_eq!(summary.files, expected.len() as u64);
+        Ok(())
     }
 
     fn write_input(dir: &Path, body: &str) -> PathBuf {
