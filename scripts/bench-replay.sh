@@ -4,7 +4,11 @@
 # about 16 events per second of data; events come from 5 000 open sessions,
 # a session ends after 4.6 events on average (42 M events and 9 M sessions
 # in 2019-Oct.csv) and a new one starts for one of 3 M users; 30 % empty
-# category codes; carts and removals. Prints events/s (wall and per CPU second) and peak RSS.
+# category codes; carts and removals. Prints events/s and peak RSS.
+# "On one core", strictly: each run is pinned to one CPU (taskset), so its
+# reading and writing threads share it; events/s is by the wall clock on
+# that one CPU, events/cpu-s divides by the user + system time of both.
+#   REPLAY_CPU=1 pins to another CPU; REPLAY_CPU=all does not pin.
 #   REPLAY_ROWS=10000000 (default, about 1.3 GB); REPLAY_ROWS=42000000 is the
 #   size of 2019-Oct.csv (about 5 GB).
 #   REPLAY_INPUT=/path/2019-Oct.csv replays a real download instead.
@@ -18,6 +22,11 @@ REPLAY_ROWS=${REPLAY_ROWS:-10000000}
 
 # GNU time for the peak RSS (`command -v time` would find the shell's keyword).
 [ -x /usr/bin/time ] || apt_install time "GNU time (/usr/bin/time) not found"
+pin=()
+if [ "${REPLAY_CPU:-0}" != all ]; then
+    command -v taskset >/dev/null || apt_install util-linux "taskset not found"
+    pin=(taskset -c "${REPLAY_CPU:-0}")
+fi
 if [ -z "${GENERATOR:-}" ]; then
     cargo build --release --locked -p generator
     GENERATOR="$CARGO_TARGET_DIR/release/generator"
@@ -47,10 +56,13 @@ if [ -z "$input" ]; then
     }' >"$input"
 fi
 bytes=$(stat -c %s "$input")
-echo "== replaying $((bytes / 1000000)) MB at --speed max, ${REPLAY_RUNS:-3} runs"
+echo "== replaying $((bytes / 1000000)) MB at --speed max, ${REPLAY_RUNS:-3} runs, on CPU ${REPLAY_CPU:-0}"
 for run in $(seq "${REPLAY_RUNS:-3}"); do
     rm -rf "$work/out"
-    /usr/bin/time -f "%M %e %U %S" -o "$work/time" \
+    # The input just made, or the last run's removed files, are not this
+    # run's writeback.
+    sync
+    "${pin[@]}" /usr/bin/time -f "%M %e %U %S" -o "$work/time" \
         "$GENERATOR" replay --input "$input" --data-dir "$work/out" --speed max --log-format json \
         2>"$work/log" || { tail -5 "$work/log"; exit 1; }
     read -r rss wall user sys <"$work/time"

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod record;
+pub mod records;
 pub mod replay;
 pub mod writer;
 

@@ -21,7 +21,6 @@
 //! held (a reader thread maps rows; the async side paces and publishes).
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::contract::{push_field, COLUMNS, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
 use crate::record::{user_profile, IdMap};
+use crate::records::Records;
 use crate::writer;
 
 /// The dataset's columns, in order.
@@ -581,12 +581,9 @@ fn read_slices(
 ) -> anyhow::Result<ReplaySummary> {
     let file = std::fs::File::open(&settings.input)
         .with_context(|| format!("cannot open the replay input {}", settings.input.display()))?;
-    // The csv reader buffers; reads go straight into its buffer.
-    let counted = CountingReader { inner: file, bytes: 0 };
-    let mut csv =
-        csv::ReaderBuilder::new().has_headers(false).flexible(true).buffer_capacity(1 << 20).from_reader(counted);
+    let mut records = Records::new(file);
     let mut record = csv::ByteRecord::new();
-    if !csv.read_byte_record(&mut record).context("cannot read the replay input's header")? {
+    if records.read(&mut record).context("cannot read the replay input's header")?.is_none() {
         anyhow::bail!("the replay input {} is empty", settings.input.display());
     }
     let detected = Mapper::detect(&record);
@@ -621,18 +618,15 @@ fn read_slices(
         summary.last_event = DateTime::from_timestamp_micros(last);
     };
     loop {
-        match csv.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                // The csv crate fails only on I/O here: stop, keeping what was read.
-                anyhow::bail!("cannot read the replay input at line {}: {e}", csv.position().line());
-            }
-        }
+        let line = match records.read(&mut record) {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            // Only I/O fails here: stop, keeping what was published.
+            Err(e) => anyhow::bail!("cannot read the replay input at line {}: {e}", records.line()),
+        };
         summary.lines += 1;
         let before = contents.len();
         let outcome = mapper.map(&record, &mut contents);
-        let line = || record.position().map_or(0, |p| p.line());
         let micros = match outcome {
             Mapped::Row { micros, identical } => {
                 summary.identical += u64::from(identical);
@@ -645,17 +639,14 @@ fn read_slices(
             Mapped::OutOfOrder => {
                 summary.out_of_order += 1;
                 if summary.out_of_order <= LOGGED_MALFORMED {
-                    warn!(
-                        line = line(),
-                        "row older than the rows before it; skipped (the dataset replays in time order)"
-                    );
+                    warn!(line, "row older than the rows before it; skipped (the dataset replays in time order)");
                 }
                 continue;
             }
             Mapped::Malformed(reason) => {
                 summary.malformed += 1;
                 if summary.malformed <= LOGGED_MALFORMED {
-                    warn!(line = line(), reason, "malformed input line skipped");
+                    warn!(line, reason, "malformed input line skipped");
                 }
                 continue;
             }
@@ -682,7 +673,7 @@ fn read_slices(
                 if !emit(done) {
                     return Ok(summary);
                 }
-                progress(csv.get_ref().bytes, &summary);
+                progress(records.bytes_read(), &summary);
                 open = Some((index, 1));
             }
             Some((open_index, events)) => open = Some((open_index, events + 1)),
@@ -694,25 +685,11 @@ fn read_slices(
     if let (Some((index, events)), Some(origin)) = (open, origin) {
         emit(Slice { index, start_micros: origin + index as i64 * slice_micros, contents, events });
     }
-    progress(csv.get_ref().bytes, &summary);
+    progress(records.bytes_read(), &summary);
     if summary.malformed > LOGGED_MALFORMED {
         warn!(malformed = summary.malformed, "more malformed lines than were logged");
     }
     Ok(summary)
-}
-
-#[derive(Debug)]
-struct CountingReader<R> {
-    inner: R,
-    bytes: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        Ok(n)
-    }
 }
 
 /// Replays `settings.input` into the data folder until its end or
