@@ -612,10 +612,10 @@ fn read_slices(
     let mut contents = new_buffer(None, 64 * 1024);
     // The open slice: its index and events.
     let mut open: Option<(u64, u64)> = None;
-    let (mut origin, mut first, mut last) = (None::<i64>, None::<i64>, i64::MIN);
-    let note_times = |summary: &mut ReplaySummary, first: Option<i64>, last: i64| {
+    let (mut origin, mut first, mut last) = (None::<i64>, None::<i64>, None::<i64>);
+    let note_times = |summary: &mut ReplaySummary, first: Option<i64>, last: Option<i64>| {
         summary.first_event = first.and_then(DateTime::from_timestamp_micros);
-        summary.last_event = DateTime::from_timestamp_micros(last);
+        summary.last_event = last.and_then(DateTime::from_timestamp_micros);
     };
     loop {
         let line = match records.read(&mut record) {
@@ -652,7 +652,7 @@ fn read_slices(
             }
         };
         first = first.or(Some(micros));
-        last = last.max(micros);
+        last = last.max(Some(micros));
         let origin = *origin.get_or_insert(micros);
         // A row earlier than the open slice (contract input is only roughly
         // ordered) joins the open slice.
