@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::contract::{push_field, COLUMNS, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
+use crate::contract::{push_field, COLUMNS, HEADER, MAX_CATEGORY_CHARS, MAX_TEXT_CHARS};
 use crate::record::{user_profile, IdMap};
 use crate::records::Records;
 use crate::writer;
@@ -376,7 +376,9 @@ impl Mapper {
                 self.last_time.1
             } else {
                 let second = parse_dataset_time(field(0)?).ok_or("event_time is not `YYYY-MM-DD HH:MM:SS UTC`")?;
-                self.last_time = (fields[0].to_vec(), second);
+                self.last_time.0.clear();
+                self.last_time.0.extend_from_slice(fields[0]);
+                self.last_time.1 = second;
                 second
             };
             let product = parse_id(fields[2]).ok_or("product_id is not an id > 0")?;
@@ -605,7 +607,7 @@ fn read_slices(
     let new_buffer = |spare: Option<Vec<u8>>, size: usize| {
         let mut contents = spare.unwrap_or_else(|| Vec::with_capacity(size));
         contents.clear();
-        contents.extend_from_slice(COLUMNS.join(",").as_bytes());
+        contents.extend_from_slice(HEADER.as_bytes());
         contents.push(b'\n');
         contents
     };
@@ -1029,7 +1031,7 @@ mod tests {
                 let index = ((micros - first) / 3_000_000) as u64;
                 match expected.last_mut() {
                     Some((i, text)) if *i == index => text.push_str(&format!("{row}\n")),
-                    _ => expected.push((index, format!("{}\n{row}\n", COLUMNS.join(",")))),
+                    _ => expected.push((index, format!("{HEADER}\n{row}\n"))),
                 }
             }
         }
