@@ -11,22 +11,27 @@ WORKDIR /src
 # lock file are copied, with empty sources, so a change to the code does not
 # rebuild Polars and the rest (most of the build time).
 COPY Cargo.toml Cargo.lock ./
+COPY contract/Cargo.toml contract/
+COPY runtime/Cargo.toml runtime/
 COPY generator/Cargo.toml generator/
 COPY streamer/Cargo.toml streamer/
-RUN mkdir -p generator/src streamer/src streamer/benches \
+RUN mkdir -p contract/src runtime/src generator/src streamer/src streamer/benches \
+    && touch contract/src/lib.rs runtime/src/lib.rs \
     && echo 'fn main() {}' > generator/src/main.rs \
     && touch generator/src/lib.rs \
     && echo 'fn main() {}' > streamer/src/main.rs \
     && touch streamer/src/lib.rs \
     && echo 'fn main() {}' > streamer/benches/restart.rs \
     && cargo build --release --locked -p streamer -p generator \
-    && rm -rf generator/src streamer/src streamer/benches
+    && rm -rf contract/src runtime/src generator/src streamer/src streamer/benches
 
 # Then the project itself (touched, so cargo rebuilds it over the stubs).
 COPY db db
+COPY contract contract
+COPY runtime runtime
 COPY generator generator
 COPY streamer streamer
-RUN touch generator/src/*.rs streamer/src/*.rs \
+RUN find contract runtime generator streamer -name '*.rs' -exec touch {} + \
     && cargo build --release --locked -p streamer -p generator
 
 # --- runtime ------------------------------------------------------------------

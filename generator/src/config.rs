@@ -8,9 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
-use crate::cli::{check_rate, ConfigError, LogFormat};
-use crate::record::Settings;
+use runtime::config::{check_rate, ConfigError};
+use runtime::LogFormat;
+
 use crate::replay::{InputFormat, ReplaySettings, Speed};
+use crate::synth::Settings;
 
 /// Writes synthetic e-commerce event CSV files into a folder, atomically.
 #[derive(Debug, Clone, Parser)]

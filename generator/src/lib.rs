@@ -1,17 +1,19 @@
 //! The generator: the source of the pipeline's events and the test-data maker
 //! of every other part. [`run`] publishes one CSV file into the data folder
 //! every interval until it is told to stop or has written `--files` files.
-//! Rows come from [`record::Generator`]; files are published by
-//! [`writer::publish`] (temporary name → fsync → rename), so a reader never
-//! sees a partial file.
+//! Rows come from [`synth::Generator`]; files are published by
+//! [`runtime::publish::publish`] (temporary name → fsync → rename), so a
+//! reader never sees a partial file.
+//!
+//! # Layout
+//! - [`config`]: the settings (`.env` → environment → flags), validated;
+//! - [`synth`]: synthetic users, catalog and rows;
+//! - [`replay`]: `generator replay`, a historical CSV published at a speed
+//!   factor ([`replay::dataset`] maps rows, [`replay::reader`] reads them).
 
-pub mod cli;
 pub mod config;
-pub mod contract;
-pub mod record;
-pub mod records;
 pub mod replay;
-pub mod writer;
+pub mod synth;
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,9 +24,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use cli::ConfigError;
 pub use config::Config;
-pub use record::{GeneratedFile, Generator, Settings};
+pub use runtime::ConfigError;
+pub use synth::{GeneratedFile, Generator, Settings};
 
 /// What a run wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +55,7 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), ConfigError> {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Summary> {
     cfg.validate()?;
     prepare_data_dir(&cfg.data_dir)?;
-    let stale = writer::remove_stale_temps(&cfg.data_dir).context("cleaning the data folder")?;
+    let stale = remove_stale_temps(&cfg.data_dir).context("cleaning the data folder")?;
     let seed = cfg.seed.unwrap_or_else(rand::random);
     let instance = format!("{:04x}", rand::random::<u16>());
     info!(seed, data_dir = %cfg.data_dir.display(), stale_temps_removed = stale, "generator started");
@@ -68,7 +70,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Sum
         let dir = cfg.data_dir.clone();
         let (g, published) = tokio::task::spawn_blocking(move || {
             let file = generator.next_file(now);
-            let path = writer::publish(&dir, &file.name, &file.contents);
+            let path = runtime::publish::publish(&dir, &file.name, &file.contents);
             (generator, path.map(|_| file))
         })
         .await
@@ -102,6 +104,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<Sum
     Ok(summary)
 }
 
+/// Removes temporary files an interrupted generator left in `dir` (only its
+/// own kind: `.events_*.csv.tmp`). Returns how many it removed.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".events_") && name.ends_with(".csv.tmp") && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The instant file `index` is stamped with: the clock, or with a start time
 /// `start + index × interval`.
 fn file_instant(start: Option<DateTime<Utc>>, interval: Duration, index: u32) -> DateTime<Utc> {
@@ -111,5 +128,22 @@ fn file_instant(start: Option<DateTime<Utc>>, interval: Duration, index: u32) ->
             start.checked_add_signed(step).unwrap_or(start)
         }
         None => Utc::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_are_removed_and_nothing_else() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(runtime::publish::temp_name("events_1.csv")), b"partial")?;
+        std::fs::write(dir.path().join("events_2.csv"), b"whole")?;
+        std::fs::write(dir.path().join(".other.tmp"), b"not ours")?;
+        assert_eq!(remove_stale_temps(dir.path())?, 1);
+        assert!(dir.path().join("events_2.csv").exists());
+        assert!(dir.path().join(".other.tmp").exists());
+        Ok(())
     }
 }

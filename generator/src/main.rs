@@ -1,30 +1,30 @@
 //! `generator`: see the library ([`generator::run`]) for what it does.
 
-use std::process::ExitCode;
-
-use generator::cli;
 use std::io::IsTerminal as _;
+use std::process::ExitCode;
 
 use generator::config::GeneratorCommand;
 use generator::Config;
+use runtime::config::{config_exit, load_dotenv, parse_or_exit};
 
 fn main() -> ExitCode {
-    if let Err(e) = cli::load_dotenv() {
-        return cli::config_exit(&e);
+    if let Err(e) = load_dotenv() {
+        return config_exit(&e);
     }
-    let cfg: Config = cli::parse_or_exit();
+    let cfg: Config = parse_or_exit();
+    let report = |e: &anyhow::Error| tracing::error!(error = format!("{e:#}"), "generator failed");
     if let Some(GeneratorCommand::Replay(args)) = cfg.command {
         let progress_bar = std::io::stderr().is_terminal();
         let settings = match args.settings(chrono::Utc::now(), progress_bar) {
             Ok(s) => s,
-            Err(e) => return cli::config_exit(&e),
+            Err(e) => return config_exit(&e),
         };
-        cli::init_logging(args.log_format);
-        return cli::run_async("generator replay", |shutdown| generator::replay::replay(settings, shutdown, |_| {}));
+        runtime::logging::init(args.log_format);
+        return runtime::shutdown::run(|shutdown| generator::replay::replay(settings, shutdown, |_| {}), report);
     }
     if let Err(e) = cfg.validate() {
-        return cli::config_exit(&e);
+        return config_exit(&e);
     }
-    cli::init_logging(cfg.log_format);
-    cli::run_async("generator", |shutdown| generator::run(cfg, shutdown))
+    runtime::logging::init(cfg.log_format);
+    runtime::shutdown::run(|shutdown| generator::run(cfg, shutdown), report)
 }

@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use generator::writer::publish;
+use runtime::publish::publish;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

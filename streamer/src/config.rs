@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use generator::cli::{ConfigError, LogFormat};
+use runtime::{ConfigError, LogFormat};
 
 /// Exactly-once micro-batch ingest of event CSV files into PostgreSQL.
 #[derive(Debug, Clone, Parser)]

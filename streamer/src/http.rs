@@ -20,8 +20,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Monitor;
-use crate::report::text_rows;
-use crate::sink::describe;
+use crate::pg::{describe, text_rows};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
@@ -90,12 +89,9 @@ impl Shared {
         let mut slot = self.client.lock().await;
         let work = async {
             if slot.as_ref().is_none_or(Client::is_closed) {
-                let client = crate::ops::connect(&self.url).await?;
+                let client = crate::pg::connect(&self.url, "streamer-http").await.map_err(|e| describe(&e))?;
                 // Small queries: compiling them (JIT) would cost more than running them.
-                client
-                    .batch_execute("SET application_name = 'streamer-http'; SET jit = off")
-                    .await
-                    .map_err(|e| describe(&e))?;
+                client.batch_execute("SET jit = off").await.map_err(|e| describe(&e))?;
                 *slot = Some(client);
             }
             let client = slot.as_ref().ok_or("no connection")?;

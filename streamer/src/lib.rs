@@ -20,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod monitor;
 pub mod ops;
+pub mod pg;
 pub mod progress;
 pub mod report;
 pub mod sink;

@@ -3,27 +3,36 @@
 
 use std::process::ExitCode;
 
-use generator::cli;
+use runtime::config::{config_exit, load_dotenv, parse_or_exit};
 use streamer::{ops, Cli, Command};
 
+/// Runs an async command of the streamer; a failure is logged under this
+/// binary's name.
+fn run<T, Fut>(name: &'static str, task: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut) -> ExitCode
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    runtime::shutdown::run(task, |e| tracing::error!(error = format!("{e:#}"), command = name, "streamer failed"))
+}
+
 fn main() -> ExitCode {
-    if let Err(e) = cli::load_dotenv() {
-        return cli::config_exit(&e);
+    if let Err(e) = load_dotenv() {
+        return config_exit(&e);
     }
-    let cli: Cli = cli::parse_or_exit();
+    let cli: Cli = parse_or_exit();
     match cli.command() {
         Command::Run(args) => {
             if let Err(e) = args.validate() {
-                return cli::config_exit(&e);
+                return config_exit(&e);
             }
             if args.progress {
-                cli::init_logging_to(args.log_format, streamer::progress::BarWriter::make);
+                runtime::logging::init_to(args.log_format, streamer::progress::BarWriter::make);
             } else {
-                cli::init_logging(args.log_format);
+                runtime::logging::init(args.log_format);
             }
-            cli::run_async("streamer", |shutdown| streamer::run(args, shutdown))
+            run("run", |shutdown| streamer::run(args, shutdown))
         }
-        Command::Status(args) => cli::run_async("streamer status", |_| async move {
+        Command::Status(args) => run("status", |_| async move {
             let status = ops::status(&args).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -35,7 +44,7 @@ fn main() -> ExitCode {
                 None => Ok(()),
             }
         }),
-        Command::Reprocess(args) => cli::run_async("streamer reprocess", |_| async move {
+        Command::Reprocess(args) => run("reprocess", |_| async move {
             let names = ops::reprocess(&args)?;
             println!("{} file(s) will be loaded again by the stream:", names.len());
             for name in names {
@@ -44,7 +53,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Verify(args) => {
-            cli::run_async("streamer verify", |_| async move {
+            run("verify", |_| async move {
                 let v = ops::verify(&args).await?;
                 print!("{v}");
                 if v.rows_differing + v.rows_missing > 0 {
@@ -60,10 +69,8 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Report(args) => {
-            cli::run_async("streamer report", |_| async move { streamer::report::report(&args).await })
-        }
-        Command::Reset(args) => cli::run_async("streamer reset", |_| async move {
+        Command::Report(args) => run("report", |_| async move { streamer::report::report(&args).await }),
+        Command::Reset(args) => run("reset", |_| async move {
             let reset = ops::reset(&args).await?;
             match reset.checkpoint_id {
                 Some(id) => println!("checkpoint {id} forgotten; the next start loads every file in the data folder"),

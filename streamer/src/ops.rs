@@ -8,14 +8,14 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use generator::cli::ConfigError;
+use runtime::ConfigError;
 use serde::Serialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{ReprocessArgs, ResetArgs, StateArgs, StatusArgs};
-use crate::sink::describe;
+use crate::pg::describe;
 use crate::watch::{eligible_name, file_id};
 
 /// What `status` reports.
@@ -59,14 +59,9 @@ pub struct BatchStatus {
 /// How many batches `status` lists.
 const LAST_BATCHES: i64 = 5;
 
-/// A plain session (no staging tables): for the operator commands, reports
-/// and the HTTP side.
-pub(crate) async fn connect(url: &str) -> Result<Client, String> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(|e| describe(&e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+/// A plain session (no staging tables): for the operator commands.
+async fn connect(url: &str) -> Result<Client, String> {
+    crate::pg::connect(url, "streamer-ops").await.map_err(|e| describe(&e))
 }
 
 fn database_url(state: &StateArgs) -> Result<&str, ConfigError> {
@@ -289,7 +284,7 @@ pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
         let running: i64 = client
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-                &[&crate::sink::APPLICATION_NAME],
+                &[&crate::pg::APPLICATION_NAME],
             )
             .await
             .map_err(|e| anyhow::anyhow!(describe(&e)))?
@@ -376,15 +371,15 @@ pub async fn verify(state: &StateArgs) -> anyhow::Result<Verification> {
             continue;
         }
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        if let crate::batch::FileRead::Rows { frame, .. } = crate::batch::parse(&bytes, 0) {
-            let view = crate::batch::EventView::new(&frame)?;
-            for r in (0..view.len()).filter_map(|i| view.row(i)) {
+        if let Ok(part) = crate::batch::read_whole(&bytes, 0) {
+            let view = crate::batch::EventView::new(&part.frame)?;
+            for (_, r) in (0..view.len()).filter_map(|i| view.row(i)) {
                 oracle.insert(
                     (r.user_id, r.event_time_micros),
                     (
                         r.user_name.to_owned(),
                         r.user_email.to_owned(),
-                        r.event_type.to_owned(),
+                        r.event_type.as_str().to_owned(),
                         r.product_id,
                         r.product_name.to_owned(),
                         r.product_category.to_owned(),

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use clap::{Args, ValueEnum};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use runtime::ConfigError;
 
-use crate::sink::describe;
+use crate::pg::{describe, text_rows, TextRows};
 
 /// The reports, each a function of db/004_reports.sql (and a view over all time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -95,31 +95,6 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     Err("not a time: use RFC 3339 (2026-01-01T10:00:00Z), 2026-01-01 or 2026-01-01 10:00 (UTC)".into())
 }
 
-/// A query's result as text, the way PostgreSQL prints it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TextRows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
-}
-
-/// Runs `sql` (simple protocol) and keeps the last statement's rows as text.
-pub async fn text_rows(client: &Client, sql: &str) -> Result<TextRows, tokio_postgres::Error> {
-    let mut out = TextRows::default();
-    for message in client.simple_query(sql).await? {
-        match message {
-            SimpleQueryMessage::RowDescription(columns) => {
-                out.columns = columns.iter().map(|c| c.name().to_owned()).collect();
-                out.rows.clear();
-            }
-            SimpleQueryMessage::Row(row) => {
-                out.rows.push((0..row.len()).map(|i| row.get(i).map(str::to_owned)).collect());
-            }
-            _ => {}
-        }
-    }
-    Ok(out)
-}
-
 /// The statement of a report: times are formatted by us, never pasted from input.
 pub fn report_sql(name: ReportName, since: Option<DateTime<Utc>>, until: Option<DateTime<Utc>>, top: u32) -> String {
     let time = |t: Option<DateTime<Utc>>| {
@@ -132,15 +107,18 @@ pub fn report_sql(name: ReportName, since: Option<DateTime<Utc>>, until: Option<
 
 /// Runs the report and prints it.
 pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
-    let url = args.database_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-        generator::cli::ConfigError::new("--database-url/DATABASE_URL", "is not set (the report reads the database)")
-    })?;
+    let url =
+        args.database_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
+            ConfigError::new("--database-url/DATABASE_URL", "is not set (the report reads the database)")
+        })?;
     if let (Some(since), Some(until)) = (args.since, args.until) {
         if since >= until {
-            return Err(generator::cli::ConfigError::new("--since/--until", "--since must be before --until").into());
+            return Err(ConfigError::new("--since/--until", "--since must be before --until").into());
         }
     }
-    let client = crate::ops::connect(url).await.map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {e}"))?;
+    let client = crate::pg::connect(url, "streamer-report")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", describe(&e)))?;
     let sql = report_sql(args.name, args.since, args.until, args.top);
     let rows = text_rows(&client, &sql).await.map_err(|e| {
         anyhow::anyhow!("the report failed: {} (has a streamer of this version run on this database?)", describe(&e))

@@ -16,12 +16,14 @@ use polars::prelude::DataFrame;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
+
+use contract::COLUMNS;
 
 use crate::batch::{EventView, Rejected};
 use crate::checkpoint::FileId;
-use generator::contract::COLUMNS;
+use crate::pg::describe;
 
 /// The schema files, in order, compiled into the binary.
 pub const MIGRATIONS: [(&str, &str); 4] = [
@@ -51,23 +53,6 @@ pub enum SinkError {
     Query { what: &'static str, source: tokio_postgres::Error },
     #[error("the batch frame does not have the batch schema: {0}")]
     Frame(#[from] polars::error::PolarsError),
-}
-
-/// A PostgreSQL error with what the server or the socket said: the message
-/// and SQLSTATE of a database error, else the chain of causes. (The plain
-/// `Display` of tokio-postgres says only "db error".) Never holds the URL.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
-    }
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
 }
 
 /// The key that makes loading one batch twice impossible.
@@ -113,21 +98,8 @@ impl SinkError {
 
 /// Connects and prepares the session: the staging table lives as long as the
 /// connection and is emptied at every commit.
-/// The connection's `application_name` unless the URL sets one: the
-/// streamer's sessions are easy to find in `pg_stat_activity`.
-pub const APPLICATION_NAME: &str = "streamer";
-
 pub async fn connect(url: &str) -> Result<Client, SinkError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(SinkError::Connect)?;
-    if config.get_application_name().is_none() {
-        config.application_name(APPLICATION_NAME);
-    }
-    let (client, connection) = config.connect(NoTls).await.map_err(SinkError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "database connection closed");
-        }
-    });
+    let client = crate::pg::connect(url, crate::pg::APPLICATION_NAME).await.map_err(SinkError::Connect)?;
     client.batch_execute(STAGE_DDL).await.map_err(SinkError::query("preparing the session"))?;
     Ok(client)
 }
@@ -505,11 +477,12 @@ impl<'a> Loader<'a> {
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
         for i in 0..view.len() {
-            let Some(r) = view.row(i) else { break };
-            if let Some(n) = self.staged.get_mut(r.file_index as usize) {
+            let Some((file_index, r)) = view.row(i) else { break };
+            if let Some(n) = self.staged.get_mut(file_index as usize) {
                 *n += 1;
             }
-            let file_index = r.file_index as i32;
+            let file_index = file_index as i32;
+            let event_type = r.event_type.as_str();
             let price = Decimal::new(r.price_cents, 2);
             let time = micros_to_utc(r.event_time_micros);
             let row: [&(dyn ToSql + Sync); 11] = [
@@ -518,7 +491,7 @@ impl<'a> Loader<'a> {
                 &r.user_id,
                 &r.user_name,
                 &r.user_email,
-                &r.event_type,
+                &event_type,
                 &r.product_id,
                 &r.product_name,
                 &r.product_category,

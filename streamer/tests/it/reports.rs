@@ -2,12 +2,10 @@
 //! table, as CSV and into a file, over all time and over a range; the views
 //! of db/004_reports.sql give the same answers in one SELECT.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 
 /// Nine rows: three users, two categories, two minutes; one duplicate key
 /// (the later row wins) and one invalid row.

@@ -4,14 +4,12 @@
 //! the database. The screenshot is kept in the test's temporary folder, or
 //! written to images/dashboard.png with UPDATE_SCREENSHOT=1.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use generator::{Generator, Settings};
 
 fn chromium() -> String {
@@ -110,7 +108,7 @@ async fn the_dashboard_shows_in_chromium_what_the_database_holds() -> TestResult
     for k in 0..10 {
         // Five minutes of event time, so the page shows several windows.
         let f = g.next_file(start + chrono::TimeDelta::seconds(k * 30));
-        generator::writer::publish(&stream.data, &f.name, &f.contents)?;
+        runtime::publish::publish(&stream.data, &f.name, &f.contents)?;
     }
     wait_for_loads(&stream.client, 10, Duration::from_secs(60)).await;
 

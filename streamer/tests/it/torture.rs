@@ -8,15 +8,13 @@
 //! `TORTURE_KILLS=500 TORTURE_FILES=5000 scripts/test.sh` (or cargo test
 //! --test torture with DATABASE_URL set).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use generator::{Generator, Settings};
 use rand::{Rng, SeedableRng};
 use streamer::checkpoint::Checkpoint;
@@ -70,7 +68,7 @@ async fn survives_sigkill_at_random_moments_without_losing_or_duplicating_a_row(
             let mut files = Vec::new();
             for k in 0..files_wanted {
                 let f = g.next_file(t + chrono::TimeDelta::milliseconds(k as i64 * 10));
-                files.push(generator::writer::publish(&data, &f.name, &f.contents).expect("publish"));
+                files.push(runtime::publish::publish(&data, &f.name, &f.contents).expect("publish"));
                 std::thread::sleep(Duration::from_millis(8));
             }
             done.store(true, Ordering::Release);

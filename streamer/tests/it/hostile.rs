@@ -4,11 +4,9 @@
 //! expected outcome. Rows that can be saved are saved, the rest are rejected
 //! with a precise reason, and the stream never stops.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use streamer::checkpoint::Checkpoint;
 
 /// What must become of one file.
@@ -133,7 +131,7 @@ const CORPUS: [(&str, Expect); 27] = [
     ("only_garbage.csv", Quarantined("wrong header")),
 ];
 
-const HEADER: &str = generator::contract::HEADER;
+const HEADER: &str = contract::HEADER;
 const HOSTILE_NAME: &str = "it's \"quoted\"; DROP TABLE events;-- é ü.csv";
 
 fn fixtures() -> std::path::PathBuf {

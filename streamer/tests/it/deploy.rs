@@ -11,14 +11,12 @@
 //! (The compose file's schema and the Dockerfile are checked by
 //! `scripts/test.sh` with check-jsonschema and hadolint.)
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::*;
 use clap::CommandFactory;
-use common::*;
 use generator::{Generator, Settings};
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -291,7 +289,7 @@ async fn every_grafana_query_runs_on_a_loaded_database_and_agrees_with_events() 
     );
     for k in 0..12 {
         let f = g.next_file(instant("2026-01-01T00:00:00Z") + chrono::TimeDelta::seconds(40 * k));
-        generator::writer::publish(&data, &f.name, &f.contents)?;
+        runtime::publish::publish(&data, &f.name, &f.contents)?;
     }
     streamer::run(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "3"]), Default::default()).await?;
     let client = db.client().await;

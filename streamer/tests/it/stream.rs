@@ -1,11 +1,9 @@
 //! The stream end to end, through the library, against a real PostgreSQL
-//! (one fresh database per test), checked against the oracle of DESIGN.md.
-
-mod common;
+//! (one fresh database per test), checked against the oracle (docs/architecture.md).
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use generator::Settings;
 use streamer::checkpoint::Checkpoint;
 use tokio_util::sync::CancellationToken;
@@ -366,7 +364,7 @@ async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
             .client
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-                &[&streamer::sink::APPLICATION_NAME],
+                &[&streamer::pg::APPLICATION_NAME],
             )
             .await?;
         assert_eq!(killed.len(), 1, "the streamer's one session");

@@ -3,12 +3,10 @@
 //! format, the dashboard and its JSON; and a port already taken costs one
 //! warning, not the stream.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use generator::{Generator, Settings};
 
 fn metric(text: &str, name: &str) -> Option<f64> {

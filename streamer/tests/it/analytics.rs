@@ -4,12 +4,10 @@
 //! duplicates and bad rows, when the window width changes, and on a database
 //! that had events before the analytics tables existed.
 
-mod common;
-
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use rand::{Rng, SeedableRng};
 
 const CATEGORIES: [&str; 3] = ["Books", "Toys", "Garden"];
@@ -21,7 +19,7 @@ fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> PathB
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut out = std::fs::File::create(&tmp).expect("test file");
-    writeln!(out, "{}", generator::contract::COLUMNS.join(",")).expect("write");
+    writeln!(out, "{}", contract::COLUMNS.join(",")).expect("write");
     for _ in 0..rows {
         let user = rng.random_range(1..=15);
         let millis = rng.random_range(0..480) * 500;

@@ -3,14 +3,12 @@
 //! malformed line, true duplicates) replays into files exactly as
 //! documented, and the streamer then holds exactly the expected rows.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use generator::contract::HEADER;
-use generator::record::user_profile;
+use crate::common::*;
+use contract::HEADER;
 use generator::replay::replay_max;
+use generator::synth::user_profile;
 
 const INPUT: &str = "\
 event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session

@@ -6,13 +6,11 @@
 //! Mounting needs root (as in CI here); elsewhere the test says it is
 //! skipped and passes.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use generator::{Generator, Settings};
 use streamer::checkpoint::Checkpoint;
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,6 @@
 //! Synthetic events: a stable population of users, a stable product catalog,
 //! and a seedable [`Generator`] that turns them into CSV files that follow the
-//! contract in [`crate::contract`].
+//! contract (the `contract` crate).
 //!
 //! Invariants:
 //! - a user is always the same person: name and email depend on the user id
@@ -20,7 +20,8 @@ use fake::Fake;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::contract::{format_price, MAX_TEXT_CHARS};
+use contract::write::{format_price, join_fields, truncate_chars, TimeWriter};
+use contract::MAX_TEXT_CHARS;
 
 /// The product categories of the catalog, with the nouns their products are
 /// named after and their price range in cents.
@@ -84,11 +85,8 @@ pub fn user_profile(user_id: u32) -> UserProfile {
 
 /// `s` cut to its first `max` characters.
 fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        if let Some((end, _)) = s.char_indices().nth(max) {
-            s.truncate(end);
-        }
-    }
+    let keep = truncate_chars(&s, max).len();
+    s.truncate(keep);
     s
 }
 
@@ -209,7 +207,13 @@ struct UserState {
     clock: i64,
 }
 
-/// A cheap hasher for `u32` keys (Fibonacci hashing): the user map is looked
+/// Fibonacci hashing: multiplying by 2^64 / φ spreads nearby ids over the
+/// high bits of the product.
+pub(crate) fn fibonacci(x: u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// A cheap hasher for `u32` keys ([`fibonacci`]): the user map is looked
 /// up for every row and needs no protection against hostile keys.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
@@ -220,11 +224,11 @@ impl std::hash::Hasher for IdHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = fibonacci(self.0.rotate_left(8) ^ u64::from(*b));
         }
     }
     fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = fibonacci(u64::from(n));
     }
 }
 
@@ -245,7 +249,7 @@ pub struct Generator {
     file_seq: u64,
     last_name_micros: i64,
     instance: String,
-    time_cache: (i64, [u8; 19]),
+    time: TimeWriter,
     scratch: Vec<u8>,
 }
 
@@ -269,7 +273,7 @@ impl Generator {
             file_seq: 0,
             last_name_micros: i64::MIN,
             instance: instance.to_owned(),
-            time_cache: (i64::MIN, [0; 19]),
+            time: TimeWriter::default(),
             scratch: Vec::with_capacity(256),
         }
     }
@@ -286,7 +290,7 @@ impl Generator {
             None => self.rng.random_range(self.settings.min_events..=self.settings.max_events),
         };
         let mut out = Vec::with_capacity(64 + rows * 160);
-        out.extend_from_slice(crate::contract::HEADER.as_bytes());
+        out.extend_from_slice(contract::HEADER.as_bytes());
         out.push(b'\n');
         let (mut duplicates, mut bad_rows) = (0, 0);
         for _ in 0..rows {
@@ -370,7 +374,7 @@ impl Generator {
         out.extend_from_slice(if row.purchase { b",purchase," } else { b",view," });
         out.extend_from_slice(&self.products[row.product_id as usize - 1]);
         out.push(b',');
-        self.push_time(out, row.time_micros);
+        self.time.push(out, row.time_micros);
         out.push(b'\n');
     }
 
@@ -399,38 +403,12 @@ impl Generator {
         out.push(b'\n');
         self.scratch = scratch;
     }
-
-    /// `2026-01-01T00:00:00.123456Z`; the part up to the second is cached.
-    fn push_time(&mut self, out: &mut Vec<u8>, micros: i64) {
-        let secs = micros.div_euclid(1_000_000);
-        let mut frac = micros.rem_euclid(1_000_000);
-        if self.time_cache.0 != secs {
-            let t = DateTime::<Utc>::from_timestamp(secs, 0).unwrap_or_default();
-            let text = t.format("%Y-%m-%dT%H:%M:%S").to_string();
-            let mut prefix = [b'0'; 19];
-            let n = text.len().min(19);
-            prefix[..n].copy_from_slice(&text.as_bytes()[..n]);
-            self.time_cache = (secs, prefix);
-        }
-        out.extend_from_slice(&self.time_cache.1);
-        let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
-        for d in digits[1..7].iter_mut().rev() {
-            *d = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        out.extend_from_slice(&digits);
-    }
 }
 
 /// Fields joined by commas, each quoted when CSV needs it.
 fn csv_fields(fields: &[&str]) -> Box<[u8]> {
-    let mut w =
-        csv::WriterBuilder::new().buffer_capacity(256).terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
-    // Writing into a Vec cannot fail.
-    let _ = w.write_record(fields);
-    let mut bytes = w.into_inner().unwrap_or_default();
-    bytes.pop();
-    bytes.into_boxed_slice()
+    let fields: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+    join_fields(&fields).into_boxed_slice()
 }
 
 #[cfg(test)]

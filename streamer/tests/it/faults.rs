@@ -3,11 +3,9 @@
 //! again and again while batches load. The stream resumes by itself, and the
 //! oracle holds. Each test owns a throwaway cluster (see `TempCluster`).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use generator::{Generator, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +77,7 @@ async fn the_stream_survives_server_stops_and_killed_sessions() -> TestResult {
         let rows = admin
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'events' AND application_name = $1 AND state = 'active'",
-                &[&streamer::sink::APPLICATION_NAME],
+                &[&streamer::pg::APPLICATION_NAME],
             )
             .await?;
         killed += rows.len();

@@ -1,12 +1,10 @@
 //! The operator commands through the real binary: `status` (text and JSON),
 //! `reprocess` and `reset`, against a fresh database.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::*;
+use crate::common::*;
 use generator::Settings;
 
 fn streamer(data: &Path, cp: &Path, url: &str, args: &[&str]) -> Output {

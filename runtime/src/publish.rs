@@ -35,21 +35,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Removes temporary files an interrupted generator left in `dir` (only its
-/// own kind: `.events_*.csv.tmp`). Returns how many it removed.
-pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
-    let mut removed = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".events_") && name.ends_with(".csv.tmp") && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,18 +46,6 @@ mod tests {
         assert_eq!(fs::read(&path)?, b"x\n");
         let names: Vec<_> = fs::read_dir(dir.path())?.filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.csv")]);
-        Ok(())
-    }
-
-    #[test]
-    fn stale_temporaries_are_removed_and_nothing_else() -> io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join(temp_name("events_1.csv")), b"partial")?;
-        fs::write(dir.path().join("events_2.csv"), b"whole")?;
-        fs::write(dir.path().join(".other.tmp"), b"not ours")?;
-        assert_eq!(remove_stale_temps(dir.path())?, 1);
-        assert!(dir.path().join("events_2.csv").exists());
-        assert!(dir.path().join(".other.tmp").exists());
         Ok(())
     }
 }

@@ -1,12 +1,10 @@
 //! The `streamer` binary as people run it: `--once`, SIGTERM, bad settings,
 //! and credentials kept out of its output.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use generator::Settings;
 
 fn streamer(dir: &std::path::Path) -> Command {

@@ -3,13 +3,11 @@
 //! oracle says, and the streamer's memory stays bounded by the chunk size,
 //! not by the file. (The 2 GB measurement is `scripts/bench-memory.sh`.)
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use generator::Settings;
 
 /// Rows of the test file (about 180 bytes each); BIG_FILE_ROWS overrides.

@@ -1,0 +1,30 @@
+//! `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or
+//! as one JSON object per line.
+
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr.
+pub fn init(format: LogFormat) {
+    init_to(format, std::io::stderr);
+}
+
+/// [`init`] into `writer` instead of stderr (e.g. through a progress bar).
+pub fn init_to<W>(format: LogFormat, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

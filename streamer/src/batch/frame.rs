@@ -1,0 +1,212 @@
+//! The batch frame: a Polars `DataFrame` of the contract's explicit schema
+//! ([`schema`]; no inference anywhere) plus each row's place in its batch
+//! (file index, physical line). Rows go into it through [`Columns`]; the
+//! sink reads them back through [`EventView`]. [`dedup`] keeps, for each
+//! `(user_id, event_time)`, the last row in (file order, line order).
+
+use contract::{Event, EventType, COLUMNS};
+use polars::prelude::*;
+
+/// Column names of a batch frame beyond the contract's: the file's index in
+/// its batch and the row's physical line.
+pub const FILE_COLUMN: &str = "file_index";
+pub const LINE_COLUMN: &str = "line";
+
+/// The explicit schema of a batch frame.
+pub fn schema() -> Schema {
+    let mut fields =
+        vec![Field::new(FILE_COLUMN.into(), DataType::UInt32), Field::new(LINE_COLUMN.into(), DataType::UInt64)];
+    for name in COLUMNS {
+        let dtype = match name {
+            "user_id" | "product_id" => DataType::Int32,
+            "product_price" => DataType::Int64,                               // cents
+            "event_time" => DataType::Datetime(TimeUnit::Microseconds, None), // UTC
+            _ => DataType::String,
+        };
+        fields.push(Field::new(name.into(), dtype));
+    }
+    Schema::from_iter(fields)
+}
+
+/// Column builders of one part's frame: text goes straight into Polars'
+/// buffers, one copy per field and no allocation per row.
+pub struct Columns {
+    file: Vec<u32>,
+    line: Vec<u64>,
+    user_id: Vec<i32>,
+    user_name: StringChunkedBuilder,
+    user_email: StringChunkedBuilder,
+    event_type: Vec<&'static str>,
+    product_id: Vec<i32>,
+    product_name: StringChunkedBuilder,
+    product_category: StringChunkedBuilder,
+    price: Vec<i64>,
+    time: Vec<i64>,
+}
+
+impl std::fmt::Debug for Columns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Columns").field("rows", &self.file.len()).finish_non_exhaustive()
+    }
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Columns {
+    pub fn new() -> Self {
+        let text = |name: &str| StringChunkedBuilder::new(name.into(), 0);
+        Columns {
+            file: Vec::new(),
+            line: Vec::new(),
+            user_id: Vec::new(),
+            user_name: text("user_name"),
+            user_email: text("user_email"),
+            event_type: Vec::new(),
+            product_id: Vec::new(),
+            product_name: text("product_name"),
+            product_category: text("product_category"),
+            price: Vec::new(),
+            time: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, file: u32, line: u64, row: &Event<'_>) {
+        self.file.push(file);
+        self.line.push(line);
+        self.user_id.push(row.user_id);
+        self.user_name.append_value(row.user_name);
+        self.user_email.append_value(row.user_email);
+        self.event_type.push(row.event_type.as_str());
+        self.product_id.push(row.product_id);
+        self.product_name.append_value(row.product_name);
+        self.product_category.append_value(row.product_category);
+        self.price.push(row.price_cents);
+        self.time.push(row.event_time_micros);
+    }
+
+    pub fn finish(self) -> DataFrame {
+        let height = self.file.len();
+        let columns = vec![
+            Column::new(FILE_COLUMN.into(), self.file),
+            Column::new(LINE_COLUMN.into(), self.line),
+            Column::new("user_id".into(), self.user_id),
+            self.user_name.finish().into_column(),
+            self.user_email.finish().into_column(),
+            Column::new("event_type".into(), self.event_type),
+            Column::new("product_id".into(), self.product_id),
+            self.product_name.finish().into_column(),
+            self.product_category.finish().into_column(),
+            Column::new("product_price".into(), self.price),
+            Int64Chunked::from_vec("event_time".into(), self.time)
+                .into_datetime(TimeUnit::Microseconds, None)
+                .into_column(),
+        ];
+        DataFrame::new(height, columns).expect("the columns are built with equal lengths")
+    }
+}
+
+/// An empty frame of the batch schema.
+pub fn empty_frame() -> DataFrame {
+    Columns::new().finish()
+}
+
+/// The rows of a batch after deduplication, and how many rows of each file
+/// lost to a later row with the same key.
+#[derive(Debug)]
+pub struct Deduped {
+    pub frame: DataFrame,
+    pub duplicates: Vec<u64>,
+}
+
+/// Concatenates the files' frames in file order and keeps, for each
+/// `(user_id, event_time)`, the last row in (file order, line order).
+pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
+    let mut all = empty_frame();
+    for frame in &frames {
+        all.vstack_mut(frame)?;
+    }
+    let before = rows_per_file(&all, files)?;
+    let subset = ["user_id".to_owned(), "event_time".to_owned()];
+    let mut frame = all.unique_stable(Some(&subset), UniqueKeepStrategy::Last, None)?;
+    frame.rechunk_mut();
+    let after = rows_per_file(&frame, files)?;
+    let duplicates = before.iter().zip(&after).map(|(b, a)| b - a).collect();
+    Ok(Deduped { frame, duplicates })
+}
+
+fn rows_per_file(frame: &DataFrame, files: usize) -> PolarsResult<Vec<u64>> {
+    let mut counts = vec![0u64; files];
+    for i in frame.column(FILE_COLUMN)?.u32()?.into_no_null_iter() {
+        if let Some(c) = counts.get_mut(i as usize) {
+            *c += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Typed access to the rows of a batch frame, for the sink.
+#[derive(Debug)]
+pub struct EventView<'a> {
+    file: &'a UInt32Chunked,
+    user_id: &'a Int32Chunked,
+    user_name: &'a StringChunked,
+    user_email: &'a StringChunked,
+    event_type: &'a StringChunked,
+    product_id: &'a Int32Chunked,
+    product_name: &'a StringChunked,
+    product_category: &'a StringChunked,
+    price: &'a Int64Chunked,
+    time: &'a Int64Chunked,
+}
+
+impl<'a> EventView<'a> {
+    pub fn new(frame: &'a DataFrame) -> PolarsResult<Self> {
+        Ok(EventView {
+            file: frame.column(FILE_COLUMN)?.u32()?,
+            user_id: frame.column("user_id")?.i32()?,
+            user_name: frame.column("user_name")?.str()?,
+            user_email: frame.column("user_email")?.str()?,
+            event_type: frame.column("event_type")?.str()?,
+            product_id: frame.column("product_id")?.i32()?,
+            product_name: frame.column("product_name")?.str()?,
+            product_category: frame.column("product_category")?.str()?,
+            price: frame.column("product_price")?.i64()?,
+            time: frame.column("event_time")?.datetime()?.physical(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.file.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
+    }
+
+    /// Row `i` and the index of its file in the batch; `None` past the end
+    /// (the frame has no nulls).
+    pub fn row(&self, i: usize) -> Option<(u32, Event<'a>)> {
+        let event_type = match self.event_type.get(i)? {
+            "purchase" => EventType::Purchase,
+            _ => EventType::View,
+        };
+        Some((
+            self.file.get(i)?,
+            Event {
+                user_id: self.user_id.get(i)?,
+                user_name: self.user_name.get(i)?,
+                user_email: self.user_email.get(i)?,
+                event_type,
+                product_id: self.product_id.get(i)?,
+                product_name: self.product_name.get(i)?,
+                product_category: self.product_category.get(i)?,
+                price_cents: self.price.get(i)?,
+                event_time_micros: self.time.get(i)?,
+            },
+        ))
+    }
+}
