@@ -1,5 +1,5 @@
--- 001: the events table of the event contract (DESIGN.md).
--- Applied by the streamer at every start; safe to apply any number of times.
+-- 001: the events table of the event contract (docs/architecture.md).
+-- Applied once by the streamer (recorded in schema_migrations); written to be safe to apply again.
 --
 -- Text columns are never NULL: an empty CSV field is an empty string.
 -- event_time is a UTC instant with microseconds (timestamptz).

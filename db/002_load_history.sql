@@ -1,5 +1,5 @@
 -- 002: what the streamer loaded, file by file, and the rows it rejected.
--- Applied by the streamer at every start; safe to apply any number of times.
+-- Applied once by the streamer (recorded in schema_migrations); written to be safe to apply again.
 
 -- One row per file per load (like Snowflake's COPY_HISTORY). A file loaded
 -- again (rewritten under the same name, so with a new size or modification

@@ -1,6 +1,7 @@
--- 003: windowed metrics and the counters datamart, kept by the streamer in
--- each batch's own transaction (so they are never ahead of or behind
--- `events`). Applied at every start; safe to apply any number of times.
+-- 003: windowed metrics and the counters datamart. Since 005 the analytics
+-- applier folds each committed batch into them, off the commit path (see
+-- docs/architecture.md); 005 also widened revenue to NUMERIC.
+-- Applied once (schema_migrations); written to be safe to apply again.
 --
 -- Each table always equals its GROUP BY definition over `events` (the
 -- comments give it); docs/queries.md shows how to check.
@@ -22,9 +23,9 @@ CREATE TABLE IF NOT EXISTS analytics_settings (
 --          count(DISTINCT user_id)                                             AS users,
 --          coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0) AS revenue
 --   FROM events GROUP BY 1, 2
--- A batch applies exact deltas for the rows it changed: new values added,
--- an updated row's old values taken away; distinct users by probing
--- `events` for each user it touched (see streamer/src/sink.rs).
+-- The applier adds each batch's contribution and takes away the rows it
+-- replaced; distinct users by probing `events` for each user it touched
+-- (see streamer/src/applier.rs).
 CREATE TABLE IF NOT EXISTS event_metrics_minute (
     window_start     TIMESTAMPTZ   NOT NULL,
     product_category TEXT          NOT NULL,
@@ -40,8 +41,8 @@ CREATE TABLE IF NOT EXISTS event_metrics_minute (
 --          count(*) FILTER (WHERE event_type = 'view') AS views,
 --          count(*) FILTER (WHERE event_type = 'purchase') AS purchases
 --   FROM events GROUP BY 1, 2
--- (and the same by product_id). A batch adds what it inserted and, for rows
--- it changed, takes the old values away; pairs left at zero are deleted.
+-- (and the same by product_id). The applier adds what each batch wrote and
+-- takes the replaced rows away; pairs left at zero are deleted.
 CREATE TABLE IF NOT EXISTS user_category_counts (
     user_id          INTEGER NOT NULL,
     product_category TEXT    NOT NULL,

@@ -3,7 +3,7 @@
 -- over all time, so each answer is one SELECT away in psql:
 --   SELECT * FROM conversion_funnel;
 --   SELECT * FROM report_conversion_funnel(now() - interval '1 hour', NULL);
--- Applied at every start; safe to apply any number of times.
+-- Applied once (schema_migrations); written to be safe to apply again.
 -- docs/queries.md documents each one with example output.
 
 -- Views, purchases and conversion per category. Windowed: a window counts

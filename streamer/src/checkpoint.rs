@@ -1,26 +1,28 @@
-//! The checkpoint log in `checkpoints/`: which files the stream has processed,
-//! exactly once.
+//! The checkpoint in `checkpoints/`: what this streamer did. The truth about
+//! the files of the data folder lives in the database's file registry; the
+//! checkpoint holds the streamer's identity and its batch log.
 //!
 //! Layout (every file JSON with a `version`, published atomically: temporary
 //! name, fsync, rename, fsync of the folder):
-//! - `metadata`: the checkpoint's id (a UUID the database's load history is
-//!   keyed by, so a reset checkpoint never mistakes old batches for its own);
-//! - `offsets/N`: the exact files of batch N, written *before* N touches the
-//!   database;
-//! - `commits/N`: written after batch N committed, with what is to happen to
-//!   each file (archive, delete, quarantine);
-//! - `compact/N`: the processed files still present in the data folder after
-//!   batch N. Every [`COMPACT_EVERY`] batches it replaces the log up to N, so
-//!   start-up reads one snapshot plus a short tail, whatever the history.
+//! - `metadata`: the checkpoint's id (a UUID the database's batches and load
+//!   history are keyed by);
+//! - `lock`: held (`flock`) by the one process using the folder; it holds
+//!   that process's id for the message another one gets;
+//! - `offsets/N`: the exact files of batch N (registry ids and identities),
+//!   written *before* batch N touches the data;
+//! - `commits/N`: written after batch N committed, with each file's outcome;
+//! - `progress/`: the progress log (see [`crate::observe::progress`]).
 //!
-//! Invariants: batch ids only grow; at most the newest `offsets/N` lacks its
-//! `commits/N` (the pending batch, re-run or confirmed at start); a file is
-//! processed when its identity — name, size, modification time — is in the
-//! processed set.
+//! Invariants: batch ids only grow; the batches with an `offsets/N` and no
+//! `commits/N` (at most one per loader) are re-run or confirmed at start;
+//! the log keeps the newest [`KEEP`] entries, so start-up does not grow with
+//! the number of batches ever run. A version-1 checkpoint (the release before
+//! the registry) is read once: its processed files seed the registry, then
+//! its log moves to `legacy-v1/`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io;
+use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -29,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The format every checkpoint file carries in its `version` field.
-pub const FORMAT_VERSION: u32 = 1;
-/// Batches between two compactions.
-pub const COMPACT_EVERY: u64 = 100;
+pub const FORMAT_VERSION: u32 = 2;
+/// Log entries kept (of each kind): older ones are removed.
+pub const KEEP: usize = 100;
 
 /// A failure to read or write the checkpoint; each names the path.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +42,14 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: io::Error },
     #[error("checkpoint {path} is not readable: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("checkpoint {path} has format version {found}; this streamer reads version {FORMAT_VERSION}")]
+    #[error("checkpoint {path} has format version {found}; this streamer reads versions 1 and {FORMAT_VERSION}")]
     Version { path: PathBuf, found: u32 },
-    #[error("checkpoint {dir}: batch {pending} is planned but batch {committed} is already committed")]
-    Inconsistent { dir: PathBuf, pending: u64, committed: u64 },
+    #[error(
+        "the checkpoint folder {dir} is in use by another streamer{}: one process per checkpoint folder \
+         (give each streamer its own CHECKPOINT_DIR; several streamers may share the data folder)",
+        .holder.as_ref().map(|h| format!(" (process {h})")).unwrap_or_default()
+    )]
+    Locked { dir: PathBuf, holder: Option<String> },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
@@ -51,12 +57,20 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
 }
 
 /// A file's identity: a file rewritten under the same name is a new file.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FileId {
     pub name: String,
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
+}
+
+/// A file of a planned batch: its registry id and identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedFile {
+    pub file_id: i32,
+    #[serde(flatten)]
+    pub id: FileId,
 }
 
 /// `offsets/N`: the plan of batch N.
@@ -65,38 +79,62 @@ pub struct Offsets {
     pub version: u32,
     pub batch_id: u64,
     pub planned_at: DateTime<Utc>,
-    pub files: Vec<FileId>,
+    pub files: Vec<PlannedFile>,
 }
 
-/// What happens to a source file after its batch committed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", tag = "action")]
-pub enum Disposition {
-    Keep,
-    Archive,
-    Delete,
-    Quarantine {
-        reason: String,
-    },
-    /// The file was gone when the batch read it.
+/// How a file of a committed batch ended, as its text in the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileStatus {
+    Loaded,
+    Quarantined,
     Missing,
+    Changed,
 }
 
-/// One file of a committed batch and what is to happen to it.
+impl FileStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Loaded => "loaded",
+            FileStatus::Quarantined => "quarantined",
+            FileStatus::Missing => "missing",
+            FileStatus::Changed => "changed",
+        }
+    }
+}
+
+impl std::str::FromStr for FileStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FileStatus, String> {
+        match s {
+            "loaded" => Ok(FileStatus::Loaded),
+            "quarantined" => Ok(FileStatus::Quarantined),
+            "missing" => Ok(FileStatus::Missing),
+            "changed" => Ok(FileStatus::Changed),
+            other => Err(format!("{other:?} is not a file status")),
+        }
+    }
+}
+
+/// One file of a committed batch and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedFile {
     #[serde(flatten)]
     pub file: FileId,
-    #[serde(flatten)]
-    pub disposition: Disposition,
+    pub status: FileStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// `commits/N`: batch N is in the database.
+/// `commits/N`: batch N is in the database (or, `abandoned`, was never
+/// committed and its files were taken by another streamer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Commit {
     pub version: u32,
     pub batch_id: u64,
     pub committed_at: DateTime<Utc>,
+    #[serde(default)]
+    pub abandoned: bool,
     pub files: Vec<CommittedFile>,
 }
 
@@ -107,90 +145,74 @@ struct Metadata {
     created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Compact {
-    version: u32,
-    batch_id: u64,
-    files: Vec<FileId>,
+/// What a version-1 checkpoint knew: the files it had processed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Legacy {
+    pub processed: Vec<FileId>,
+    /// Its last committed batch.
+    pub last_committed: Option<u64>,
 }
 
-/// The checkpoint, loaded.
+/// The checkpoint, opened and locked.
 #[derive(Debug)]
 pub struct Checkpoint {
     dir: PathBuf,
     id: Uuid,
-    /// name → (size, mtime_ns) of every processed file still tracked.
-    processed: HashMap<String, (u64, i64)>,
+    /// Holds the folder's `flock` while open.
+    _lock: fs::File,
+    pending: BTreeMap<u64, Offsets>,
     last_committed: Option<u64>,
-    pending: Option<Offsets>,
-    last_commit: Option<Commit>,
-    compacted_at: Option<u64>,
+    next_batch: u64,
+    legacy: Option<Legacy>,
 }
 
 impl Checkpoint {
-    /// Opens (or creates) the checkpoint in `dir`: removes leftover
-    /// temporaries, reads the newest snapshot and the log after it.
+    /// Opens (or creates) the checkpoint in `dir` and locks it: removes
+    /// leftover temporaries and reads the log.
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
-        for sub in ["offsets", "commits", "compact"] {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = lock(dir)?;
+        for sub in ["offsets", "commits"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
             remove_temporaries(&path)?;
         }
         remove_temporaries(dir)?;
         let meta_path = dir.join("metadata");
-        let id = match read_versioned::<Metadata>(&meta_path)? {
-            Some(meta) => meta.id,
+        let (id, legacy) = match read_json::<Metadata>(&meta_path)? {
+            Some(meta) if meta.version == FORMAT_VERSION => (meta.id, None),
+            Some(meta) if meta.version == 1 => (meta.id, Some(read_legacy(dir)?)),
+            Some(meta) => return Err(CheckpointError::Version { path: meta_path, found: meta.version }),
             None => {
                 let meta = Metadata { version: FORMAT_VERSION, id: Uuid::new_v4(), created_at: Utc::now() };
                 write_json(dir, "metadata", &meta)?;
-                meta.id
+                (meta.id, None)
             }
         };
-
         let mut cp = Checkpoint {
             dir: dir.to_owned(),
             id,
-            processed: HashMap::new(),
+            _lock: lock,
+            pending: BTreeMap::new(),
             last_committed: None,
-            pending: None,
-            last_commit: None,
-            compacted_at: None,
+            next_batch: 0,
+            legacy,
         };
-        if let Some(&n) = list_ids(&dir.join("compact"))?.last() {
-            let path = dir.join("compact").join(n.to_string());
-            let snapshot: Compact = read_entry(&path)?;
-            cp.processed = snapshot.files.into_iter().map(|f| (f.name, (f.size, f.mtime_ns))).collect();
-            cp.last_committed = Some(n);
-            cp.compacted_at = Some(n);
+        if let Some(legacy) = &cp.legacy {
+            cp.next_batch = legacy.last_committed.map_or(0, |n| n + 1);
+            cp.last_committed = legacy.last_committed;
+            return Ok(cp);
         }
-        let after = |n: &u64| cp.compacted_at.is_none_or(|c| *n > c);
-        let offsets: Vec<u64> = list_ids(&dir.join("offsets"))?.into_iter().filter(after).collect();
-        let commits: HashSet<u64> = list_ids(&dir.join("commits"))?.into_iter().filter(after).collect();
-        for n in offsets {
-            let path = dir.join("offsets").join(n.to_string());
-            let plan: Offsets = read_entry(&path)?;
-            if commits.contains(&n) {
-                let cpath = dir.join("commits").join(n.to_string());
-                let commit: Commit = read_entry(&cpath)?;
-                if let Some(pending) = cp.pending.take() {
-                    return Err(CheckpointError::Inconsistent {
-                        dir: dir.to_owned(),
-                        pending: pending.batch_id,
-                        committed: n,
-                    });
-                }
-                cp.apply(&commit);
-                cp.last_commit = Some(commit);
-            } else if let Some(pending) = &cp.pending {
-                return Err(CheckpointError::Inconsistent {
-                    dir: dir.to_owned(),
-                    pending: pending.batch_id,
-                    committed: n,
-                });
-            } else {
-                cp.pending = Some(plan);
+        let offsets = list_ids(&dir.join("offsets"))?;
+        let commits: BTreeSet<u64> = list_ids(&dir.join("commits"))?.into_iter().collect();
+        for &n in &offsets {
+            if !commits.contains(&n) {
+                let path = dir.join("offsets").join(n.to_string());
+                cp.pending.insert(n, read_entry(&path)?);
             }
         }
+        cp.last_committed = commits.iter().next_back().copied();
+        cp.next_batch = offsets.iter().chain(&commits).max().map_or(0, |n| n + 1);
         Ok(cp)
     }
 
@@ -203,158 +225,200 @@ impl Checkpoint {
         &self.dir
     }
 
-    /// The planned batch that has no commit marker, if any.
-    pub fn pending(&self) -> Option<&Offsets> {
-        self.pending.as_ref()
-    }
-
-    /// The newest committed batch, if it is still in the log.
-    pub fn last_commit(&self) -> Option<&Commit> {
-        self.last_commit.as_ref()
+    /// The planned batches that have no commit marker, oldest first.
+    pub fn pending(&self) -> impl Iterator<Item = &Offsets> {
+        self.pending.values()
     }
 
     pub fn last_committed(&self) -> Option<u64> {
         self.last_committed
     }
 
-    /// How many processed files the checkpoint tracks.
-    pub fn tracked_files(&self) -> usize {
-        self.processed.len()
-    }
-
     /// The id the next planned batch gets.
     pub fn next_batch_id(&self) -> u64 {
-        match (&self.pending, self.last_committed) {
-            (Some(p), _) => p.batch_id + 1,
-            (None, Some(n)) => n + 1,
-            (None, None) => 0,
-        }
+        self.next_batch
     }
 
-    /// True when this exact file (name, size, mtime) was processed.
-    pub fn is_processed(&self, file: &FileId) -> bool {
-        self.processed.get(&file.name) == Some(&(file.size, file.mtime_ns))
+    /// What a version-1 checkpoint knew, until [`Checkpoint::finish_upgrade`].
+    pub fn legacy(&self) -> Option<&Legacy> {
+        self.legacy.as_ref()
     }
 
-    /// True when a file of this name was processed before (maybe with other contents).
-    pub fn knows_name(&self, name: &str) -> bool {
-        self.processed.contains_key(name)
+    /// Batch ids continue after `batch_id` (the database has batches of this
+    /// checkpoint its log no longer holds: a checkpoint restored from a copy).
+    pub fn continue_after(&mut self, batch_id: u64) {
+        self.next_batch = self.next_batch.max(batch_id + 1);
     }
 
-    /// Writes `offsets/N` for the next batch. Nothing of the batch may touch
-    /// the database before this returns.
-    pub fn plan(&mut self, files: Vec<FileId>) -> Result<Offsets, CheckpointError> {
-        if let Some(p) = &self.pending {
-            return Err(CheckpointError::Inconsistent {
-                dir: self.dir.clone(),
-                pending: p.batch_id,
-                committed: p.batch_id,
-            });
-        }
-        let plan = Offsets { version: FORMAT_VERSION, batch_id: self.next_batch_id(), planned_at: Utc::now(), files };
+    /// Writes `offsets/N` for a new batch. Nothing of the batch may touch
+    /// the data before this returns.
+    pub fn plan(&mut self, files: Vec<PlannedFile>) -> Result<Offsets, CheckpointError> {
+        let plan = Offsets { version: FORMAT_VERSION, batch_id: self.next_batch, planned_at: Utc::now(), files };
         write_json(&self.dir.join("offsets"), &plan.batch_id.to_string(), &plan)?;
-        self.pending = Some(plan.clone());
+        self.next_batch += 1;
+        self.pending.insert(plan.batch_id, plan.clone());
         Ok(plan)
     }
 
-    /// Writes `commits/N` for the pending batch and marks its files processed.
-    pub fn commit(&mut self, commit: Commit) -> Result<(), CheckpointError> {
-        write_json(&self.dir.join("commits"), &commit.batch_id.to_string(), &commit)?;
-        if self.pending.as_ref().is_some_and(|p| p.batch_id == commit.batch_id) {
-            self.pending = None;
-        }
-        self.apply(&commit);
-        self.last_commit = Some(commit);
+    /// Rewrites the plan of pending batch N with fewer files (nothing of it
+    /// committed; it runs again without the others).
+    pub fn replan(&mut self, batch_id: u64, files: Vec<PlannedFile>) -> Result<Offsets, CheckpointError> {
+        let plan = Offsets { version: FORMAT_VERSION, batch_id, planned_at: Utc::now(), files };
+        write_json(&self.dir.join("offsets"), &batch_id.to_string(), &plan)?;
+        self.pending.insert(batch_id, plan.clone());
+        Ok(plan)
+    }
+
+    /// Writes `commits/N` for a pending batch.
+    pub fn commit(&mut self, commit: &Commit) -> Result<(), CheckpointError> {
+        write_json(&self.dir.join("commits"), &commit.batch_id.to_string(), commit)?;
+        self.pending.remove(&commit.batch_id);
+        self.last_committed = self.last_committed.max(Some(commit.batch_id));
         Ok(())
     }
 
-    fn apply(&mut self, commit: &Commit) {
-        for f in &commit.files {
-            self.processed.insert(f.file.name.clone(), (f.file.size, f.file.mtime_ns));
-        }
-        self.last_committed = Some(commit.batch_id);
-    }
-
-    /// True when enough batches have passed since the last compaction.
-    pub fn wants_compaction(&self) -> bool {
-        match (self.last_committed, self.pending.is_some()) {
-            (Some(n), false) => n + 1 >= self.compacted_at.map_or(0, |c| c + 1) + COMPACT_EVERY,
-            _ => false,
-        }
-    }
-
-    /// Writes `compact/N` (N the last committed batch) holding the processed
-    /// files that `present` still holds, then removes the log up to N.
-    /// Files no longer in the data folder are forgotten.
-    pub fn compact(&mut self, present: &HashSet<String>) -> Result<(), CheckpointError> {
-        let Some(n) = self.last_committed else { return Ok(()) };
-        if self.pending.is_some() {
-            return Ok(());
-        }
-        let mut files: Vec<FileId> = self
-            .processed
-            .iter()
-            .filter(|(name, _)| present.contains(*name))
-            .map(|(name, (size, mtime_ns))| FileId { name: name.clone(), size: *size, mtime_ns: *mtime_ns })
-            .collect();
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        write_json(
-            &self.dir.join("compact"),
-            &n.to_string(),
-            &Compact { version: FORMAT_VERSION, batch_id: n, files },
-        )?;
-        // Only once the snapshot is safe does memory forget the absent files.
-        self.processed.retain(|name, _| present.contains(name));
-        for sub in ["offsets", "commits", "compact"] {
+    /// Removes all but the newest [`KEEP`] log entries of each kind (a
+    /// pending batch's plan always stays).
+    pub fn compact(&mut self) -> Result<(), CheckpointError> {
+        for sub in ["offsets", "commits"] {
             let path = self.dir.join(sub);
-            for old in list_ids(&path)? {
-                let keep = if sub == "compact" { old >= n } else { old > n };
-                if !keep {
-                    let p = path.join(old.to_string());
-                    fs::remove_file(&p).map_err(io_err(&p))?;
+            let ids = list_ids(&path)?;
+            for old in ids.iter().take(ids.len().saturating_sub(KEEP)) {
+                if sub == "offsets" && self.pending.contains_key(old) {
+                    continue;
                 }
+                let p = path.join(old.to_string());
+                fs::remove_file(&p).map_err(io_err(&p))?;
             }
         }
-        self.compacted_at = Some(n);
+        Ok(())
+    }
+
+    /// Ends the upgrade of a version-1 checkpoint: its log moves to
+    /// `legacy-v1/` and the metadata says version 2.
+    pub fn finish_upgrade(&mut self) -> Result<(), CheckpointError> {
+        if self.legacy.is_none() {
+            return Ok(());
+        }
+        let legacy = self.dir.join("legacy-v1");
+        fs::create_dir_all(&legacy).map_err(io_err(&legacy))?;
+        for sub in ["offsets", "commits", "compact"] {
+            let from = self.dir.join(sub);
+            if from.exists() {
+                let to = legacy.join(sub);
+                fs::rename(&from, &to).map_err(io_err(&from))?;
+            }
+        }
+        for sub in ["offsets", "commits"] {
+            let path = self.dir.join(sub);
+            fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        let meta = Metadata { version: FORMAT_VERSION, id: self.id, created_at: Utc::now() };
+        write_json(&self.dir, "metadata", &meta)?;
+        self.legacy = None;
         Ok(())
     }
 }
 
-/// Every checkpoint file carries its format version.
-trait Versioned: for<'de> Deserialize<'de> {
-    fn version(&self) -> u32;
-}
-
-macro_rules! versioned {
-    ($($t:ty),*) => {$(impl Versioned for $t { fn version(&self) -> u32 { self.version } })*};
-}
-versioned!(Metadata, Compact, Offsets, Commit);
-
-/// Reads a checkpoint file if it exists, refusing another format version.
-fn read_versioned<T: Versioned>(path: &Path) -> Result<Option<T>, CheckpointError> {
-    let Some(value) = read_json::<T>(path)? else { return Ok(None) };
-    match value.version() {
-        FORMAT_VERSION => Ok(Some(value)),
-        found => Err(CheckpointError::Version { path: path.to_owned(), found }),
+/// Takes the folder's lock, or says who holds it.
+/// The lock is held on a read-only descriptor, so that the checkpoint's
+/// filesystem can still be remounted read-only under a running streamer
+/// (which then waits with its batches until it is writable again).
+fn lock(dir: &Path) -> Result<fs::File, CheckpointError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = dir.join("lock");
+    if !path.exists() {
+        fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).map_err(io_err(&path))?;
     }
+    let mut held = fs::File::open(&path).map_err(io_err(&path))?;
+    if flock(&held, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = held.read_to_string(&mut holder);
+        let holder = holder.trim().to_owned();
+        return Err(CheckpointError::Locked { dir: dir.to_owned(), holder: (!holder.is_empty()).then_some(holder) });
+    }
+    let me = format!("{} on {}\n", std::process::id(), hostname());
+    let mut file = fs::OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
+    let write = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(me.as_bytes()));
+    write.map_err(io_err(&path))?;
+    Ok(held)
 }
 
-/// Reads a log entry that a listing has just shown.
-fn read_entry<T: Versioned>(path: &Path) -> Result<T, CheckpointError> {
-    read_versioned(path)?
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "this host".into())
+}
+
+/// The processed files of a version-1 checkpoint: its newest snapshot plus
+/// the commits after it (what that release's `Checkpoint::open` computed).
+fn read_legacy(dir: &Path) -> Result<Legacy, CheckpointError> {
+    #[derive(Deserialize)]
+    struct V1File {
+        name: String,
+        size: u64,
+        mtime_ns: i64,
+    }
+    #[derive(Deserialize)]
+    struct V1Compact {
+        files: Vec<V1File>,
+    }
+    #[derive(Deserialize)]
+    struct V1Commit {
+        files: Vec<V1File>,
+    }
+    let mut processed: HashMap<String, (u64, i64)> = HashMap::new();
+    let mut last = None;
+    let compact_dir = dir.join("compact");
+    let mut after = None;
+    if compact_dir.is_dir() {
+        if let Some(&n) = list_ids(&compact_dir)?.last() {
+            let snapshot: V1Compact =
+                read_json(&compact_dir.join(n.to_string()))?.unwrap_or(V1Compact { files: vec![] });
+            processed.extend(snapshot.files.into_iter().map(|f| (f.name, (f.size, f.mtime_ns))));
+            last = Some(n);
+            after = Some(n);
+        }
+    }
+    for n in list_ids(&dir.join("commits"))? {
+        if after.is_some_and(|a| n <= a) {
+            continue;
+        }
+        if let Some(commit) = read_json::<V1Commit>(&dir.join("commits").join(n.to_string()))? {
+            processed.extend(commit.files.into_iter().map(|f| (f.name, (f.size, f.mtime_ns))));
+            last = last.max(Some(n));
+        }
+    }
+    let mut files: Vec<FileId> =
+        processed.into_iter().map(|(name, (size, mtime_ns))| FileId { name, size, mtime_ns }).collect();
+    files.sort();
+    Ok(Legacy { processed: files, last_committed: last })
+}
+
+/// Reads a log entry a listing has just shown, refusing another version.
+fn read_entry<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, CheckpointError> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let version = read_json::<Version>(path)?
+        .ok_or_else(|| CheckpointError::Corrupt { path: path.to_owned(), reason: "vanished while reading".into() })?;
+    if version.version != FORMAT_VERSION {
+        return Err(CheckpointError::Version { path: path.to_owned(), found: version.version });
+    }
+    read_json(path)?
         .ok_or_else(|| CheckpointError::Corrupt { path: path.to_owned(), reason: "vanished while reading".into() })
 }
 
 /// Numeric file names in `dir`, ascending; other names are ignored.
 fn list_ids(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
-    let mut ids = BTreeMap::new();
+    let mut ids = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         if let Some(n) = entry.file_name().to_str().and_then(|s| s.parse::<u64>().ok()) {
-            ids.insert(n, ());
+            ids.push(n);
         }
     }
-    Ok(ids.into_keys().collect())
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 fn remove_temporaries(dir: &Path) -> Result<(), CheckpointError> {
@@ -392,8 +456,8 @@ fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), Che
 mod tests {
     use super::*;
 
-    fn file(name: &str, size: u64) -> FileId {
-        FileId { name: name.to_owned(), size, mtime_ns: 1 }
+    fn file(name: &str, size: u64) -> PlannedFile {
+        PlannedFile { file_id: size as i32, id: FileId { name: name.to_owned(), size, mtime_ns: 1 } }
     }
 
     fn commit_of(plan: &Offsets) -> Commit {
@@ -401,76 +465,110 @@ mod tests {
             version: FORMAT_VERSION,
             batch_id: plan.batch_id,
             committed_at: Utc::now(),
+            abandoned: false,
             files: plan
                 .files
                 .iter()
-                .map(|f| CommittedFile { file: f.clone(), disposition: Disposition::Keep })
+                .map(|f| CommittedFile { file: f.id.clone(), status: FileStatus::Loaded, reason: None })
                 .collect(),
         }
     }
 
     #[test]
-    fn a_planned_batch_without_commit_is_pending_after_reopen() -> Result<(), CheckpointError> {
+    fn planned_batches_without_commit_are_pending_after_reopen() -> Result<(), CheckpointError> {
         let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
-        let mut cp = Checkpoint::open(dir.path())?;
-        let id = cp.id();
-        let p0 = cp.plan(vec![file("a.csv", 1)])?;
-        cp.commit(commit_of(&p0))?;
-        let p1 = cp.plan(vec![file("b.csv", 2), file("c.csv", 3)])?;
-
+        let (id, p1, p2) = {
+            let mut cp = Checkpoint::open(dir.path())?;
+            let p0 = cp.plan(vec![file("a.csv", 1)])?;
+            let p1 = cp.plan(vec![file("b.csv", 2)])?;
+            let p2 = cp.plan(vec![file("c.csv", 3)])?;
+            cp.commit(&commit_of(&p0))?;
+            (cp.id(), p1, p2)
+        };
         let cp = Checkpoint::open(dir.path())?;
         assert_eq!(cp.id(), id);
-        assert_eq!(cp.pending(), Some(&p1));
+        assert_eq!(cp.pending().cloned().collect::<Vec<_>>(), vec![p1, p2]);
         assert_eq!(cp.last_committed(), Some(0));
-        assert_eq!(cp.next_batch_id(), 2);
-        assert!(cp.is_processed(&file("a.csv", 1)));
-        assert!(!cp.is_processed(&file("b.csv", 2)));
+        assert_eq!(cp.next_batch_id(), 3);
         Ok(())
     }
 
     #[test]
-    fn a_rewritten_file_is_not_processed_but_its_name_is_known() -> Result<(), CheckpointError> {
+    fn a_second_process_is_refused_with_the_holder_named() -> Result<(), CheckpointError> {
         let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
-        let mut cp = Checkpoint::open(dir.path())?;
-        let p = cp.plan(vec![file("a.csv", 1)])?;
-        cp.commit(commit_of(&p))?;
-        assert!(!cp.is_processed(&file("a.csv", 99)));
-        assert!(cp.knows_name("a.csv"));
-        Ok(())
-    }
-
-    #[test]
-    fn compaction_keeps_state_and_drops_old_log_and_absent_files() -> Result<(), CheckpointError> {
-        let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
-        let mut cp = Checkpoint::open(dir.path())?;
-        for i in 0..(COMPACT_EVERY + 5) {
-            let p = cp.plan(vec![file(&format!("f{i}.csv"), i)])?;
-            cp.commit(commit_of(&p))?;
-            if cp.wants_compaction() {
-                let present: HashSet<String> = (1..=i).map(|k| format!("f{k}.csv")).collect();
-                cp.compact(&present)?;
+        let _held = Checkpoint::open(dir.path())?;
+        match Checkpoint::open(dir.path()) {
+            Err(CheckpointError::Locked { holder: Some(h), .. }) => {
+                assert!(h.starts_with(&std::process::id().to_string()), "{h}")
             }
+            other => panic!("{other:?}"),
         }
+        Ok(())
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_entries_and_every_pending_plan() -> Result<(), CheckpointError> {
+        let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
+        let mut cp = Checkpoint::open(dir.path())?;
+        let pending = cp.plan(vec![file("p.csv", 1)])?;
+        for i in 0..(KEEP as u64 + 20) {
+            let p = cp.plan(vec![file(&format!("f{i}.csv"), i)])?;
+            cp.commit(&commit_of(&p))?;
+        }
+        cp.compact()?;
         let offsets = list_ids(&dir.path().join("offsets"))?;
-        assert_eq!(offsets, (COMPACT_EVERY..COMPACT_EVERY + 5).collect::<Vec<_>>());
+        assert_eq!(offsets.len(), KEEP + 1, "the newest and the pending one");
+        assert!(offsets.contains(&pending.batch_id));
+        assert_eq!(list_ids(&dir.path().join("commits"))?.len(), KEEP);
+        drop(cp);
         let cp = Checkpoint::open(dir.path())?;
-        assert_eq!(cp.next_batch_id(), COMPACT_EVERY + 5);
-        assert!(!cp.knows_name("f0.csv"), "absent at compaction, forgotten");
-        assert!(cp.is_processed(&file("f1.csv", 1)));
-        assert!(cp.is_processed(&file(&format!("f{}.csv", COMPACT_EVERY + 4), COMPACT_EVERY + 4)));
+        assert_eq!(cp.next_batch_id(), KEEP as u64 + 21);
+        assert_eq!(cp.pending().count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_version_1_checkpoint_gives_its_processed_files_then_moves_aside() -> Result<(), CheckpointError> {
+        let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
+        let d = dir.path();
+        for sub in ["offsets", "commits", "compact"] {
+            fs::create_dir_all(d.join(sub)).map_err(io_err(d))?;
+        }
+        let w = |path: PathBuf, text: &str| fs::write(&path, text).map_err(io_err(&path));
+        w(
+            d.join("metadata"),
+            r#"{"version":1,"id":"6f1d6c4e-3c59-4c64-9d2f-2d1f0e1b2a3c","created_at":"2026-01-01T00:00:00Z"}"#,
+        )?;
+        w(d.join("compact/3"), r#"{"version":1,"batch_id":3,"files":[{"name":"a.csv","size":1,"mtime_ns":5}]}"#)?;
+        w(
+            d.join("commits/4"),
+            r#"{"version":1,"batch_id":4,"committed_at":"2026-01-01T00:00:00Z","files":[{"name":"b.csv","size":2,"mtime_ns":6,"action":"keep"}]}"#,
+        )?;
+        w(d.join("offsets/4"), r#"{"version":1,"batch_id":4,"planned_at":"2026-01-01T00:00:00Z","files":[]}"#)?;
+        let mut cp = Checkpoint::open(d)?;
+        let legacy = cp.legacy().cloned().expect("a version-1 checkpoint");
+        let names: Vec<&str> = legacy.processed.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, vec!["a.csv", "b.csv"]);
+        assert_eq!((legacy.last_committed, cp.next_batch_id()), (Some(4), 5));
+        cp.finish_upgrade()?;
+        drop(cp);
+        let cp = Checkpoint::open(d)?;
+        assert!(cp.legacy().is_none());
+        assert_eq!(cp.id().to_string(), "6f1d6c4e-3c59-4c64-9d2f-2d1f0e1b2a3c");
+        assert!(d.join("legacy-v1/compact/3").exists());
         Ok(())
     }
 
     #[test]
     fn leftover_temporaries_are_removed_and_a_newer_version_is_refused() -> Result<(), CheckpointError> {
         let dir = tempfile::tempdir().map_err(io_err(Path::new("tmp")))?;
-        Checkpoint::open(dir.path())?;
+        drop(Checkpoint::open(dir.path())?);
         let tmp = dir.path().join("offsets").join(".3.tmp");
         fs::write(&tmp, b"{").map_err(io_err(&tmp))?;
-        Checkpoint::open(dir.path())?;
+        drop(Checkpoint::open(dir.path())?);
         assert!(!tmp.exists());
         let meta = dir.path().join("metadata");
-        let text = fs::read_to_string(&meta).map_err(io_err(&meta))?.replace("\"version\": 1", "\"version\": 9");
+        let text = fs::read_to_string(&meta).map_err(io_err(&meta))?.replace("\"version\": 2", "\"version\": 9");
         fs::write(&meta, text).map_err(io_err(&meta))?;
         assert!(matches!(Checkpoint::open(dir.path()), Err(CheckpointError::Version { found: 9, .. })));
         Ok(())

@@ -1,6 +1,8 @@
-//! The streamer's settings: `.env`, then the environment, then flags. Running
-//! `streamer` with no subcommand runs the stream; subcommands sit beside it.
-//! [`RunArgs::validate`] checks what clap's types cannot and names the setting.
+//! The streamer's settings: `.env`, then the environment, then flags (clap).
+//! Running `streamer` with no subcommand runs the stream; subcommands sit
+//! beside it. The clap structs are turned once into a validated [`Config`]
+//! ([`RunArgs::config`]): durations as `Duration`s, the URL as a `String`,
+//! every bad value named with its setting.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +10,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use runtime::{ConfigError, LogFormat};
+
+use crate::pg::Session;
 
 /// Exactly-once micro-batch ingest of event CSV files into PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -24,7 +28,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the stream (the default when no subcommand is given).
     Run(RunArgs),
-    /// Show the checkpoint, the files waiting, the last batches and the rejects.
+    /// Show the checkpoint, the files waiting, the last batches, the rejects and the analytics lag.
     Status(StatusArgs),
     /// Mark processed files for loading again (their rows upsert; the load history flags them `reingest`).
     Reprocess(ReprocessArgs),
@@ -33,23 +37,53 @@ pub enum Command {
     /// Re-read the loaded files still in the data folder and compare them with `events` by the oracle.
     Verify(StateArgs),
     /// Print a report: funnel, top-products, revenue, active-users or ingest (db/004_reports.sql).
-    Report(crate::report::ReportArgs),
+    Report(crate::ops::report::ReportArgs),
 }
 
-/// Where an operator command finds the stream's state.
+/// Where the stream's state is: shared by the stream and every operator command.
 #[derive(Debug, Clone, Args)]
 pub struct StateArgs {
-    /// The stream's data folder.
+    /// Folder watched for event files (`*.csv`; hidden, `_*` and `*.tmp` names are never read).
     #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
     pub data_dir: PathBuf,
 
-    /// The stream's checkpoint folder.
+    /// Folder of this streamer's own state: metadata, lock, offsets/, commits/, progress/.
     #[arg(long, env = "CHECKPOINT_DIR", default_value = "./checkpoints", value_name = "DIR")]
     pub checkpoint_dir: PathBuf,
 
-    /// PostgreSQL connection URL (never logged).
+    /// PostgreSQL connection URL, e.g. postgres://user:password@host:5432/db (never logged).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
+
+    /// The data folder's name in the database's file registry: streamers that share a folder share it
+    /// (default: the folder's absolute path; set it when they mount the folder at different paths).
+    #[arg(long, env = "SOURCE_ID", value_name = "NAME")]
+    pub source_id: Option<String>,
+}
+
+impl StateArgs {
+    /// The database URL, which must be set.
+    pub fn url(&self) -> Result<String, ConfigError> {
+        let url = self.database_url.as_deref().unwrap_or_default();
+        if url.is_empty() {
+            return Err(ConfigError::new("--database-url/DATABASE_URL", "is not set"));
+        }
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(ConfigError::new("--database-url/DATABASE_URL", format!("is not a PostgreSQL URL ({e})")));
+        }
+        Ok(url.to_owned())
+    }
+
+    /// The data folder's id in the registry.
+    pub fn source(&self) -> Result<String, ConfigError> {
+        if let Some(id) = self.source_id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            return Ok(id.to_owned());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .and_then(|()| self.data_dir.canonicalize())
+            .map(|p| p.display().to_string())
+            .map_err(|e| ConfigError::new("--data-dir/DATA_DIR", format!("{}: {e}", self.data_dir.display())))
+    }
 }
 
 /// `streamer status`.
@@ -84,7 +118,7 @@ pub struct ResetArgs {
     #[arg(long)]
     pub yes: bool,
 
-    /// Also empty events, load_history, rejected_rows and the analytics tables (needs the database).
+    /// Also empty events, the registry, load_history, rejected_rows and the analytics tables (needs the database).
     #[arg(long)]
     pub truncate_tables: bool,
 }
@@ -103,42 +137,45 @@ pub enum CleanSource {
 
 /// The widest metrics window: one day.
 pub const MAX_WINDOW_SECS: u32 = 86_400;
+/// The largest chunk: sums of one chunk's prices in cents fit an `i64`.
+pub const MAX_CHUNK_BYTES: u64 = 1 << 30;
+/// The most loaders one streamer runs.
+pub const MAX_LOADERS: usize = 64;
 
 /// Settings of the stream.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Folder watched for event files (`*.csv`; hidden, `_*` and `*.tmp` names are never read).
-    #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
 
-    /// Folder of the streamer's state: offsets/, commits/, compact/, progress/.
-    #[arg(long, env = "CHECKPOINT_DIR", default_value = "./checkpoints", value_name = "DIR")]
-    pub checkpoint_dir: PathBuf,
-
-    /// PostgreSQL connection URL, e.g. postgres://user:password@host:5432/db (never logged).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
-
-    /// Process every file present, then exit 0 (a backfill; Spark's AvailableNow).
+    /// Process every file present, then exit 0 once the derived tables have caught up (a backfill; Spark's AvailableNow).
     #[arg(long, env = "ONCE", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub once: bool,
 
-    /// At most one batch per this many milliseconds; 0 starts a batch as soon as files are ready.
+    /// At most one batch per loader per this many milliseconds; 0 starts a batch as soon as files are ready.
     #[arg(long, env = "TRIGGER_INTERVAL_MS", default_value_t = 0, value_name = "MS")]
     pub trigger_interval: u64,
+
+    /// Batches loaded at once, each on its own PostgreSQL session (default: the number of CPUs, at most 4).
+    #[arg(long, env = "LOADERS", value_name = "N")]
+    pub loaders: Option<usize>,
 
     /// Most files in one batch.
     #[arg(long, env = "MAX_FILES_PER_BATCH", default_value_t = 100, value_name = "N")]
     pub max_files_per_batch: usize,
 
-    /// Most bytes in one batch (a larger single file makes a batch of its own).
+    /// A batch takes files until their sizes reach this many bytes (the file that crosses it is its last).
     #[arg(long, env = "MAX_BYTES_PER_BATCH", default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
     pub max_bytes_per_batch: u64,
 
     /// Bytes of input read, deduplicated and staged at a time: a batch (or one big file) is
     /// loaded in chunks of about this size inside its one transaction, so memory stays bounded.
-    #[arg(long, env = "CHUNK_BYTES", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "CHUNK_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
     pub chunk_bytes: u64,
+
+    /// More rows than this breaking the contract in one file quarantine the file (0: no limit).
+    #[arg(long, env = "MAX_REJECTS_PER_FILE", default_value_t = 100_000, value_name = "N")]
+    pub max_rejects_per_file: u64,
 
     /// Poll the folder instead of using inotify (network filesystems, Docker Desktop bind mounts).
     #[arg(long, env = "POLL", value_parser = BoolishValueParser::new(), default_value_t = false)]
@@ -168,7 +205,7 @@ pub struct RunArgs {
     #[arg(long, env = "QUARANTINE_DIR", value_name = "DIR")]
     pub quarantine_dir: Option<PathBuf>,
 
-    /// After SIGINT/SIGTERM, how long the batch in flight may take to commit before it is rolled back, in seconds.
+    /// After SIGINT/SIGTERM, how long the batches in flight may take to commit before they are rolled back, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10, value_name = "SECONDS")]
     pub shutdown_grace: u64,
 
@@ -176,12 +213,22 @@ pub struct RunArgs {
     #[arg(long, env = "MAX_BACKOFF_MS", default_value_t = 10_000, value_name = "MS")]
     pub max_backoff: u64,
 
-    /// Keep event_metrics_minute and the counters in each batch; false empties them and loads at raw speed
-    /// (the next start with true rebuilds them from events).
+    /// No statement of the streamer runs longer than this, in seconds (its sessions set statement_timeout).
+    #[arg(long, env = "STATEMENT_TIMEOUT_SECS", default_value_t = 300, value_name = "SECONDS")]
+    pub statement_timeout: u64,
+
+    /// A streamer frozen or cut off loses its session, and with it its claims, after about this long, in
+    /// seconds (idle_in_transaction_session_timeout and TCP keepalives).
+    #[arg(long, env = "SESSION_TIMEOUT_SECS", default_value_t = 30, value_name = "SECONDS")]
+    pub session_timeout: u64,
+
+    /// Run the analytics applier, which folds committed batches into event_metrics_minute and the counters
+    /// (one per database; false: the tables wait, and catch up with no rebuild once a streamer runs it).
     #[arg(long, env = "ANALYTICS", value_parser = BoolishValueParser::new(), default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub analytics: bool,
 
-    /// Width of the windows of event_metrics_minute, in seconds (a change rebuilds the table at start).
+    /// Width of the windows of event_metrics_minute, in seconds (a change rebuilds the table, and needs every
+    /// streamer of the database stopped).
     #[arg(long, env = "METRICS_WINDOW_SECS", default_value_t = 60, value_name = "SECONDS")]
     pub metrics_window: u32,
 
@@ -189,7 +236,8 @@ pub struct RunArgs {
     #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9898", value_name = "HOST:PORT|off")]
     pub http_addr: String,
 
-    /// /health answers 503 when files have waited this long with no batch committed, in seconds.
+    /// /health answers 503 when files have waited this long with no batch committed (or the analytics are
+    /// this far behind), in seconds.
     #[arg(long, env = "STALL_AFTER_SECS", default_value_t = 300, value_name = "SECONDS")]
     pub stall_after: u64,
 
@@ -209,82 +257,147 @@ impl Cli {
     }
 }
 
+/// The stream's settings, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub checkpoint_dir: PathBuf,
+    pub database_url: String,
+    pub source: String,
+    pub once: bool,
+    pub trigger_interval: Duration,
+    pub loaders: usize,
+    pub max_files_per_batch: usize,
+    pub max_bytes_per_batch: u64,
+    pub chunk_bytes: u64,
+    pub max_rejects_per_file: u64,
+    /// `Some(interval)` with `--poll`.
+    pub poll: Option<Duration>,
+    pub rescan_interval: Duration,
+    pub file_settle: Duration,
+    pub clean_source: CleanSource,
+    pub archive_dir: PathBuf,
+    pub quarantine_dir: PathBuf,
+    pub shutdown_grace: Duration,
+    pub max_backoff: Duration,
+    pub session: Session,
+    pub analytics: bool,
+    pub metrics_window_secs: i32,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub stall_after: Duration,
+    pub progress: bool,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The metrics window width, in microseconds.
+    pub fn window_micros(&self) -> i64 {
+        i64::from(self.metrics_window_secs) * 1_000_000
+    }
+}
+
+/// The default number of loaders: one per CPU, at most four.
+pub fn default_loaders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4)
+}
+
+fn at_least_one(setting: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(setting, "must be at least 1"));
+    }
+    Ok(())
+}
+
 impl RunArgs {
-    /// Checks the settings clap's types cannot.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = self.database_url.as_deref().unwrap_or_default();
-        if url.is_empty() {
-            return Err(ConfigError::new("--database-url/DATABASE_URL", "is not set"));
+    /// Checks the settings clap's types cannot and builds the [`Config`].
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let database_url = self.state.url()?;
+        at_least_one("--max-files-per-batch/MAX_FILES_PER_BATCH", self.max_files_per_batch as u64)?;
+        at_least_one("--max-bytes-per-batch/MAX_BYTES_PER_BATCH", self.max_bytes_per_batch)?;
+        at_least_one("--chunk-bytes/CHUNK_BYTES", self.chunk_bytes)?;
+        if self.chunk_bytes > MAX_CHUNK_BYTES {
+            return Err(ConfigError::new(
+                "--chunk-bytes/CHUNK_BYTES",
+                format!("must be at most {MAX_CHUNK_BYTES} (1 GiB)"),
+            ));
         }
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            return Err(ConfigError::new("--database-url/DATABASE_URL", format!("is not a PostgreSQL URL ({e})")));
+        let loaders = self.loaders.unwrap_or_else(default_loaders);
+        if !(1..=MAX_LOADERS).contains(&loaders) {
+            return Err(ConfigError::new("--loaders/LOADERS", format!("must be between 1 and {MAX_LOADERS}")));
         }
-        if self.max_files_per_batch == 0 {
-            return Err(ConfigError::new("--max-files-per-batch/MAX_FILES_PER_BATCH", "must be at least 1"));
+        if self.poll {
+            at_least_one("--poll-interval/POLL_INTERVAL_MS", self.poll_interval)?;
         }
-        if self.max_bytes_per_batch == 0 {
-            return Err(ConfigError::new("--max-bytes-per-batch/MAX_BYTES_PER_BATCH", "must be at least 1"));
-        }
-        if self.chunk_bytes == 0 {
-            return Err(ConfigError::new("--chunk-bytes/CHUNK_BYTES", "must be at least 1"));
-        }
-        if self.poll && self.poll_interval == 0 {
-            return Err(ConfigError::new("--poll-interval/POLL_INTERVAL_MS", "must be at least 1 with --poll"));
-        }
-        if self.rescan_interval == 0 {
-            return Err(ConfigError::new("--rescan-interval/RESCAN_INTERVAL_MS", "must be at least 1"));
-        }
-        if self.max_backoff == 0 {
-            return Err(ConfigError::new("--max-backoff/MAX_BACKOFF_MS", "must be at least 1"));
-        }
+        at_least_one("--rescan-interval/RESCAN_INTERVAL_MS", self.rescan_interval)?;
+        at_least_one("--max-backoff/MAX_BACKOFF_MS", self.max_backoff)?;
+        at_least_one("--statement-timeout/STATEMENT_TIMEOUT_SECS", self.statement_timeout)?;
+        at_least_one("--session-timeout/SESSION_TIMEOUT_SECS", self.session_timeout)?;
         if !(1..=MAX_WINDOW_SECS).contains(&self.metrics_window) {
             return Err(ConfigError::new(
                 "--metrics-window/METRICS_WINDOW_SECS",
                 format!("must be between 1 and {MAX_WINDOW_SECS} (one day)"),
             ));
         }
-        self.http_addr()?;
-        if self.stall_after == 0 {
-            return Err(ConfigError::new("--stall-after/STALL_AFTER_SECS", "must be at least 1"));
-        }
-        Ok(())
+        let http_addr = self.http_addr()?;
+        at_least_one("--stall-after/STALL_AFTER_SECS", self.stall_after)?;
+        let data_dir = self.state.data_dir.clone();
+        Ok(Config {
+            source: self.state.source()?,
+            archive_dir: self.archive_dir.clone().unwrap_or_else(|| data_dir.join("_archive")),
+            quarantine_dir: self.quarantine_dir.clone().unwrap_or_else(|| data_dir.join("_rejected")),
+            data_dir,
+            checkpoint_dir: self.state.checkpoint_dir.clone(),
+            database_url,
+            once: self.once,
+            trigger_interval: Duration::from_millis(self.trigger_interval),
+            loaders,
+            max_files_per_batch: self.max_files_per_batch,
+            max_bytes_per_batch: self.max_bytes_per_batch,
+            chunk_bytes: self.chunk_bytes,
+            max_rejects_per_file: self.max_rejects_per_file,
+            poll: self.poll.then(|| Duration::from_millis(self.poll_interval)),
+            rescan_interval: Duration::from_millis(self.rescan_interval),
+            file_settle: Duration::from_millis(self.file_settle),
+            clean_source: self.clean_source,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            max_backoff: Duration::from_millis(self.max_backoff),
+            session: Session {
+                statement_timeout: Duration::from_secs(self.statement_timeout),
+                idle_timeout: Duration::from_secs(self.session_timeout),
+            },
+            analytics: self.analytics,
+            metrics_window_secs: self.metrics_window as i32,
+            http_addr,
+            stall_after: Duration::from_secs(self.stall_after),
+            progress: self.progress,
+            log_format: self.log_format,
+        })
     }
 
-    /// The HTTP server's address; `None` when it is `off`.
+    /// The HTTP server's address; `None` when it is `off`. A host name is
+    /// looked up (`localhost:9898`).
     pub fn http_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        use std::net::ToSocketAddrs as _;
         let addr = self.http_addr.trim();
         if addr.eq_ignore_ascii_case("off") {
             return Ok(None);
         }
-        addr.parse().map(Some).map_err(|_| {
-            ConfigError::new("--http-addr/HTTP_ADDR", format!("{addr:?} is not HOST:PORT (e.g. 127.0.0.1:9898) or off"))
-        })
-    }
-
-    /// The metrics window width, in seconds, as the database stores it.
-    pub fn metrics_window_secs(&self) -> i32 {
-        self.metrics_window.min(MAX_WINDOW_SECS) as i32
-    }
-
-    /// The validated database URL.
-    pub fn database_url(&self) -> &str {
-        self.database_url.as_deref().unwrap_or_default()
-    }
-
-    pub fn archive_dir(&self) -> PathBuf {
-        self.archive_dir.clone().unwrap_or_else(|| self.data_dir.join("_archive"))
-    }
-
-    pub fn quarantine_dir(&self) -> PathBuf {
-        self.quarantine_dir.clone().unwrap_or_else(|| self.data_dir.join("_rejected"))
-    }
-
-    pub fn trigger_interval(&self) -> Duration {
-        Duration::from_millis(self.trigger_interval)
-    }
-
-    pub fn file_settle(&self) -> Duration {
-        Duration::from_millis(self.file_settle)
+        let bad = |why: String| {
+            ConfigError::new(
+                "--http-addr/HTTP_ADDR",
+                format!("{addr:?} {why} (e.g. 127.0.0.1:9898, localhost:9898, or off)"),
+            )
+        };
+        if let Ok(a) = addr.parse() {
+            return Ok(Some(a));
+        }
+        if !addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+            return Err(bad("is not HOST:PORT".into()));
+        }
+        match addr.to_socket_addrs() {
+            Ok(mut found) => found.next().map(Some).ok_or_else(|| bad("names no address".into())),
+            Err(e) => Err(bad(format!("cannot be looked up: {e}"))),
+        }
     }
 }
 
@@ -328,11 +441,19 @@ mod tests {
 
     #[test]
     fn no_subcommand_runs_the_stream_with_the_flags_given() {
-        match parse(&["--once", "--max-files-per-batch", "7", "--database-url", "postgres://u@h/db"]) {
+        match parse(&[
+            "--once",
+            "--max-files-per-batch",
+            "7",
+            "--database-url",
+            "postgres://u@h/db",
+            "--source-id",
+            "s",
+        ]) {
             Ok(Command::Run(args)) => {
                 assert!(args.once);
-                assert_eq!(args.max_files_per_batch, 7);
-                assert!(args.validate().is_ok());
+                let c = args.config().expect("valid");
+                assert_eq!((c.max_files_per_batch, c.source.as_str()), (7, "s"));
             }
             other => panic!("{other:?}"),
         }
@@ -342,12 +463,14 @@ mod tests {
     #[test]
     fn bad_values_name_their_setting() {
         let run = |args: &[&str]| match parse(args) {
-            Ok(Command::Run(a)) => a.validate().err().map(|e| e.setting),
+            Ok(Command::Run(a)) => a.config().err().map(|e| e.setting),
             other => panic!("{other:?}"),
         };
         assert_eq!(run(&["--database-url", ""]).as_deref(), Some("--database-url/DATABASE_URL"));
+        let ok = ["--database-url", "postgres://h/db", "--source-id", "s"];
+        let with = |extra: &[&'static str]| [&ok[..], extra].concat();
         assert_eq!(
-            run(&["--database-url", "postgres://h/db", "--max-files-per-batch", "0"]).as_deref(),
+            run(&with(&["--max-files-per-batch", "0"])).as_deref(),
             Some("--max-files-per-batch/MAX_FILES_PER_BATCH")
         );
         assert_eq!(
@@ -355,14 +478,16 @@ mod tests {
             Some("--database-url/DATABASE_URL")
         );
         assert!(parse(&["--clean-source", "shred"]).is_err());
-        let ok = ["--database-url", "postgres://h/db"];
-        let with = |extra: &[&'static str]| [&ok[..], extra].concat();
         assert_eq!(run(&with(&["--metrics-window", "0"])).as_deref(), Some("--metrics-window/METRICS_WINDOW_SECS"));
         assert_eq!(run(&with(&["--metrics-window", "86401"])).as_deref(), Some("--metrics-window/METRICS_WINDOW_SECS"));
         assert_eq!(run(&with(&["--http-addr", "localhost"])).as_deref(), Some("--http-addr/HTTP_ADDR"));
         assert_eq!(run(&with(&["--stall-after", "0"])).as_deref(), Some("--stall-after/STALL_AFTER_SECS"));
+        assert_eq!(run(&with(&["--loaders", "0"])).as_deref(), Some("--loaders/LOADERS"));
+        assert_eq!(run(&with(&["--chunk-bytes", "2000000000"])).as_deref(), Some("--chunk-bytes/CHUNK_BYTES"));
+        assert_eq!(run(&with(&["--session-timeout", "0"])).as_deref(), Some("--session-timeout/SESSION_TIMEOUT_SECS"));
         assert_eq!(run(&with(&["--http-addr", "OFF"])), None);
         assert_eq!(run(&with(&["--http-addr", "0.0.0.0:80"])), None);
+        assert_eq!(run(&with(&["--http-addr", "localhost:9898"])), None, "host names are looked up");
     }
 
     #[test]

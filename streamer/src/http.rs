@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::monitor::Monitor;
+use crate::observe::metrics::Monitor;
 use crate::pg::{describe, text_rows};
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");

@@ -22,15 +22,16 @@ fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     match cli.command() {
         Command::Run(args) => {
-            if let Err(e) = args.validate() {
-                return config_exit(&e);
-            }
-            if args.progress {
-                runtime::logging::init_to(args.log_format, streamer::progress::BarWriter::make);
+            let config = match args.config() {
+                Ok(config) => config,
+                Err(e) => return config_exit(&e),
+            };
+            if config.progress {
+                runtime::logging::init_to(config.log_format, streamer::observe::progress::BarWriter::make);
             } else {
-                runtime::logging::init(args.log_format);
+                runtime::logging::init(config.log_format);
             }
-            run("run", |shutdown| streamer::run(args, shutdown))
+            run("run", |shutdown| streamer::run(config, shutdown))
         }
         Command::Status(args) => run("status", |_| async move {
             let status = ops::status(&args).await?;
@@ -69,15 +70,20 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Report(args) => run("report", |_| async move { streamer::report::report(&args).await }),
+        Command::Report(args) => run("report", |_| async move { streamer::ops::report::report(&args).await }),
         Command::Reset(args) => run("reset", |_| async move {
             let reset = ops::reset(&args).await?;
             match reset.checkpoint_id {
-                Some(id) => println!("checkpoint {id} forgotten; the next start loads every file in the data folder"),
+                Some(id) => println!("checkpoint {id} forgotten"),
                 None => println!("no checkpoint to forget"),
             }
             if reset.tables_truncated {
-                println!("events, load_history, rejected_rows and the analytics tables emptied");
+                println!("{} emptied", streamer::ops::TABLES);
+            } else if reset.files_forgotten > 0 {
+                println!(
+                    "{} files forgotten by the registry; the next start loads every file in the data folder",
+                    reset.files_forgotten
+                );
             }
             Ok(())
         }),

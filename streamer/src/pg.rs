@@ -1,23 +1,88 @@
 //! PostgreSQL plumbing every part of the streamer shares: opening a session
-//! ([`connect`], with the streamer's `application_name`), saying what an
-//! error was ([`describe`]), and reading a query's result as text
-//! ([`text_rows`], for the reports and the dashboard).
+//! with the settings the streamer needs whatever the role's defaults
+//! ([`Session`]), saying what an error was ([`describe`]) and what to do
+//! about it ([`classify`]), waiting between attempts ([`Backoff`]), keeping
+//! text PostgreSQL can store ([`text`]), and reading a query's result as
+//! text ([`text_rows`], for the reports and the dashboard).
 
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use std::borrow::Cow;
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 /// The connection's `application_name` unless the URL sets one: the
 /// streamer's sessions are easy to find in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "streamer";
 
-/// Opens a session to `url`; the connection is driven by a task of its own
-/// until the client is dropped. `application_name` applies unless the URL
-/// sets one.
-pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
+/// What a streamer session sets for itself, so that a role's or a server's
+/// defaults cannot change what the protocol relies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// `statement_timeout`: no statement runs longer (a frozen client in the
+    /// middle of a COPY loses its claims after this long).
+    pub statement_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`, and the TCP keepalive and
+    /// user timeouts on both ends: a streamer frozen or cut off between two
+    /// statements of a batch loses its session, hence its claims, after
+    /// about this long.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session { statement_timeout: Duration::from_secs(300), idle_timeout: Duration::from_secs(60) }
+    }
+}
+
+impl Session {
+    /// The statements run once per session: commits are durable before the
+    /// streamer marks them (`synchronous_commit = on` whatever the server's
+    /// default); JIT off (compiling the batch statements took about 200 ms a
+    /// batch, a temporary table having no statistics); the timeouts above.
+    pub fn setup_sql(&self) -> String {
+        let keepalive_idle = (self.idle_timeout.as_secs() / 3).max(1);
+        let keepalive_interval = (self.idle_timeout.as_secs() / 9).max(1);
+        format!(
+            "SET synchronous_commit = on; SET jit = off; SET statement_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}; SET tcp_keepalives_idle = {keepalive_idle}; \
+             SET tcp_keepalives_interval = {keepalive_interval}; SET tcp_keepalives_count = 3; \
+             SET tcp_user_timeout = {}",
+            self.statement_timeout.as_millis(),
+            self.idle_timeout.as_millis(),
+            self.idle_timeout.as_millis(),
+        )
+    }
+
+    fn apply_to(&self, config: &mut tokio_postgres::Config) {
+        let idle = (self.idle_timeout / 3).max(Duration::from_secs(1));
+        config
+            .keepalives(true)
+            .keepalives_idle(idle)
+            .keepalives_interval((self.idle_timeout / 9).max(Duration::from_secs(1)))
+            .keepalives_retries(3)
+            .tcp_user_timeout(self.idle_timeout);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+    }
+}
+
+fn parse(url: &str, application_name: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_application_name().is_none() {
         config.application_name(application_name);
     }
-    let (client, connection) = config.connect(NoTls).await?;
+    Ok(config)
+}
+
+/// Opens a plain session to `url` (operator commands, reports, the HTTP
+/// side); the connection is driven by a task of its own until the client is
+/// dropped. `application_name` applies unless the URL sets one.
+pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = parse(url, application_name)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");
@@ -26,12 +91,46 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_
     Ok(client)
 }
 
+/// Opens a streamer session: [`Session`]'s settings applied on both ends.
+/// Notifications the server sends (`LISTEN`) arrive on the receiver.
+pub async fn connect_session(
+    url: &str,
+    application_name: &str,
+    session: &Session,
+) -> Result<(Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
+    let mut config = parse(url, application_name)?;
+    session.apply_to(&mut config);
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "database connection closed");
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&session.setup_sql()).await?;
+    Ok((client, rx))
+}
+
 /// A PostgreSQL error with what the server or the socket said: the message
 /// and SQLSTATE of a database error, else the chain of causes. (The plain
 /// `Display` of tokio-postgres says only "db error".) Never holds the URL.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        let mut out = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            out.push_str(&format!("; {detail}"));
+        }
+        return out;
     }
     let mut out = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -41,6 +140,109 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+/// What an error tells the caller to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The connection is gone, the server is starting, stopping or read-only
+    /// for a failover, or it asked for a retry: the same work later.
+    Transient,
+    /// The server refused the data (SQLSTATE classes 21, 22, 23) or a value
+    /// could not be encoded: the batch's file is to be isolated.
+    Data,
+    /// A statement ran past `statement_timeout` (or was cancelled).
+    Timeout,
+    /// Retrying cannot help: authentication, permissions, a missing
+    /// database or object, a setting the server refuses.
+    Fatal,
+}
+
+/// Sorts an error by what helps (see [`ErrorClass`]).
+pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
+    if e.is_closed() {
+        return ErrorClass::Transient;
+    }
+    if let Some(code) = e.code() {
+        return classify_sqlstate(code.code());
+    }
+    // No SQLSTATE: a failure on the client side.
+    let text = e.to_string();
+    if text.starts_with("error serializing parameter") || text.starts_with("error encoding message") {
+        return ErrorClass::Data;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return ErrorClass::Transient;
+        }
+        source = cause.source();
+    }
+    match text.as_str() {
+        "authentication error" | "invalid connection string" | "invalid configuration" => ErrorClass::Fatal,
+        // Connect, I/O, a timeout waiting for the server, a protocol hiccup.
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// [`classify`] by SQLSTATE alone.
+pub fn classify_sqlstate(code: &str) -> ErrorClass {
+    match code {
+        // The database does not exist yet: it may be being created (a
+        // container's first start, a managed database being provisioned).
+        "3D000" => ErrorClass::Transient,
+        "57014" => ErrorClass::Timeout,
+        // serialization failure, deadlock, admin or crash shutdown, cannot
+        // connect now, lock not available, read-only (a failover), idle
+        // timeouts (the session ends), object in use
+        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006" | "25P03" | "57P05" | "55006" => {
+            ErrorClass::Transient
+        }
+        _ => match &code[..code.len().min(2)] {
+            // connection exception, insufficient resources (disk full, too
+            // many connections), system error (I/O), operator intervention
+            "08" | "53" | "58" | "57" => ErrorClass::Transient,
+            "21" | "22" | "23" => ErrorClass::Data,
+            _ => ErrorClass::Fatal,
+        },
+    }
+}
+
+/// Capped exponential backoff with jitter, from 100 ms: each wait is the
+/// last doubled, plus up to as much again at random (so that streamers that
+/// failed together do not retry together), and never more than `max`.
+#[derive(Debug)]
+pub struct Backoff {
+    delays: backon::ExponentialBackoff,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Backoff {
+        let delays = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100).min(max))
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Backoff { delays, max }
+    }
+
+    /// The wait to make now.
+    pub fn step(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max).min(self.max)
+    }
+}
+
+/// Text as PostgreSQL can store it: a NUL character (which `text` cannot
+/// hold) is spelled `\0`. Every string built from input passes here on its
+/// way to the database (reasons, raw lines, header text, file names).
+pub fn text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\0"))
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// A query's result as text, the way PostgreSQL prints it.
@@ -66,4 +268,61 @@ pub async fn text_rows(client: &Client, sql: &str) -> Result<TextRows, tokio_pos
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_sorted_by_what_helps() {
+        for (code, class) in [
+            ("08006", ErrorClass::Transient),
+            ("40001", ErrorClass::Transient),
+            ("40P01", ErrorClass::Transient),
+            ("57P01", ErrorClass::Transient),
+            ("53100", ErrorClass::Transient),
+            ("53300", ErrorClass::Transient),
+            ("25006", ErrorClass::Transient),
+            ("57014", ErrorClass::Timeout),
+            ("22021", ErrorClass::Data),
+            ("22008", ErrorClass::Data),
+            ("22003", ErrorClass::Data),
+            ("23514", ErrorClass::Data),
+            ("21000", ErrorClass::Data),
+            ("28P01", ErrorClass::Fatal),
+            ("42501", ErrorClass::Fatal),
+            ("3D000", ErrorClass::Transient),
+            ("28000", ErrorClass::Fatal),
+            ("42P01", ErrorClass::Fatal),
+        ] {
+            assert_eq!(classify_sqlstate(code), class, "{code}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_never_passes_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(500));
+        let waits: Vec<Duration> = (0..12).map(|_| b.step()).collect();
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(200), "{waits:?}");
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(500)), "{waits:?}");
+        assert!(waits[11] >= Duration::from_millis(250), "{waits:?}");
+    }
+
+    #[test]
+    fn text_for_postgresql_has_no_nul() {
+        assert_eq!(text("a\0b"), "a\\0b");
+        assert!(matches!(text("plain"), Cow::Borrowed("plain")));
+    }
+
+    #[test]
+    fn the_session_sets_its_own_timeouts() {
+        let s = Session { statement_timeout: Duration::from_secs(30), idle_timeout: Duration::from_secs(9) };
+        assert_eq!(
+            s.setup_sql(),
+            "SET synchronous_commit = on; SET jit = off; SET statement_timeout = 30000; \
+             SET idle_in_transaction_session_timeout = 9000; SET tcp_keepalives_idle = 3; \
+             SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 9000"
+        );
+    }
 }

@@ -71,6 +71,9 @@ pub struct Listing {
     pub next_settle: Option<Duration>,
     /// Names of every eligible file present, ready or not.
     pub present: Vec<String>,
+    /// Entries that look like event files but are never read, and why (a
+    /// name that is not UTF-8, a folder, link or FIFO named `*.csv`).
+    pub skipped: Vec<(String, &'static str)>,
 }
 
 /// The identity of a file from its metadata.
@@ -84,7 +87,8 @@ pub struct Discovery {
     settle: Duration,
     hints: Arc<Mutex<HashMap<String, Hint>>>,
     wake: mpsc::Receiver<()>,
-    _watcher: Box<dyn notify::Watcher + Send>,
+    /// Kept alive (never used again): a `Mutex` makes the stream `Sync`.
+    _watcher: Mutex<Box<dyn notify::Watcher + Send>>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -120,7 +124,7 @@ impl Discovery {
             None => Box::new(notify::RecommendedWatcher::new(handler, notify::Config::default()).map_err(err)?),
         };
         watcher.watch(dir, RecursiveMode::NonRecursive).map_err(err)?;
-        Ok(Discovery { dir: dir.to_owned(), settle, hints, wake, _watcher: watcher })
+        Ok(Discovery { dir: dir.to_owned(), settle, hints, wake, _watcher: Mutex::new(watcher) })
     }
 
     /// Waits for the watcher's next hint.
@@ -210,13 +214,21 @@ fn list_ready(
     let mut listing = Listing::default();
     for entry in fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let raw = entry.file_name();
+        let Some(name) = raw.to_str().map(str::to_owned) else {
+            let lossy = raw.to_string_lossy();
+            if eligible_name(&lossy) {
+                listing.skipped.push((lossy.into_owned(), "its name is not UTF-8 (rename it to load it)"));
+            }
+            continue;
+        };
         if !eligible_name(&name) {
             continue;
         }
         // symlink_metadata: a link is never followed, whatever it points at.
         let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
         if !meta.file_type().is_file() {
+            listing.skipped.push((name, "not a regular file (a folder, a symbolic link or a FIFO)"));
             continue;
         }
         listing.present.push(name.clone());
@@ -288,6 +300,9 @@ mod tests {
         let listing = list_ready(dir.path(), &hints, settle, much_later).map_err(io::Error::other)?;
         assert_eq!(listing.ready.len(), 3);
         assert_eq!(listing.present, vec!["a.csv", "b.csv", "c.csv"]);
+        let mut skipped: Vec<&str> = listing.skipped.iter().map(|(n, _)| n.as_str()).collect();
+        skipped.sort();
+        assert_eq!(skipped, vec!["d.csv", "l.csv"], "a folder and a link are named, never read");
         Ok(())
     }
 }

@@ -152,7 +152,8 @@ impl<R: Read> ContractReader<R> {
                         |raw: String, reason: String| Rejected { file_index: self.file_index, line, raw, reason };
                     match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
                         Ok(record) => {
-                            let checked = contract::validate::field_count(record.len())
+                            let checked = line_fits(line)
+                                .and_then(|()| contract::validate::field_count(record.len()))
                                 .and_then(|()| contract::validate(std::array::from_fn(|i| &record[i])));
                             match checked {
                                 Ok(row) => columns.push(self.file_index, line, &row),
@@ -174,6 +175,7 @@ impl<R: Read> ContractReader<R> {
                     // An I/O error or an over-long record: keep the rows
                     // read so far and reject the rest of the file.
                     let reason = format!("unreadable CSV from here on: {e}");
+                    rows_read += 1;
                     rejected.push(Rejected { file_index: self.file_index, line, raw: String::new(), reason });
                     self.finished = true;
                     break;
@@ -182,6 +184,17 @@ impl<R: Read> ContractReader<R> {
         }
         let bytes = self.csv.position().byte() - start;
         Some(Part { frame: columns.finish(), rows_read, rejected, bytes })
+    }
+}
+
+/// Rows past this line are rejected: `events.src_line` is an `INTEGER`.
+pub const MAX_LINE: u64 = i32::MAX as u64;
+
+fn line_fits(line: u64) -> Result<(), String> {
+    if line <= MAX_LINE {
+        Ok(())
+    } else {
+        Err(format!("line {line} is past line {MAX_LINE}, the last a row's position can hold"))
     }
 }
 
@@ -218,11 +231,19 @@ fn raw_text(record: &csv::ByteRecord) -> String {
     String::from_utf8_lossy(&out).replace('\0', "\\0")
 }
 
+/// A file as it was opened: its identity taken again from the open file,
+/// and its inode (to tell a rewrite in place from a new file renamed over it).
+#[derive(Debug)]
+pub struct Opened {
+    pub id: FileId,
+    pub inode: (u64, u64),
+    pub file: std::fs::File,
+}
+
 /// Opens a planned file without following a symbolic link and without
-/// blocking on a FIFO; only a regular file is read. The identity is taken
-/// again from the open file.
-pub fn open_source(f: &SourceFile) -> Result<(FileId, std::fs::File), (FileId, FileOutcome)> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+/// blocking on a FIFO; only a regular file is read.
+pub fn open_source(f: &SourceFile) -> Result<Opened, (FileId, FileOutcome)> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let quarantine = |reason: String| (f.id.clone(), FileOutcome::Quarantine { reason });
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -237,7 +258,9 @@ pub fn open_source(f: &SourceFile) -> Result<(FileId, std::fs::File), (FileId, F
         Err(e) => return Err(quarantine(format!("unreadable: {e}"))),
     };
     match file.metadata() {
-        Ok(meta) if meta.file_type().is_file() => Ok((crate::watch::file_id(&f.id.name, &meta), file)),
+        Ok(meta) if meta.file_type().is_file() => {
+            Ok(Opened { id: crate::watch::file_id(&f.id.name, &meta), inode: (meta.dev(), meta.ino()), file })
+        }
         Ok(_) => Err(quarantine("not a regular file".into())),
         Err(e) => Err(quarantine(format!("unreadable: {e}"))),
     }
@@ -381,11 +404,20 @@ mod tests {
             let source = SourceFile { id: crate::watch::file_id("x.csv", &meta), path };
             match open_source(&source) {
                 Err((_, FileOutcome::Quarantine { reason })) => assert!(reason.contains(want), "{reason}"),
-                other => panic!("{other:?}"),
+                Err(other) => panic!("{other:?}"),
+                Ok(opened) => panic!("opened {:?}", opened.id),
             }
         }
         let gone = SourceFile { id: crate::watch::file_id("x.csv", &meta), path: dir.path().join("gone.csv") };
         assert!(matches!(open_source(&gone), Err((_, FileOutcome::Missing))));
+    }
+
+    #[test]
+    fn an_unreadable_tail_counts_as_one_row_read_and_one_rejected() {
+        let csv = format!("{H}1,Ann,a@x.com,view,2,Mug,Home,3.50,2026-01-01T00:00:00Z\n2,\"{}", "x".repeat(60_000));
+        let mut reader = ContractReader::open_with_limit(csv.as_bytes(), 0, 50_000).expect("the header is fine");
+        let part = reader.next_part(u64::MAX).expect("one part");
+        assert_eq!((part.frame.height(), part.rejected.len(), part.rows_read), (1, 1, 2));
     }
 
     #[test]
@@ -395,7 +427,7 @@ mod tests {
         let (frame, _, rejected) = rows(read_whole(csv.as_bytes(), 0));
         assert!(rejected.is_empty(), "{rejected:?}");
         let view = EventView::new(&frame).expect("batch schema");
-        assert_eq!(view.row(0).map(|(_, r)| r.event_type), Some(contract::EventType::View));
+        assert_eq!(view.row(0).map(|(_, _, r)| r.event_type), Some(contract::EventType::View));
         let (frame, n, _) = rows(read_whole(H.as_bytes(), 0));
         assert_eq!((frame.height(), n), (0, 0));
     }

@@ -123,7 +123,8 @@ pub struct Deduped {
 }
 
 /// Concatenates the files' frames in file order and keeps, for each
-/// `(user_id, event_time)`, the last row in (file order, line order).
+/// `(user_id, event_time)`, the last row in (file order, line order); the
+/// rows come out sorted by key (the merge's order, for index locality).
 pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
     let mut all = empty_frame();
     for frame in &frames {
@@ -131,7 +132,8 @@ pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
     }
     let before = rows_per_file(&all, files)?;
     let subset = ["user_id".to_owned(), "event_time".to_owned()];
-    let mut frame = all.unique_stable(Some(&subset), UniqueKeepStrategy::Last, None)?;
+    let frame = all.unique_stable(Some(&subset), UniqueKeepStrategy::Last, None)?;
+    let mut frame = frame.sort(["user_id", "event_time"], SortMultipleOptions::default())?;
     frame.rechunk_mut();
     let after = rows_per_file(&frame, files)?;
     let duplicates = before.iter().zip(&after).map(|(b, a)| b - a).collect();
@@ -152,6 +154,7 @@ fn rows_per_file(frame: &DataFrame, files: usize) -> PolarsResult<Vec<u64>> {
 #[derive(Debug)]
 pub struct EventView<'a> {
     file: &'a UInt32Chunked,
+    line: &'a UInt64Chunked,
     user_id: &'a Int32Chunked,
     user_name: &'a StringChunked,
     user_email: &'a StringChunked,
@@ -167,6 +170,7 @@ impl<'a> EventView<'a> {
     pub fn new(frame: &'a DataFrame) -> PolarsResult<Self> {
         Ok(EventView {
             file: frame.column(FILE_COLUMN)?.u32()?,
+            line: frame.column(LINE_COLUMN)?.u64()?,
             user_id: frame.column("user_id")?.i32()?,
             user_name: frame.column("user_name")?.str()?,
             user_email: frame.column("user_email")?.str()?,
@@ -187,15 +191,16 @@ impl<'a> EventView<'a> {
         self.file.is_empty()
     }
 
-    /// Row `i` and the index of its file in the batch; `None` past the end
-    /// (the frame has no nulls).
-    pub fn row(&self, i: usize) -> Option<(u32, Event<'a>)> {
+    /// Row `i`, with the index of its file in the batch and its physical
+    /// line; `None` past the end (the frame has no nulls).
+    pub fn row(&self, i: usize) -> Option<(u32, u64, Event<'a>)> {
         let event_type = match self.event_type.get(i)? {
             "purchase" => EventType::Purchase,
             _ => EventType::View,
         };
         Some((
             self.file.get(i)?,
+            self.line.get(i)?,
             Event {
                 user_id: self.user_id.get(i)?,
                 user_name: self.user_name.get(i)?,

@@ -2,10 +2,18 @@
 //! contract row by row ([`file`]), gathered into Polars frames of the
 //! contract's explicit schema and deduplicated on `(user_id, event_time)`,
 //! the last row winning in (file order, line order) ([`frame`]). A batch is
-//! handed on in [`Chunk`]s of about `chunk_bytes` of input each, so memory is
-//! bounded by the chunk size, not by the batch or the file. No tokio and no
-//! SQL here.
+//! handed on in [`Chunk`]s of about `chunk_bytes` of input each (rejected
+//! rows counted at what they hold), each with its contribution to the
+//! derived tables ([`aggregate`]), so memory is bounded by the chunk size,
+//! not by the batch or the file. No tokio and no SQL here.
+//!
+//! A file whose staged rows must not commit stops the read
+//! ([`BatchRead::excluded`]): one written to while it was read (its identity
+//! at the end differs from the one planned), or one with more rejected rows
+//! than the cap. The caller then runs the batch again with that file's
+//! outcome forced ([`ReadPlan::forced`]): it is settled without being read.
 
+pub mod aggregate;
 pub mod file;
 pub mod frame;
 
@@ -13,25 +21,45 @@ use std::time::{Duration, Instant};
 
 use polars::prelude::*;
 
+pub use aggregate::Deltas;
 pub use file::{open_source, read_whole, ContractReader, Part, Rejected, SourceFile, MAX_RAW_LINE};
 pub use frame::{dedup, empty_frame, schema, EventView, FILE_COLUMN, LINE_COLUMN};
 
 use crate::checkpoint::FileId;
 
-/// How one file of a batch was read.
+/// How one file of a batch ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileOutcome {
     /// Read to its end; `duplicates` counts its rows that lost to a later
     /// row of the same chunk (later chunks are compared in SQL).
-    Rows {
-        rows_read: u64,
-        rejected: u64,
-        duplicates: u64,
-    },
-    Quarantine {
-        reason: String,
-    },
+    Rows { rows_read: u64, rejected: u64, duplicates: u64 },
+    /// Not loadable: moved to the quarantine folder with the reason.
+    Quarantine { reason: String },
+    /// Gone when it was to be read.
     Missing,
+    /// Not the file that was registered, or written to while it was read:
+    /// its new contents are a new file, registered once they settle.
+    Changed { reason: String },
+}
+
+impl FileOutcome {
+    /// The state text of the registry and the load history.
+    pub fn status(&self) -> &'static str {
+        match self {
+            FileOutcome::Rows { .. } => "loaded",
+            FileOutcome::Quarantine { .. } => "quarantined",
+            FileOutcome::Missing => "missing",
+            FileOutcome::Changed { .. } => "changed",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            FileOutcome::Rows { .. } => None,
+            FileOutcome::Quarantine { reason } | FileOutcome::Changed { reason } => Some(reason),
+            FileOutcome::Missing => Some("the file was gone when its batch read it"),
+        }
+    }
 }
 
 /// One file of a batch as read: its identity taken again as it was opened.
@@ -42,43 +70,68 @@ pub struct FileSummary {
 }
 
 /// A part of a batch: rows of one or more files, deduplicated within
-/// itself, and the rejected rows read with them.
+/// itself and sorted by key, the rejected rows read with them, and what the
+/// rows add to the derived tables.
 #[derive(Debug)]
 pub struct Chunk {
     pub frame: DataFrame,
     pub rejected: Vec<Rejected>,
+    pub deltas: Deltas,
 }
 
-/// What reading a whole batch gave, once every chunk was handed on.
+/// What reading a batch gave.
 #[derive(Debug)]
 pub struct BatchRead {
     pub files: Vec<FileSummary>,
+    /// A file whose staged rows must not commit (index in the batch, and its
+    /// outcome): reading stopped there.
+    pub excluded: Option<(usize, FileOutcome)>,
     /// Chunks handed on that held rows.
     pub chunks: u32,
     pub read: Duration,
     pub dedup: Duration,
 }
 
+/// What to read and how.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPlan<'a> {
+    pub sources: &'a [SourceFile],
+    /// Per source: an outcome decided before (the file is not read).
+    pub forced: &'a [Option<FileOutcome>],
+    pub chunk_bytes: u64,
+    /// More rejected rows than this in one file quarantine it (0: no cap).
+    pub max_rejects: u64,
+    /// The metrics window width, in microseconds.
+    pub window_micros: i64,
+}
+
+/// What a rejected row holds in memory, for the chunk budget.
+fn reject_bytes(r: &Rejected) -> u64 {
+    (r.raw.len() + r.reason.len() + std::mem::size_of::<Rejected>()) as u64
+}
+
 /// Reads the files of a batch in order and hands on chunks of at most about
-/// `chunk_bytes` of input each, deduplicated within themselves (last row in
-/// file then line order wins). `emit` returns false when the receiver is
+/// `chunk_bytes` of input each. `emit` returns false when the receiver is
 /// gone; reading then stops and `None` is returned.
-pub fn read_batch(
-    sources: &[SourceFile],
-    chunk_bytes: u64,
-    mut emit: impl FnMut(Chunk) -> bool,
-) -> PolarsResult<Option<BatchRead>> {
-    let n = sources.len();
-    let mut out = BatchRead { files: Vec::with_capacity(n), chunks: 0, read: Duration::ZERO, dedup: Duration::ZERO };
+pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> PolarsResult<Option<BatchRead>> {
+    let n = plan.sources.len();
+    let mut out = BatchRead {
+        files: Vec::with_capacity(n),
+        excluded: None,
+        chunks: 0,
+        read: Duration::ZERO,
+        dedup: Duration::ZERO,
+    };
     let mut frames: Vec<DataFrame> = Vec::new();
     let mut rejected: Vec<Rejected> = Vec::new();
     let mut pending_bytes = 0u64;
     let started = Instant::now();
 
-    // Deduplicates and hands on what has been gathered.
+    // Deduplicates, aggregates and hands on what has been gathered.
     let mut flush = |frames: &mut Vec<DataFrame>, rejected: &mut Vec<Rejected>, out: &mut BatchRead| {
         let deduping = Instant::now();
         let deduped = dedup(std::mem::take(frames), n)?;
+        let deltas = aggregate::aggregate(&deduped.frame, plan.window_micros)?;
         out.dedup += deduping.elapsed();
         for (file, d) in out.files.iter_mut().zip(&deduped.duplicates) {
             if let FileOutcome::Rows { duplicates, .. } = &mut file.outcome {
@@ -88,46 +141,101 @@ pub fn read_batch(
         if deduped.frame.height() > 0 {
             out.chunks += 1;
         }
-        PolarsResult::Ok(emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected) }))
+        PolarsResult::Ok(emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected), deltas }))
     };
 
-    for (index, source) in sources.iter().enumerate() {
-        let (id, file) = match open_source(source) {
+    for (index, source) in plan.sources.iter().enumerate() {
+        if let Some(outcome) = plan.forced.get(index).cloned().flatten() {
+            out.files.push(FileSummary { id: source.id.clone(), outcome });
+            continue;
+        }
+        let opened = match open_source(source) {
             Ok(opened) => opened,
             Err((id, outcome)) => {
                 out.files.push(FileSummary { id, outcome });
                 continue;
             }
         };
-        let mut reader = match ContractReader::open(std::io::BufReader::with_capacity(256 * 1024, file), index as u32) {
+        if (opened.id.size, opened.id.mtime_ns) != (source.id.size, source.id.mtime_ns) {
+            let reason = format!(
+                "not the file that was registered: {} bytes modified at {} ns then, {} bytes at {} ns now",
+                source.id.size, source.id.mtime_ns, opened.id.size, opened.id.mtime_ns
+            );
+            out.files.push(FileSummary { id: source.id.clone(), outcome: FileOutcome::Changed { reason } });
+            continue;
+        }
+        // A second descriptor of the same open file, to look at it once read.
+        let probe = opened.file.try_clone();
+        let buffered = std::io::BufReader::with_capacity(256 * 1024, opened.file);
+        let mut reader = match ContractReader::open(buffered, index as u32) {
             Ok(reader) => reader,
             Err(reason) => {
-                out.files.push(FileSummary { id, outcome: FileOutcome::Quarantine { reason } });
+                out.files.push(FileSummary { id: opened.id, outcome: FileOutcome::Quarantine { reason } });
                 continue;
             }
         };
-        out.files.push(FileSummary { id, outcome: FileOutcome::Rows { rows_read: 0, rejected: 0, duplicates: 0 } });
-        while let Some(part) = reader.next_part(chunk_bytes.saturating_sub(pending_bytes)) {
+        out.files.push(FileSummary {
+            id: opened.id.clone(),
+            outcome: FileOutcome::Rows { rows_read: 0, rejected: 0, duplicates: 0 },
+        });
+        let mut first_reject: Option<(u64, String)> = None;
+        while let Some(part) = reader.next_part(plan.chunk_bytes.saturating_sub(pending_bytes)) {
+            let mut file_rejects = 0;
             if let Some(FileSummary { outcome: FileOutcome::Rows { rows_read, rejected: bad, .. }, .. }) =
                 out.files.last_mut()
             {
                 *rows_read += part.rows_read;
                 *bad += part.rejected.len() as u64;
+                file_rejects = *bad;
             }
-            pending_bytes += part.bytes;
+            if first_reject.is_none() {
+                first_reject = part.rejected.first().map(|r| (r.line, r.reason.clone()));
+            }
+            if plan.max_rejects > 0 && file_rejects > plan.max_rejects {
+                let (line, why) = first_reject.clone().unwrap_or_default();
+                let reason = format!(
+                    "more than {} rows break the contract (MAX_REJECTS_PER_FILE); the first, line {line}: {why}",
+                    plan.max_rejects
+                );
+                out.excluded = Some((index, FileOutcome::Quarantine { reason }));
+                return finish(out, started);
+            }
+            pending_bytes += part.bytes + part.rejected.iter().map(reject_bytes).sum::<u64>();
             frames.push(part.frame);
             rejected.extend(part.rejected);
-            if pending_bytes >= chunk_bytes {
+            if pending_bytes >= plan.chunk_bytes {
                 if !flush(&mut frames, &mut rejected, &mut out)? {
                     return Ok(None);
                 }
                 pending_bytes = 0;
             }
         }
+        // Read to its end: is it still the file that was planned?
+        let now = probe.and_then(|f| f.metadata()).map(|m| crate::watch::file_id(&source.id.name, &m));
+        match now {
+            Ok(now) if (now.size, now.mtime_ns) == (source.id.size, source.id.mtime_ns) => {}
+            Ok(now) => {
+                let reason = format!(
+                    "written to while it was read: {} bytes when planned, {} bytes once read",
+                    source.id.size, now.size
+                );
+                out.excluded = Some((index, FileOutcome::Changed { reason }));
+                return finish(out, started);
+            }
+            Err(e) => {
+                let reason = format!("unreadable once read: {e}");
+                out.excluded = Some((index, FileOutcome::Quarantine { reason }));
+                return finish(out, started);
+            }
+        }
     }
     if (!frames.is_empty() || !rejected.is_empty()) && !flush(&mut frames, &mut rejected, &mut out)? {
         return Ok(None);
     }
+    finish(out, started)
+}
+
+fn finish(mut out: BatchRead, started: Instant) -> PolarsResult<Option<BatchRead>> {
     out.read = started.elapsed().saturating_sub(out.dedup);
     Ok(Some(out))
 }
@@ -162,7 +270,15 @@ mod tests {
         let b: String = (0..50).map(|i| row(i % 5 + 1, i / 5, "2.00")).chain([row(1, 0, "3.00")]).collect();
         let sources = write_files(dir.path(), &[format!("{H}{a}"), format!("{H}{b}"), "nonsense".into()]);
         let mut chunks = Vec::new();
-        let read = read_batch(&sources, 1_000, |c| {
+        let forced = vec![None; sources.len()];
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &forced,
+            chunk_bytes: 1_000,
+            max_rejects: 0,
+            window_micros: 60_000_000,
+        };
+        let read = read_batch(plan, |c| {
             chunks.push(c);
             true
         })?
@@ -190,7 +306,64 @@ mod tests {
         );
 
         // The receiver going away stops the reader.
-        assert!(read_batch(&sources, 1_000, |_| false)?.is_none());
+        assert!(read_batch(plan, |_| false)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_with_too_many_rejects_stops_the_read_and_is_to_be_quarantined() -> PolarsResult<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = format!("{H}1,A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n");
+        let bad = format!("{H}{}", "x\n".repeat(50));
+        let sources = write_files(dir.path(), &[good, bad]);
+        let forced = vec![None, None];
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &forced,
+            chunk_bytes: 1 << 20,
+            max_rejects: 10,
+            window_micros: 60_000_000,
+        };
+        let read = read_batch(plan, |_| true)?.expect("not stopped");
+        match &read.excluded {
+            Some((1, FileOutcome::Quarantine { reason })) => {
+                assert!(reason.starts_with("more than 10 rows break the contract"), "{reason}");
+                assert!(reason.contains("line 2: expected 9 fields, found 1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Forced, the file is settled unread.
+        let forced = vec![None, read.excluded.map(|(_, o)| o)];
+        let read = read_batch(ReadPlan { forced: &forced, ..plan }, |_| true)?.expect("not stopped");
+        assert!(read.excluded.is_none());
+        assert!(matches!(read.files[0].outcome, FileOutcome::Rows { rows_read: 1, .. }));
+        assert!(matches!(&read.files[1].outcome, FileOutcome::Quarantine { .. }));
+        Ok(())
+    }
+
+    #[test]
+    fn a_file_other_than_the_one_registered_is_changed_and_never_read() -> PolarsResult<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sources = write_files(dir.path(), &[format!("{H}1,A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n")]);
+        sources[0].id.size += 1;
+        let forced = vec![None];
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &forced,
+            chunk_bytes: 1 << 20,
+            max_rejects: 0,
+            window_micros: 60_000_000,
+        };
+        let mut chunks = 0;
+        let read = read_batch(plan, |_| {
+            chunks += 1;
+            true
+        })?
+        .expect("not stopped");
+        assert!(
+            matches!(&read.files[0].outcome, FileOutcome::Changed { reason } if reason.contains("not the file that was registered"))
+        );
+        assert_eq!(chunks, 0);
         Ok(())
     }
 
@@ -205,9 +378,9 @@ mod tests {
         let view = EventView::new(&d.frame)?;
         let got: Vec<(i32, i32, i64)> = (0..view.len())
             .filter_map(|i| view.row(i))
-            .map(|(_, r)| (r.user_id, r.product_id, r.price_cents))
+            .map(|(_, _, r)| (r.user_id, r.product_id, r.price_cents))
             .collect();
-        assert_eq!(got, vec![(2, 1, 100), (1, 3, 300)]);
+        assert_eq!(got, vec![(1, 3, 300), (2, 1, 100)], "sorted by key");
         Ok(())
     }
 }

@@ -80,7 +80,8 @@ async fn width(client: &tokio_postgres::Client) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_window_width_rebuilds_the_metrics_analytics_off_empties_them_and_on_again_builds_them() -> TestResult {
+async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catches_up_without_a_rebuild() -> TestResult
+{
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
@@ -117,17 +118,20 @@ async fn a_new_window_width_rebuilds_the_metrics_analytics_off_empties_them_and_
     let quarter_windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
     assert_eq!((minute_windows, quarter_windows), (4, 16), "four minutes of data");
 
-    // Analytics off: emptied and not kept, while events go on loading.
+    // Analytics off: events go on loading, the derived tables wait (the
+    // batch's deltas are kept, not applied).
+    let before: i64 =
+        count(&client, "SELECT coalesce(sum(views + purchases), 0)::int8 FROM event_metrics_minute").await;
     random_file(&data, "f4.csv", 200, &mut rng);
-    run(&["--analytics", "false"]).await?;
-    assert_eq!(count(&client, "SELECT count(*) FROM analytics_settings").await, 0);
-    for table in ["event_metrics_minute", "user_category_counts", "user_product_counts"] {
-        assert_eq!(count(&client, &format!("SELECT count(*) FROM {table}")).await, 0, "{table}");
-    }
+    run(&["--analytics", "false", "--metrics-window", "15"]).await?;
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 5);
-    // On again: built from events, the rows loaded meanwhile included.
-    run(&[]).await?;
-    assert_eq!(width(&client).await, 60);
+    assert_eq!(count(&client, "SELECT count(*) FROM batches WHERE applied_at IS NULL").await, 1, "waiting");
+    let still: i64 = count(&client, "SELECT coalesce(sum(views + purchases), 0)::int8 FROM event_metrics_minute").await;
+    assert_eq!(still, before, "not applied while off");
+    // On again: the applier folds what waited, with no rebuild.
+    run(&["--metrics-window", "15"]).await?;
+    assert_eq!(count(&client, "SELECT count(*) FROM batches WHERE applied_at IS NULL").await, 0);
+    assert!(!client.query_one("SELECT needs_rebuild FROM analytics_settings", &[]).await?.get::<_, bool>(0));
     assert_analytics_exact(&client).await;
 
     // A database of a version without analytics: events, no settings, empty tables.
@@ -147,7 +151,7 @@ async fn a_new_window_width_rebuilds_the_metrics_analytics_off_empties_them_and_
 async fn the_streamer_session_compiles_nothing_with_jit() -> TestResult {
     // JIT compiled the batch statements for about 200 ms a batch.
     let db = TestDb::new().await;
-    let client = streamer::sink::connect(&db.url).await?;
+    let (client, _) = streamer::pg::connect_session(&db.url, "test", &streamer::pg::Session::default()).await?;
     let jit: String = client.query_one("SHOW jit", &[]).await?.get(0);
     assert_eq!(jit, "off");
     Ok(())

@@ -76,7 +76,17 @@ async fn progress_draws_a_bar_on_a_terminal_and_nothing_but_the_log_elsewhere() 
     assert!(!stderr.contains("files ·") && !stderr.contains('\r'), "no bar off a terminal: {stderr}");
     assert_eq!(table(&db.client().await).await, oracle(&files).0);
 
-    // On a terminal (util-linux `script` gives it one): the bar, files done of those listed.
+    // On a terminal (util-linux `script` gives it one): the bar, files done
+    // of those listed (a second database: the first has the files already).
+    let db = TestDb::new().await;
+    let flags = |cp: &std::path::Path| {
+        format!(
+            "--data-dir {} --checkpoint-dir {} --database-url {} --once --file-settle 0 --max-files-per-batch 2 --progress",
+            data.display(),
+            cp.display(),
+            db.url
+        )
+    };
     let bin = env!("CARGO_BIN_EXE_streamer");
     let line = format!("{bin} {}", flags(&dir.path().join("cp2")));
     let out = Command::new("script")

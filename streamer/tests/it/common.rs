@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use generator::{Generator, Settings};
 use std::process::Command as Process;
-use streamer::{Cli, Command, RunArgs};
+use streamer::{Cli, Command, Config, RunArgs};
 use tokio_postgres::{Client, NoTls};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -129,8 +129,14 @@ impl LiveStream {
     }
 }
 
-/// Stream settings for a test: `--once`, no settle time, plus `extra` flags.
-pub fn args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> RunArgs {
+/// Stream settings for a test: no settle time, short backoff, no HTTP,
+/// plus `extra` flags; validated.
+pub fn args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> Config {
+    run_args(data, checkpoints, url, extra).config().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`args`] before validation.
+pub fn run_args(data: &Path, checkpoints: &Path, url: &str, extra: &[&str]) -> RunArgs {
     let mut argv: Vec<String> = ["streamer", "--data-dir"].map(String::from).to_vec();
     argv.push(data.display().to_string());
     argv.push("--checkpoint-dir".into());
@@ -515,4 +521,46 @@ pub async fn http_get_ok(port: u16, path: &str) -> (u16, String, String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("nothing answers on port {port}");
+}
+
+/// Registers files of `data` in the registry of a migrated database, as the
+/// registrar would (the tests that change files after registration).
+pub async fn register(url: &str, source: &str, data: &Path, names: &[&str]) {
+    let mut client = connect(url).await;
+    streamer::sink::schema::migrate(&mut client).await.expect("migrations");
+    let ids: Vec<streamer::checkpoint::FileId> = names
+        .iter()
+        .map(|n| streamer::watch::file_id(n, &std::fs::metadata(data.join(n)).expect("file to register")))
+        .collect();
+    streamer::registry::register(&mut client, source, &ids).await.expect("registered");
+}
+
+/// The real `streamer` binary on a folder, with `extra` flags and `env`.
+pub fn streamer_bin(data: &Path, cp: &Path, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Process {
+    let mut cmd = Process::new(env!("CARGO_BIN_EXE_streamer"));
+    cmd.args(["--data-dir", &data.display().to_string(), "--checkpoint-dir", &cp.display().to_string()])
+        .args(["--database-url", url, "--file-settle", "0", "--max-backoff", "200", "--http-addr", "off"])
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env_remove(streamer::crashpoint::VARIABLE);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Waits until the analytics applier has folded every committed batch.
+pub async fn wait_for_applied(client: &Client, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let waiting = match client.query_one("SELECT count(*) FROM batches WHERE applied_at IS NULL", &[]).await {
+            Ok(row) => row.get::<_, i64>(0),
+            Err(_) => 1,
+        };
+        if waiting == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{waiting} batches not applied within {within:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

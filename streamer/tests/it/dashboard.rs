@@ -111,6 +111,7 @@ async fn the_dashboard_shows_in_chromium_what_the_database_holds() -> TestResult
         runtime::publish::publish(&stream.data, &f.name, &f.contents)?;
     }
     wait_for_loads(&stream.client, 10, Duration::from_secs(60)).await;
+    wait_for_applied(&stream.client, Duration::from_secs(60)).await;
 
     let url = format!("http://127.0.0.1:{port}/");
     let profile = tempfile::tempdir()?;

@@ -24,6 +24,7 @@ async fn health_metrics_and_the_dashboard_answer_with_what_the_database_holds() 
         stream.publish(&mut g, k);
     }
     wait_for_loads(&stream.client, 5, Duration::from_secs(30)).await;
+    wait_for_applied(&stream.client, Duration::from_secs(30)).await;
     let events = count(&stream.client, "SELECT count(*) FROM events").await;
     let rejected = count(&stream.client, "SELECT sum(rows_rejected)::int8 FROM load_history").await;
 

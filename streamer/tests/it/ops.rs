@@ -37,7 +37,7 @@ async fn status_reports_the_checkpoint_the_waiting_files_and_the_database() -> T
     let out = streamer(&data, &cp, &db.url, &["status"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stdout.contains("checkpoint   none yet") && stdout.contains("4 waiting"), "{stdout}");
+    assert!(stdout.contains("checkpoint   none yet") && stdout.contains("4 in the data folder"), "{stdout}");
     assert!(stdout.contains("relation \"events\" does not exist"), "{stdout}");
     assert!(!cp.exists(), "status never creates a checkpoint");
 
@@ -54,9 +54,10 @@ async fn status_reports_the_checkpoint_the_waiting_files_and_the_database() -> T
     let (expected, invalid) = oracle(&files);
     assert_eq!(status["next_batch"], 2);
     assert_eq!(status["last_committed_batch"], 1);
-    assert_eq!(status["pending_batch"], serde_json::Value::Null);
-    assert_eq!(status["processed_files"], 4);
-    assert_eq!(status["waiting_files"], 1);
+    assert_eq!(status["pending_batches"], serde_json::json!([]));
+    assert_eq!(status["files_present"], 5);
+    assert_eq!(status["database"]["files_waiting"], 1);
+    assert_eq!(status["database"]["analytics_lag"]["batches"], 0, "--once returns once the analytics caught up");
     assert_eq!(status["database"]["events"], expected.len() as i64);
     assert_eq!(status["database"]["files_loaded"], 4);
     assert_eq!(status["database"]["rows_rejected"], invalid as i64);
@@ -66,7 +67,8 @@ async fn status_reports_the_checkpoint_the_waiting_files_and_the_database() -> T
 
     let out = streamer(&data, &cp, &db.url, &["status"]);
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("4 processed, 1 waiting") && stdout.contains("batch      1"), "{stdout}");
+    assert!(stdout.contains("5 in the data folder, 1 waiting") && stdout.contains("batch      1"), "{stdout}");
+    assert!(stdout.contains("analytics    0 batches behind"), "{stdout}");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ fn settings(seed: u64) -> Settings {
     Settings { seed, min_events: 50, max_events: 400, duplicate_rate: 0.1, ..Settings::default() }
 }
 
-async fn run_once(args: streamer::RunArgs) -> streamer::RunSummary {
+async fn run_once(args: streamer::Config) -> streamer::RunSummary {
     streamer::run(args, CancellationToken::new()).await.expect("the stream runs")
 }
 
@@ -22,7 +22,9 @@ async fn loads_generated_files_exactly_as_the_oracle_says() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     let files = generate(&data, settings(1), 20);
-    let summary = run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "7"])).await;
+    // One loader: two would share the backlog (any batching gives the same table).
+    let summary =
+        run_once(args(&data, &cp, &db.url, &["--once", "--loaders", "1", "--max-files-per-batch", "7"])).await;
 
     let (expected, invalid) = oracle(&files);
     assert_eq!(invalid, 0);
@@ -69,7 +71,7 @@ async fn a_batch_in_many_chunks_equals_the_batch_in_one() -> TestResult {
     for (i, chunk) in ["2048", "33554432"].iter().enumerate() {
         let db = TestDb::new().await;
         let cp = dir.path().join(format!("cp{i}"));
-        let summary = run_once(args(&data, &cp, &db.url, &["--once", "--chunk-bytes", chunk])).await;
+        let summary = run_once(args(&data, &cp, &db.url, &["--once", "--loaders", "1", "--chunk-bytes", chunk])).await;
         assert_eq!(summary.totals.batches, 1);
         let client = db.client().await;
         let rows: Vec<Vec<i64>> =
@@ -142,57 +144,56 @@ async fn a_rewritten_file_is_loaded_again_and_its_rows_upsert() -> TestResult {
     Ok(())
 }
 
+/// A crash after `offsets/0` was written and the batch staged, before
+/// COMMIT (the real binary, aborted at the crash point): the next start runs
+/// batch 0 again with exactly its files.
 #[tokio::test]
 async fn replays_uncommitted_batch_after_crash_with_exactly_its_files() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     let files = generate(&data, settings(4), 6);
-    // A crash after offsets/0 was written, before anything was committed.
-    let planned: Vec<_> = files[2..5]
-        .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .map(|m| streamer::watch::file_id(p.file_name().and_then(|n| n.to_str()).unwrap_or_default(), &m))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut checkpoint = Checkpoint::open(&cp)?;
-    checkpoint.plan(planned.clone())?;
-    drop(checkpoint);
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "3"];
+    let crashed = streamer_bin(&data, &cp, &db.url, &flags, &[("STREAMER_CRASH_AT", "before_commit")]).status()?;
+    assert!(!crashed.success(), "the crash point aborts the process");
+    let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(cp.join("offsets/0"))?)?;
+    let planned: Vec<String> =
+        plan["files"].as_array().ok_or("files")?.iter().filter_map(|f| f["name"].as_str().map(str::to_owned)).collect();
+    assert_eq!(planned.len(), 3);
+    assert!(!cp.join("commits/0").exists());
+    let client = db.client().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM events").await, 0, "nothing of the batch is visible");
 
     run_once(args(&data, &cp, &db.url, &["--once"])).await;
-    let client = db.client().await;
     let batch0 = client.query("SELECT file_name FROM load_history WHERE batch_id = 0 ORDER BY load_id", &[]).await?;
     let names: Vec<String> = batch0.iter().map(|r| r.get(0)).collect();
-    assert_eq!(
-        names,
-        planned.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
-        "batch 0 re-run with exactly its files"
-    );
+    assert_eq!(names, planned, "batch 0 re-run with exactly its files");
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 6);
     assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, 6);
-    // File order is now 2,3,4 then 0,1,5.
-    let order: Vec<_> = [2, 3, 4, 0, 1, 5].iter().map(|&i| files[i].clone()).collect();
-    assert_eq!(table(&client).await, oracle(&order).0);
+    assert_eq!(table(&client).await, oracle(&files).0, "whatever the order of the batches");
     Ok(())
 }
 
+/// A crash after COMMIT, before `commits/N` (the real binary, aborted at
+/// the crash point): the next start writes only the marker.
 #[tokio::test]
 async fn a_batch_committed_before_its_marker_is_not_loaded_twice() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     let files = generate(&data, settings(5), 3);
-    run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "1"])).await;
-    // A crash after COMMIT, before commits/2 was written.
-    std::fs::remove_file(cp.join("commits/2"))?;
-    let summary = run_once(args(&data, &cp, &db.url, &["--once"])).await;
-    assert_eq!(summary.totals.batches, 0, "nothing loaded again");
-    assert!(cp.join("commits/2").exists(), "only the marker was written");
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
+    let crashed = streamer_bin(&data, &cp, &db.url, &flags, &[("STREAMER_CRASH_AT", "after_commit")]).status()?;
+    assert!(!crashed.success());
+    assert!(cp.join("offsets/0").exists() && !cp.join("commits/0").exists());
     let client = db.client().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 1, "batch 0 committed");
+    let summary = run_once(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", "1"])).await;
+    assert_eq!(summary.totals.batches, 2, "only the two other files loaded");
+    assert!(cp.join("commits/0").exists(), "the marker was written");
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 3);
     assert_eq!(table(&client).await, oracle(&files).0);
-    assert!(Checkpoint::open(&cp)?.pending().is_none());
+    assert!(Checkpoint::open(&cp)?.pending().next().is_none());
     Ok(())
 }
 
@@ -367,7 +368,7 @@ async fn a_lost_connection_is_reopened_and_nothing_is_lost() -> TestResult {
                 &[&streamer::pg::APPLICATION_NAME],
             )
             .await?;
-        assert_eq!(killed.len(), 1, "the streamer's one session");
+        assert!(!killed.is_empty(), "the streamer's sessions");
     }
     assert_eq!(table(&live.client).await, oracle(&files).0);
     assert_eq!(count(&live.client, "SELECT count(DISTINCT batch_id) FROM load_history").await, 6);
@@ -404,8 +405,9 @@ async fn a_file_copied_in_slowly_in_place_is_read_only_once_complete() -> TestRe
 async fn schema_applies_twice_and_its_constraints_refuse_bad_rows() -> TestResult {
     let db = TestDb::new().await;
     let mut client = db.client().await;
-    streamer::sink::apply_schema(&mut client, Some(60)).await?;
-    streamer::sink::apply_schema(&mut client, Some(60)).await?;
+    let first = streamer::sink::schema::migrate(&mut client).await?;
+    assert_eq!(first.applied, vec![1, 2, 3, 4, 5]);
+    assert!(streamer::sink::schema::migrate(&mut client).await?.applied.is_empty(), "applied once");
     let good = "(1, 'a', 'a@x', 'view', 1, 'p', 'c', 1.00, '2026-01-01T00:00:00Z')";
     client.batch_execute(&format!("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES {good}")).await?;
     let bad = [

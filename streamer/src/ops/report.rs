@@ -73,9 +73,8 @@ pub struct ReportArgs {
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: u32,
 
-    /// PostgreSQL connection URL (never logged).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub state: crate::config::StateArgs,
 }
 
 /// A time given on the command line, in UTC unless it says otherwise.
@@ -107,16 +106,16 @@ pub fn report_sql(name: ReportName, since: Option<DateTime<Utc>>, until: Option<
 
 /// Runs the report and prints it.
 pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
-    let url =
-        args.database_url.as_deref().filter(|u| !u.is_empty()).ok_or_else(|| {
-            ConfigError::new("--database-url/DATABASE_URL", "is not set (the report reads the database)")
-        })?;
+    let url = args
+        .state
+        .url()
+        .map_err(|e| ConfigError::new(e.setting, format!("{} (the report reads the database)", e.message)))?;
     if let (Some(since), Some(until)) = (args.since, args.until) {
         if since >= until {
             return Err(ConfigError::new("--since/--until", "--since must be before --until").into());
         }
     }
-    let client = crate::pg::connect(url, "streamer-report")
+    let client = crate::pg::connect(&url, "streamer-report")
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL: {}", describe(&e)))?;
     let sql = report_sql(args.name, args.since, args.until, args.top);

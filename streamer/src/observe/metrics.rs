@@ -1,6 +1,7 @@
 //! What the stream is doing, for `/health` and `/metrics`: Prometheus
 //! counters, histograms and gauges (prometheus-client), and the live state
-//! the stall check needs. The stream loop updates it; the HTTP side reads it.
+//! the stall checks need (files waiting with no commit; derived tables
+//! behind). The stream and the applier update it; the HTTP side reads it.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -15,7 +16,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::progress::BatchProgress;
+use super::progress::BatchProgress;
+use crate::applier::Lag;
 
 /// The `outcome` label of the counters.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,6 +40,11 @@ pub struct Monitor {
     latency_seconds: Histogram,
     files_pending: Gauge,
     last_commit: Gauge<f64, AtomicU64>,
+    analytics_lag: Gauge<f64, AtomicU64>,
+    analytics_pending: Gauge,
+    applier_rounds: Counter,
+    applier_batches: Counter,
+    applier_seconds: Histogram,
     live: Mutex<Live>,
     stall_after: Duration,
 }
@@ -48,6 +55,9 @@ struct Live {
     /// When files started waiting (none are waiting: `None`).
     pending_since: Option<Instant>,
     last_commit: Option<(Instant, DateTime<Utc>)>,
+    /// Whether this streamer keeps the analytics (and so reports their lag).
+    analytics: bool,
+    lag: Lag,
 }
 
 /// The stream's side of `/health`.
@@ -59,6 +69,11 @@ pub struct StreamHealth {
     pub waiting_secs: f64,
     pub stall_after_secs: u64,
     pub stalled: bool,
+    /// Committed batches the analytics applier has not folded in yet, and
+    /// the age of the oldest, in seconds (`None` with analytics off).
+    pub analytics_lag: Option<Lag>,
+    /// The derived tables are further behind than the stall threshold.
+    pub analytics_stalled: bool,
 }
 
 impl Monitor {
@@ -72,6 +87,12 @@ impl Monitor {
         let latency_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 15));
         let files_pending = Gauge::default();
         let last_commit = Gauge::<f64, AtomicU64>::default();
+        let analytics_lag = Gauge::<f64, AtomicU64>::default();
+        let analytics_pending = Gauge::default();
+        let applier_rounds = Counter::default();
+        let applier_batches = Counter::default();
+        // 1 ms … about 16 s.
+        let applier_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
         registry.register(
             "streamer_batches",
             "Batches by outcome: committed, recovered (planned before a restart, re-run), rolled_back (an attempt rolled back and retried)",
@@ -103,6 +124,31 @@ impl Monitor {
             "Unix time of the last batch commit (0 before the first)",
             last_commit.clone(),
         );
+        registry.register(
+            "streamer_analytics_lag_seconds",
+            "Age of the oldest committed batch the analytics applier has not folded into the derived tables (0 when caught up)",
+            analytics_lag.clone(),
+        );
+        registry.register(
+            "streamer_analytics_pending_batches",
+            "Committed batches the analytics applier has not folded in yet",
+            analytics_pending.clone(),
+        );
+        registry.register(
+            "streamer_applier_rounds",
+            "Rounds of the analytics applier run by this streamer",
+            applier_rounds.clone(),
+        );
+        registry.register(
+            "streamer_applier_batches",
+            "Batches folded by this streamer's analytics applier",
+            applier_batches.clone(),
+        );
+        registry.register(
+            "streamer_applier_round_duration_seconds",
+            "Time of one round of the analytics applier",
+            applier_seconds.clone(),
+        );
         // Every outcome shows from the start, at 0.
         for o in ["committed", "recovered", "rolled_back"] {
             let _ = batches.get_or_create(&outcome(o));
@@ -122,7 +168,18 @@ impl Monitor {
             latency_seconds,
             files_pending,
             last_commit,
-            live: Mutex::new(Live { pending: 0, pending_since: None, last_commit: None }),
+            analytics_lag,
+            analytics_pending,
+            applier_rounds,
+            applier_batches,
+            applier_seconds,
+            live: Mutex::new(Live {
+                pending: 0,
+                pending_since: None,
+                last_commit: None,
+                analytics: false,
+                lag: Lag::default(),
+            }),
             stall_after,
         }
     }
@@ -168,6 +225,25 @@ impl Monitor {
         self.live().last_commit = Some((Instant::now(), now));
     }
 
+    /// This streamer keeps the analytics: their lag is reported.
+    pub fn analytics_on(&self) {
+        self.live().analytics = true;
+    }
+
+    /// The analytics lag, as last read.
+    pub fn applier_lag(&self, lag: Lag) {
+        self.analytics_lag.set(lag.seconds);
+        self.analytics_pending.set(lag.batches);
+        self.live().lag = lag;
+    }
+
+    /// One applier round folded `batches` batches.
+    pub fn applier_round(&self, batches: u64, took: Duration) {
+        self.applier_rounds.inc();
+        self.applier_batches.inc_by(batches);
+        self.applier_seconds.observe(took.as_secs_f64());
+    }
+
     /// A batch attempt was rolled back and is retried.
     pub fn rolled_back(&self) {
         self.batches.get_or_create(&outcome("rolled_back")).inc();
@@ -190,6 +266,8 @@ impl Monitor {
             waiting_secs: (waiting.as_secs_f64() * 1000.0).round() / 1000.0,
             stall_after_secs: self.stall_after.as_secs(),
             stalled: live.pending > 0 && waiting > self.stall_after,
+            analytics_lag: live.analytics.then_some(live.lag),
+            analytics_stalled: live.analytics && live.lag.seconds > self.stall_after.as_secs_f64(),
         }
     }
 
@@ -206,7 +284,7 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::Phases;
+    use crate::observe::progress::Phases;
 
     fn batch(recovered: bool) -> BatchProgress {
         BatchProgress {
@@ -270,5 +348,11 @@ mod tests {
         m.set_pending(0);
         std::thread::sleep(Duration::from_millis(60));
         assert!(!m.stream_health().stalled, "an idle stream is not stalled");
+        assert_eq!(m.stream_health().analytics_lag, None, "analytics off: no lag reported");
+        m.analytics_on();
+        m.applier_lag(Lag { batches: 3, seconds: 0.5 });
+        let h = m.stream_health();
+        assert_eq!(h.analytics_lag, Some(Lag { batches: 3, seconds: 0.5 }));
+        assert!(h.analytics_stalled, "half a second behind, past a 30 ms threshold");
     }
 }

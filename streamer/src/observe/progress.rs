@@ -182,11 +182,16 @@ impl BacklogBar {
         BacklogBar(bar)
     }
 
-    /// A listing found `n` files to process: they are what is left to do.
+    /// `n` files wait to be loaded: they are what is left to do. (A file
+    /// just committed may still count as waiting: the length never shrinks
+    /// while files wait.)
     pub fn queued(&self, n: usize) {
-        self.0.set_length(self.0.position() + n as u64);
+        let wanted = self.0.position() + n as u64;
         if n == 0 {
+            self.0.set_length(wanted);
             self.0.set_message("watching for files");
+        } else {
+            self.0.set_length(wanted.max(self.0.length().unwrap_or(0)));
         }
     }
 

@@ -1,0 +1,229 @@
+//! The analytics applier: folds committed batches into the derived tables
+//! (`event_metrics_minute`, `user_category_counts`, `user_product_counts`)
+//! off the commit path, on a session of its own.
+//!
+//! One applier runs per database: the one whose session holds the
+//! [`lock::APPLIER`] advisory lock; every streamer with analytics on tries
+//! to take it, so a dead owner is replaced within the session timeouts.
+//!
+//! Exactly once, in commit order: a round is ONE transaction at REPEATABLE
+//! READ. Its snapshot holds a prefix of the commits, and with them every
+//! delta those batches recorded (their rows and their deltas committed
+//! together). The round folds all of them, deletes them and stamps the
+//! batches applied, in the same snapshot and the same COMMIT: a crash
+//! anywhere rolls the whole round back, and a batch committed after the
+//! snapshot waits for the next round. Distinct users are counted against
+//! `events` as of the same snapshot, so after every round each derived table
+//! equals its `GROUP BY` over `events` as of that snapshot (see db/003).
+//! A new window width, or analytics turned on for a database that never had
+//! them, rebuilds the tables from `events` in one such round instead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_postgres::{Client, IsolationLevel};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::observe::metrics::Monitor;
+use crate::pg::{classify, connect_session, describe, Backoff, ErrorClass, Session};
+use crate::sink::lock;
+
+const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
+const APPLY_COUNTERS: &str = include_str!("sink/sql/apply_counters.sql");
+const APPLY_DONE: &str = include_str!("sink/sql/apply_done.sql");
+const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
+
+/// How long an idle applier waits before looking again (it is also woken
+/// by this streamer's commits).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// How far the derived tables are behind `events`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Lag {
+    /// Committed batches not folded in yet.
+    pub batches: i64,
+    /// Age of the oldest of them, in seconds (0 when none).
+    pub seconds: f64,
+}
+
+/// The lag, read in one statement.
+pub async fn lag(client: &Client) -> Result<Lag, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(committed_at)), 0)::float8 \
+             FROM batches WHERE applied_at IS NULL",
+            &[],
+        )
+        .await?;
+    Ok(Lag { batches: row.get(0), seconds: row.get(1) })
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing to fold.
+    Idle,
+    /// Folded this many batches (and any edits by hand).
+    Applied { batches: i64, rebuilt: bool },
+}
+
+/// One round (see the module docs).
+pub async fn round(client: &mut Client) -> Result<Round, tokio_postgres::Error> {
+    let waiting: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM batches WHERE applied_at IS NULL) \
+                 OR EXISTS (SELECT 1 FROM analytics_rows WHERE batch_seq IS NULL) \
+                 OR EXISTS (SELECT 1 FROM analytics_settings WHERE needs_rebuild)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !waiting {
+        return Ok(Round::Idle);
+    }
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
+    // The first statement fixes the snapshot.
+    let row = tx
+        .query_one(
+            "SELECT s.needs_rebuild, (SELECT count(*) FROM batches WHERE applied_at IS NULL), \
+                    EXISTS (SELECT 1 FROM batches b WHERE b.applied_at IS NULL AND b.window_seconds <> s.window_seconds) \
+             FROM analytics_settings s",
+            &[],
+        )
+        .await?;
+    let (needs_rebuild, batches, other_width): (bool, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let rebuilt = needs_rebuild || other_width;
+    if rebuilt {
+        tx.batch_execute(REBUILD).await?;
+    } else {
+        tx.batch_execute(APPLY_METRICS).await?;
+        tx.batch_execute(APPLY_COUNTERS).await?;
+    }
+    tx.batch_execute(APPLY_DONE).await?;
+    tx.commit().await?;
+    Ok(Round::Applied { batches, rebuilt })
+}
+
+/// Where the applier runs and what it reports to.
+#[derive(Debug, Clone)]
+pub struct Applier {
+    pub url: String,
+    pub session: Session,
+    pub max_backoff: Duration,
+    pub monitor: Arc<Monitor>,
+    /// Notified by this streamer's commits.
+    pub wake: Arc<Notify>,
+}
+
+impl Applier {
+    /// Runs until `stop` fires: owns the applier role when it can, folds
+    /// rounds while there is work, waits when idle.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(self.max_backoff);
+        let mut client: Option<Client> = None;
+        let mut owner = false;
+        while !stop.is_cancelled() {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                owner = false;
+                match connect_session(&self.url, "streamer-applier", &self.session).await {
+                    Ok((c, _)) => match c.batch_execute("SET statement_timeout = '1h'").await {
+                        Ok(()) => client = Some(c),
+                        Err(e) => warn!(error = %describe(&e), "cannot prepare the applier's session"),
+                    },
+                    Err(e) => {
+                        let wait = backoff.step();
+                        warn!(error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "the analytics applier cannot reach PostgreSQL; waiting");
+                        if !pause(&stop, wait).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = client.as_mut() else { continue };
+            if !owner {
+                let (class, object) = lock::APPLIER;
+                match c.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await {
+                    Ok(row) if row.get::<_, bool>(0) => {
+                        owner = true;
+                        info!("this streamer runs the analytics applier");
+                    }
+                    Ok(_) => {
+                        // Another streamer's applier runs: look again later.
+                        self.report(c).await;
+                        if !self.idle(&stop, Duration::from_secs(1)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(_) => {
+                        client = None;
+                        continue;
+                    }
+                }
+            }
+            let started = Instant::now();
+            match round(c).await {
+                Ok(Round::Idle) => {
+                    self.monitor.applier_lag(Lag::default());
+                    backoff = Backoff::new(self.max_backoff);
+                    if !self.idle(&stop, IDLE_POLL).await {
+                        return;
+                    }
+                }
+                Ok(Round::Applied { batches, rebuilt }) => {
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    if rebuilt {
+                        info!(batches, ms, "analytics tables rebuilt from events");
+                    } else {
+                        tracing::debug!(batches, ms, "analytics applied");
+                    }
+                    self.monitor.applier_round(batches as u64, started.elapsed());
+                    self.report(c).await;
+                }
+                Err(e) => {
+                    let wait = backoff.step();
+                    match classify(&e) {
+                        ErrorClass::Transient => {
+                            warn!(error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "analytics round rolled back; retrying")
+                        }
+                        _ => {
+                            tracing::error!(error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "analytics round failed; ingest goes on, the round is retried")
+                        }
+                    }
+                    if c.is_closed() {
+                        client = None;
+                    }
+                    if !pause(&stop, wait).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report(&self, client: &Client) {
+        if let Ok(l) = lag(client).await {
+            self.monitor.applier_lag(l);
+        }
+    }
+
+    /// Waits `poll` or until woken; false when `stop` fired.
+    async fn idle(&self, stop: &CancellationToken, poll: Duration) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = self.wake.notified() => true,
+            _ = tokio::time::sleep(poll) => true,
+        }
+    }
+}
+
+/// Sleeps `wait` unless `stop` fires first; false when it did.
+pub async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
+}

@@ -1,0 +1,619 @@
+//! A loader: one of the streamer's `--loaders` tasks, each on its own
+//! PostgreSQL session. It claims the oldest pending files of the source in a
+//! new transaction, plans the batch in the checkpoint (`offsets/N`), reads
+//! and stages it chunk by chunk (reading the next chunk overlaps staging the
+//! last), commits, marks it (`commits/N`) and reports it.
+//!
+//! What a failed attempt leads to, by the error's class:
+//! - transient (connection, failover, serialization): roll back, wait with
+//!   backoff, ask the database whether the lost COMMIT went through, run
+//!   the same batch again (same id, same files);
+//! - data (the server refused a value, SQLSTATE 21/22/23): the batch runs
+//!   again with its first file alone; a file that fails alone is
+//!   quarantined with the server's message, and the rest commits — no input
+//!   fails a batch twice;
+//! - timeout on every try: the batch is split the same way; a single file
+//!   that times out [`TIMEOUTS`] times stops the stream with a message;
+//! - fatal (authentication, permission, a missing object): the stream stops
+//!   with the message.
+//!
+//! A file whose staged rows must not commit (rewritten while read, too many
+//! rejected rows) makes the batch run again with that file settled unread.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::batch::{self, BatchRead, FileOutcome, ReadPlan, SourceFile};
+use crate::checkpoint::{Checkpoint, Commit, CommittedFile, FileStatus, Offsets, PlannedFile, FORMAT_VERSION};
+use crate::config::{CleanSource, Config};
+use crate::observe::progress::{ms, BatchProgress, Phases};
+use crate::observe::Observers;
+use crate::pg::{connect_session, describe, Backoff, ErrorClass};
+use crate::sink::{BatchMeta, Claim, Committed, Loader, SinkError};
+use crate::{blocking, pause, registry};
+
+/// Timeouts of one single-file batch before the stream stops.
+pub const TIMEOUTS: u32 = 3;
+
+/// What the loaders share.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub checkpoint: Arc<Mutex<Checkpoint>>,
+    pub checkpoint_id: uuid::Uuid,
+    pub observers: Observers,
+    /// Woken when files are registered (here or by another streamer).
+    pub work: Notify,
+    /// Woken after a commit: the applier and the disposer.
+    pub committed: Arc<Notify>,
+    /// Batches planned before a restart, to run again first.
+    pub recovered: Mutex<VecDeque<Offsets>>,
+    /// Recovered batches whose files are not claimed yet: until none is
+    /// left, no loader claims new files (they could take a recovered
+    /// batch's files, and its id would never commit).
+    pub unclaimed_recoveries: std::sync::atomic::AtomicUsize,
+    /// The metrics window width the database uses.
+    pub window_seconds: i32,
+    /// A loader that cannot go on sends why here; the stream stops.
+    pub fatal: mpsc::UnboundedSender<anyhow::Error>,
+}
+
+/// One batch's work: which files, and what was decided about them.
+#[derive(Debug, Default)]
+struct Job {
+    /// Its id once planned.
+    batch_id: Option<u64>,
+    /// The planned files; `None` before the first claim.
+    files: Option<Vec<PlannedFile>>,
+    /// Files settled without being read.
+    forced: HashMap<i32, FileOutcome>,
+    recovered: bool,
+    /// A recovered batch's files are claimed (or gone).
+    claimed: bool,
+    timeouts: u32,
+    attempt: u32,
+}
+
+impl Job {
+    /// A recovered batch's files are claimed (or it needs none): new claims
+    /// may go ahead once every recovered batch is there.
+    fn mark_claimed(&mut self, shared: &Shared) {
+        if self.recovered && !self.claimed {
+            self.claimed = true;
+            shared.unclaimed_recoveries.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Committed(Committed, BatchRead, Duration),
+    /// No file to claim.
+    Nothing,
+    /// A file must be settled unread: run again.
+    Exclude(i32, FileOutcome),
+    /// The plan cannot be written (the checkpoint folder is full or
+    /// read-only): the claims are given back, the batch waits.
+    Unplanned(anyhow::Error),
+    /// The database had the batch already: only its marker was written.
+    Confirmed,
+    Failed(SinkError),
+}
+
+/// Runs one loader until `stop` fires (the batch in flight gets the grace
+/// period first).
+pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
+    let mut client: Option<Client> = None;
+    let mut backoff = Backoff::new(shared.config.max_backoff);
+    let mut job = Job::default();
+    while !stop.is_cancelled() {
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match open_session(&shared.config).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    let wait = backoff.step();
+                    if crate::pg::classify(&e) == ErrorClass::Fatal {
+                        let _ = shared
+                            .fatal
+                            .send(anyhow::anyhow!("loader {index} cannot open its session: {}", describe(&e)));
+                        return;
+                    }
+                    warn!(loader = index, error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "PostgreSQL is not reachable; waiting");
+                    if !pause(&stop, wait).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        if job.files.is_none() && job.batch_id.is_none() {
+            let recovered = lock(&shared.recovered).pop_front();
+            if let Some(plan) = recovered {
+                info!(
+                    batch_id = plan.batch_id,
+                    files = plan.files.len(),
+                    "re-running a batch planned before a restart"
+                );
+                job = Job { batch_id: Some(plan.batch_id), files: Some(plan.files), recovered: true, ..Job::default() };
+            } else if shared.unclaimed_recoveries.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                // Another loader is claiming a recovered batch's files.
+                if !pause(&stop, Duration::from_millis(20)).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        job.attempt += 1;
+        let attempt = guarded(&shared, &stop, attempt(&shared, c, &mut job)).await;
+        let Some(attempt) = attempt else { return };
+        match attempt {
+            Attempt::Nothing => {
+                job = Job::default();
+                backoff = Backoff::new(shared.config.max_backoff);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = shared.work.notified() => {}
+                    _ = tokio::time::sleep(shared.config.rescan_interval) => {}
+                }
+            }
+            Attempt::Committed(committed, read, discover) => {
+                report(&shared, &job, &committed, &read, discover);
+                job = Job::default();
+                backoff = Backoff::new(shared.config.max_backoff);
+                if !shared.config.trigger_interval.is_zero() && !pause(&stop, shared.config.trigger_interval).await {
+                    return;
+                }
+            }
+            Attempt::Confirmed => {
+                job = Job::default();
+            }
+            Attempt::Unplanned(e) => {
+                let wait = backoff.step();
+                warn!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "cannot write the checkpoint; the batch waits"
+                );
+                if !pause(&stop, wait).await {
+                    return;
+                }
+            }
+            Attempt::Exclude(file_id, outcome) => {
+                if let Some(reason) = outcome.reason() {
+                    warn!(batch_id = job.batch_id, file_id, reason, "a file is settled unread; the batch runs again");
+                }
+                job.forced.insert(file_id, outcome);
+            }
+            Attempt::Failed(e) => {
+                if !failed(&shared, index, &stop, &mut job, &mut backoff, e, c.is_closed()).await {
+                    return;
+                }
+                if c.is_closed() {
+                    client = None;
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn open_session(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, _) = connect_session(&config.database_url, crate::pg::APPLICATION_NAME, &config.session).await?;
+    crate::sink::prepare_loader_session(&client).await.map_err(|e| match e {
+        SinkError::Query { source, .. } => source,
+        SinkError::Frame(_) => unreachable!("preparing a session stages no frame"),
+    })?;
+    Ok(client)
+}
+
+/// Runs `work`; once `stop` fires it gets the grace period to finish, then
+/// it is dropped (its transaction rolls back). `None` when it was dropped.
+async fn guarded<T>(
+    shared: &Shared,
+    stop: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => Some(r),
+        _ = stop.cancelled() => {
+            let grace = shared.config.shutdown_grace;
+            match tokio::time::timeout(grace, &mut work).await {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    warn!("batch rolled back at shutdown; it is re-run at the next start");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Decides what a failed attempt leads to; false when the loader stops.
+async fn failed(
+    shared: &Shared,
+    index: usize,
+    stop: &CancellationToken,
+    job: &mut Job,
+    backoff: &mut Backoff,
+    e: SinkError,
+    closed: bool,
+) -> bool {
+    let batch_id = job.batch_id;
+    let files = job.files.as_ref().map_or(0, Vec::len);
+    match e.class() {
+        ErrorClass::Transient => {
+            shared.observers.monitor.rolled_back();
+            let wait = backoff.step();
+            warn!(loader = index, batch_id, attempt = job.attempt, retry_in_ms = wait.as_millis() as u64, error = %e, "batch rolled back; retrying");
+            pause(stop, wait).await
+        }
+        ErrorClass::Data if files > 1 => {
+            warn!(batch_id, error = %e, "the database refused the batch's data; it runs again with its first file alone");
+            split(shared, job).await
+        }
+        ErrorClass::Data => {
+            let reason = format!("the database refused the file's rows: {e}");
+            warn!(batch_id, reason, "file isolated and quarantined");
+            if let Some(f) = job.files.as_ref().and_then(|f| f.first()) {
+                job.forced.insert(f.file_id, FileOutcome::Quarantine { reason });
+            }
+            true
+        }
+        ErrorClass::Timeout if files > 1 => {
+            warn!(batch_id, error = %e, "a statement of the batch timed out; it runs again with its first file alone");
+            split(shared, job).await
+        }
+        ErrorClass::Timeout if job.timeouts + 1 < TIMEOUTS => {
+            job.timeouts += 1;
+            let wait = backoff.step();
+            warn!(batch_id, timeouts = job.timeouts, error = %e, "a statement timed out; retrying");
+            pause(stop, wait).await
+        }
+        class => {
+            let why = if class == ErrorClass::Timeout {
+                format!(
+                    "batch {batch_id:?} timed out {TIMEOUTS} times with one file ({e}); raise STATEMENT_TIMEOUT_SECS \
+                     (now {} s) or lower CHUNK_BYTES",
+                    shared.config.session.statement_timeout.as_secs()
+                )
+            } else {
+                format!("batch {batch_id:?} failed: {e}{}", if closed { " (the connection closed)" } else { "" })
+            };
+            let _ = shared.fatal.send(anyhow::anyhow!(why));
+            false
+        }
+    }
+}
+
+/// The batch runs again with its first file alone (the others go back to
+/// pending with the rollback and are claimed by later batches).
+async fn split(shared: &Shared, job: &mut Job) -> bool {
+    let (Some(batch_id), Some(files)) = (job.batch_id, job.files.as_mut()) else { return true };
+    files.truncate(1);
+    let files = files.clone();
+    let checkpoint = shared.checkpoint.clone();
+    match blocking(move || lock(&checkpoint).replan(batch_id, files)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            let _ = shared.fatal.send(anyhow::Error::from(e).context("replanning a batch"));
+            false
+        }
+        Err(e) => {
+            let _ = shared.fatal.send(e);
+            false
+        }
+    }
+}
+
+/// One attempt at a batch, in one transaction.
+async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt {
+    let discovering = Instant::now();
+    let config = &shared.config;
+    // After a failure the lost COMMIT may have gone through.
+    if let (Some(batch_id), true) = (job.batch_id, job.attempt > 1 || job.recovered) {
+        match registry::has_batch(client, shared.checkpoint_id, batch_id).await {
+            Ok(true) => {
+                job.mark_claimed(shared);
+                return confirm(shared, client, batch_id).await;
+            }
+            Ok(false) => {}
+            Err(e) => return Attempt::Failed(SinkError::Query { what: e.what, source: e.source }),
+        }
+    }
+    let meta = BatchMeta {
+        checkpoint_id: shared.checkpoint_id,
+        batch_id: job.batch_id.unwrap_or_default(),
+        source: config.source.clone(),
+        started_at: Utc::now(),
+        window_seconds: shared.window_seconds,
+    };
+    let claim = match &job.files {
+        Some(files) => Claim::Files(files.iter().map(|f| f.file_id).collect()),
+        None => Claim::Next {
+            files: config.max_files_per_batch.min(i32::MAX as usize) as i32,
+            bytes: config.max_bytes_per_batch.min(i64::MAX as u64) as i64,
+        },
+    };
+    let mut loader = match Loader::begin(client, meta, claim).await {
+        Ok(loader) => loader,
+        Err(e) => return Attempt::Failed(e),
+    };
+    job.mark_claimed(shared);
+    if loader.files().is_empty() {
+        let _ = loader.rollback().await;
+        if let Some(batch_id) = job.batch_id {
+            // Its files were taken by another streamer meanwhile.
+            abandon(shared, batch_id).await;
+        }
+        return Attempt::Nothing;
+    }
+    let planned: Vec<PlannedFile> =
+        loader.files().iter().map(|f| PlannedFile { file_id: f.file_id, id: f.id.clone() }).collect();
+    let batch_id = match plan(shared, job, planned).await {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = loader.rollback().await;
+            return Attempt::Unplanned(e);
+        }
+    };
+    loader.set_batch_id(batch_id);
+    let forced: Vec<Option<FileOutcome>> = loader.files().iter().map(|f| job.forced.get(&f.file_id).cloned()).collect();
+    let sources: Vec<SourceFile> = loader
+        .files()
+        .iter()
+        .map(|f| SourceFile { id: f.id.clone(), path: config.data_dir.join(&f.id.name) })
+        .collect();
+    let discover = discovering.elapsed();
+    let read = match stage(shared, &mut loader, sources, forced).await {
+        Ok(read) => read,
+        Err(e) => return Attempt::Failed(e),
+    };
+    if let Some((index, outcome)) = read.excluded.clone() {
+        let file_id = loader.files()[index].file_id;
+        let _ = loader.rollback().await;
+        return Attempt::Exclude(file_id, outcome);
+    }
+    crate::crashpoint::hit("before_commit");
+    let clean = config.clean_source;
+    match loader.finish(&read.files, |o| to_move(clean, o)).await {
+        Ok(committed) => {
+            crate::crashpoint::hit("after_commit");
+            job.batch_id = Some(batch_id);
+            if let Err(e) = mark(shared, batch_id, &committed).await {
+                let _ = shared.fatal.send(e);
+            }
+            Attempt::Committed(committed, read, discover)
+        }
+        Err(e) if e.is_batch_already_committed() => confirm(shared, client, batch_id).await,
+        Err(e) => Attempt::Failed(e),
+    }
+}
+
+/// Whether a settled file is to be moved out of the data folder.
+pub fn to_move(clean: CleanSource, outcome: &FileOutcome) -> bool {
+    match outcome {
+        FileOutcome::Rows { .. } => clean != CleanSource::Off,
+        FileOutcome::Quarantine { .. } => true,
+        FileOutcome::Missing | FileOutcome::Changed { .. } => false,
+    }
+}
+
+/// Writes `offsets/N` (a new batch, or a batch run again with what is left
+/// of its files); returns N.
+async fn plan(shared: &Shared, job: &mut Job, files: Vec<PlannedFile>) -> anyhow::Result<u64> {
+    let checkpoint = shared.checkpoint.clone();
+    let (batch_id, same) = (job.batch_id, job.files.as_ref() == Some(&files));
+    let planned = files.clone();
+    let id = blocking(move || -> anyhow::Result<u64> {
+        let mut cp = lock(&checkpoint);
+        Ok(match batch_id {
+            Some(id) if same => id,
+            Some(id) => cp.replan(id, planned)?.batch_id,
+            None => cp.plan(planned)?.batch_id,
+        })
+    })
+    .await??;
+    // Only a plan on disk makes the batch the job's.
+    job.files = Some(files);
+    job.batch_id = Some(id);
+    Ok(id)
+}
+
+/// Reads the batch on a blocking thread while the chunks already read are
+/// staged: one chunk in the channel and one being read, so memory stays at
+/// a few chunks whatever the batch size.
+async fn stage(
+    shared: &Shared,
+    loader: &mut Loader<'_>,
+    sources: Vec<SourceFile>,
+    forced: Vec<Option<FileOutcome>>,
+) -> Result<BatchRead, SinkError> {
+    let (tx, mut rx) = mpsc::channel::<batch::Chunk>(1);
+    let config = &shared.config;
+    let (chunk_bytes, max_rejects, window_micros) =
+        (config.chunk_bytes, config.max_rejects_per_file, config.window_micros().max(1));
+    let window_micros =
+        if shared.window_seconds > 0 { i64::from(shared.window_seconds) * 1_000_000 } else { window_micros };
+    let reader = tokio::task::spawn_blocking(move || {
+        let plan = ReadPlan { sources: &sources, forced: &forced, chunk_bytes, max_rejects, window_micros };
+        batch::read_batch(plan, |chunk| tx.blocking_send(chunk).is_ok())
+    });
+    while let Some(chunk) = rx.recv().await {
+        loader.stage(&chunk).await?;
+        crate::crashpoint::hit("after_stage");
+    }
+    match reader.await {
+        Ok(Ok(Some(read))) => Ok(read),
+        Ok(Ok(None)) => {
+            Err(SinkError::Frame(polars::error::PolarsError::ComputeError("the batch reader stopped early".into())))
+        }
+        Ok(Err(e)) => Err(SinkError::Frame(e)),
+        Err(e) => Err(SinkError::Frame(polars::error::PolarsError::ComputeError(
+            format!("the batch reader panicked: {e}").into(),
+        ))),
+    }
+}
+
+/// Writes `commits/N`. The batch is in the database: until the marker is
+/// written nothing else happens here; if the streamer stops meanwhile the
+/// next start finds the batch in the database.
+async fn mark(shared: &Shared, batch_id: u64, committed: &Committed) -> anyhow::Result<()> {
+    let commit = Commit {
+        version: FORMAT_VERSION,
+        batch_id,
+        committed_at: Utc::now(),
+        abandoned: false,
+        files: committed
+            .files
+            .iter()
+            .map(|f| CommittedFile {
+                file: f.file.id.clone(),
+                status: status_of(&f.outcome),
+                reason: f.outcome.reason().map(str::to_owned),
+            })
+            .collect(),
+    };
+    write_marker(shared, commit).await
+}
+
+fn status_of(outcome: &FileOutcome) -> FileStatus {
+    match outcome {
+        FileOutcome::Rows { .. } => FileStatus::Loaded,
+        FileOutcome::Quarantine { .. } => FileStatus::Quarantined,
+        FileOutcome::Missing => FileStatus::Missing,
+        FileOutcome::Changed { .. } => FileStatus::Changed,
+    }
+}
+
+async fn write_marker(shared: &Shared, commit: Commit) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(shared.config.max_backoff);
+    loop {
+        let (checkpoint, attempt) = (shared.checkpoint.clone(), commit.clone());
+        let written = blocking(move || {
+            let mut cp = lock(&checkpoint);
+            cp.commit(&attempt)?;
+            if attempt.batch_id % 100 == 0 {
+                cp.compact()?;
+            }
+            Ok::<(), crate::checkpoint::CheckpointError>(())
+        })
+        .await?;
+        match written {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let wait = backoff.step();
+                warn!(batch_id = commit.batch_id, error = %e, retry_in_ms = wait.as_millis() as u64, "batch committed but its marker cannot be written; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The batch is in the database already (a COMMIT whose answer was lost):
+/// only its marker is written, from the load history.
+async fn confirm(shared: &Shared, client: &Client, batch_id: u64) -> Attempt {
+    info!(batch_id, "the batch is in the database already; writing its commit marker");
+    let history = match crate::sink::committed_files(client, shared.checkpoint_id, batch_id).await {
+        Ok(h) => h,
+        Err(e) => return Attempt::Failed(e),
+    };
+    let commit = Commit {
+        version: FORMAT_VERSION,
+        batch_id,
+        committed_at: Utc::now(),
+        abandoned: false,
+        files: history
+            .into_iter()
+            .map(|h| CommittedFile {
+                file: crate::checkpoint::FileId { name: h.name, size: h.size, mtime_ns: h.mtime_micros * 1000 },
+                status: h.status.parse().unwrap_or(FileStatus::Loaded),
+                reason: h.reason,
+            })
+            .collect(),
+    };
+    if let Err(e) = write_marker(shared, commit).await {
+        let _ = shared.fatal.send(e);
+    }
+    shared.committed.notify_waiters();
+    Attempt::Confirmed
+}
+
+/// A batch planned before that will never commit: its files were taken by
+/// another streamer.
+async fn abandon(shared: &Shared, batch_id: u64) {
+    info!(batch_id, "the batch's files were loaded by another streamer meanwhile; its plan is closed");
+    let commit =
+        Commit { version: FORMAT_VERSION, batch_id, committed_at: Utc::now(), abandoned: true, files: Vec::new() };
+    if let Err(e) = write_marker(shared, commit).await {
+        let _ = shared.fatal.send(e);
+    }
+}
+
+/// Logs and counts a committed batch.
+fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead, discover: Duration) {
+    let total = c.load + c.commit + read.read.min(c.load) + discover;
+    let sum = |f: &dyn Fn(&crate::sink::FileLoad) -> u64| c.files.iter().map(f).sum::<u64>();
+    let count = |s: FileStatus| c.files.iter().filter(|f| status_of(&f.outcome) == s).count();
+    let input_rows = sum(&|f| f.rows_read);
+    let p = BatchProgress {
+        timestamp: Utc::now(),
+        batch_id: job.batch_id.unwrap_or_default(),
+        recovered: job.recovered,
+        files: c.files.len(),
+        files_quarantined: count(FileStatus::Quarantined),
+        files_missing: count(FileStatus::Missing) + count(FileStatus::Changed),
+        input_rows,
+        duplicates: sum(&|f| f.duplicates),
+        rejected: sum(&|f| f.rejected),
+        inserted: sum(&|f| f.inserted),
+        updated: sum(&|f| f.updated),
+        unchanged: sum(&|f| f.unchanged),
+        rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
+        phases: Phases {
+            discover_ms: ms(discover),
+            read_ms: ms(read.read),
+            dedup_ms: ms(read.dedup),
+            load_ms: ms(c.load),
+            commit_ms: ms(c.commit),
+            total_ms: ms(total),
+        },
+    };
+    for f in &c.files {
+        match &f.outcome {
+            FileOutcome::Quarantine { reason } => {
+                warn!(batch_id = p.batch_id, file = %f.file.id.name, reason, "file quarantined")
+            }
+            FileOutcome::Missing => {
+                warn!(batch_id = p.batch_id, file = %f.file.id.name, "file vanished before it was read")
+            }
+            FileOutcome::Changed { reason } => {
+                warn!(batch_id = p.batch_id, file = %f.file.id.name, reason, "file changed; its new contents are a new file")
+            }
+            FileOutcome::Rows { .. } if f.file.reingest => {
+                info!(batch_id = p.batch_id, file = %f.file.id.name, size = f.file.id.size, "file changed since it was loaded; loaded it again")
+            }
+            FileOutcome::Rows { .. } => {}
+        }
+    }
+    let now = Utc::now();
+    let latencies: Vec<Duration> = c
+        .files
+        .iter()
+        .filter(|f| matches!(f.outcome, FileOutcome::Rows { .. }))
+        .map(|f| (now - chrono::DateTime::from_timestamp_nanos(f.file.id.mtime_ns)).to_std().unwrap_or_default())
+        .collect();
+    shared.observers.batch_committed(&p, &latencies);
+    shared.committed.notify_waiters();
+}

@@ -1,0 +1,569 @@
+//! Operator commands beside the stream: `status`, `reprocess`, `reset`,
+//! `verify` and `report` ([`report`]). Each reads the same settings as the
+//! stream (`.env`, environment, flags), prints what it found or did, and
+//! returns the exit code's meaning as an error: a wrong use is a
+//! [`ConfigError`] (exit 2), anything else exit 1.
+
+pub mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use runtime::ConfigError;
+use serde::Serialize;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::applier::Lag;
+use crate::checkpoint::{Checkpoint, FileId};
+use crate::config::{ReprocessArgs, ResetArgs, StateArgs, StatusArgs};
+use crate::pg::describe;
+use crate::watch::{eligible_name, file_id};
+
+/// What `status` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Status {
+    pub checkpoint_id: Option<Uuid>,
+    pub source: String,
+    pub next_batch: u64,
+    pub last_committed_batch: Option<u64>,
+    /// Batches planned and not committed (re-run at the next start).
+    pub pending_batches: Vec<u64>,
+    /// Event files in the data folder.
+    pub files_present: usize,
+    pub database: Option<DatabaseStatus>,
+    /// Why the database part is missing.
+    pub database_error: Option<String>,
+}
+
+/// What the database says about the source and this checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DatabaseStatus {
+    pub events: i64,
+    /// Files of the data folder not loaded yet (registered and pending, or not registered).
+    pub files_waiting: usize,
+    /// Files of the source by state, from the registry.
+    pub files_loaded: i64,
+    pub files_quarantined: i64,
+    pub files_missing: i64,
+    pub files_changed: i64,
+    pub rows_rejected: i64,
+    /// How far the derived tables are behind `events`.
+    pub analytics_lag: Lag,
+    pub last_batches: Vec<BatchStatus>,
+}
+
+/// One committed batch of this checkpoint, from the load history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchStatus {
+    pub batch_id: i64,
+    pub files: i64,
+    pub rows_read: i64,
+    pub rows_inserted: i64,
+    pub rows_updated: i64,
+    pub rows_rejected: i64,
+    pub committed_at: chrono::DateTime<chrono::Utc>,
+    /// Folded into the derived tables.
+    pub applied: bool,
+}
+
+/// How many batches `status` lists.
+const LAST_BATCHES: i64 = 5;
+
+/// A plain session (no staging tables): for the operator commands.
+async fn connect(url: &str) -> Result<Client, String> {
+    crate::pg::connect(url, "streamer-ops").await.map_err(|e| describe(&e))
+}
+
+/// The checkpoint if there is one (never creates it). It is locked while
+/// open: a command that finds it in use says so.
+fn existing_checkpoint(dir: &Path) -> anyhow::Result<Option<Checkpoint>> {
+    if !dir.join("metadata").exists() {
+        return Ok(None);
+    }
+    Ok(Some(Checkpoint::open(dir)?))
+}
+
+/// What a checkpoint says, read without taking it: the stream may be
+/// running.
+#[derive(Debug, Default)]
+struct CheckpointView {
+    id: Option<Uuid>,
+    next_batch: u64,
+    last_committed: Option<u64>,
+    pending: Vec<u64>,
+}
+
+fn read_checkpoint(dir: &Path) -> anyhow::Result<CheckpointView> {
+    let mut view = CheckpointView::default();
+    let Ok(meta) = std::fs::read(dir.join("metadata")) else { return Ok(view) };
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        id: Uuid,
+    }
+    let meta: Meta =
+        serde_json::from_slice(&meta).with_context(|| format!("{}: unreadable metadata", dir.display()))?;
+    view.id = Some(meta.id);
+    let ids = |sub: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(dir.join(sub))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    };
+    let (offsets, commits) = (ids("offsets"), ids("commits"));
+    let committed: HashSet<u64> = commits.iter().copied().collect();
+    view.pending = offsets.iter().copied().filter(|n| !committed.contains(n)).collect();
+    view.last_committed = commits.last().copied();
+    view.next_batch = offsets.iter().chain(&commits).max().map_or(0, |n| n + 1);
+    Ok(view)
+}
+
+/// The event files in the data folder, by identity.
+fn present_files(data: &Path) -> Vec<FileId> {
+    let Ok(entries) = std::fs::read_dir(data) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_str()?.to_owned();
+            let meta = std::fs::symlink_metadata(entry.path()).ok()?;
+            (eligible_name(&name) && meta.is_file()).then(|| file_id(&name, &meta))
+        })
+        .collect()
+}
+
+/// Gathers the status; the database part is left out (with the reason) when
+/// it cannot be read.
+pub async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
+    let state = &args.state;
+    let cp = read_checkpoint(&state.checkpoint_dir)?;
+    let present = present_files(&state.data_dir);
+    let mut out = Status {
+        checkpoint_id: cp.id,
+        source: state.source()?,
+        next_batch: cp.next_batch,
+        last_committed_batch: cp.last_committed,
+        pending_batches: cp.pending,
+        files_present: present.len(),
+        ..Status::default()
+    };
+    let url = state.url()?;
+    match connect(&url).await {
+        Err(e) => out.database_error = Some(format!("cannot connect to PostgreSQL: {e}")),
+        Ok(client) => match database_status(&client, &out.source, out.checkpoint_id, &present).await {
+            Ok(db) => out.database = Some(db),
+            Err(e) => out.database_error = Some(describe(&e)),
+        },
+    }
+    Ok(out)
+}
+
+async fn database_status(
+    client: &Client,
+    source: &str,
+    id: Option<Uuid>,
+    present: &[FileId],
+) -> Result<DatabaseStatus, tokio_postgres::Error> {
+    let mut db = DatabaseStatus {
+        events: client.query_one("SELECT count(*) FROM events", &[]).await?.get(0),
+        analytics_lag: crate::applier::lag(client).await?,
+        ..Default::default()
+    };
+    let r = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state = 'loaded'), count(*) FILTER (WHERE state = 'quarantined'), \
+             count(*) FILTER (WHERE state = 'missing'), count(*) FILTER (WHERE state = 'changed') \
+             FROM source_files WHERE source = $1",
+            &[&source],
+        )
+        .await?;
+    (db.files_loaded, db.files_quarantined, db.files_missing, db.files_changed) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let names: Vec<&str> = present.iter().map(|f| f.name.as_str()).collect();
+    let settled: HashSet<(String, i64, i64)> = client
+        .query(
+            "SELECT file_name, file_size, file_mtime_ns FROM source_files \
+             WHERE source = $1 AND file_name = ANY($2) AND state NOT IN ('pending', 'missing')",
+            &[&source, &names],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    db.files_waiting =
+        present.iter().filter(|f| !settled.contains(&(f.name.clone(), f.size as i64, f.mtime_ns))).count();
+    let Some(id) = id else { return Ok(db) };
+    db.rows_rejected = client
+        .query_one("SELECT coalesce(sum(rows_rejected), 0)::int8 FROM load_history WHERE checkpoint_id = $1", &[&id])
+        .await?
+        .get(0);
+    db.last_batches = client
+        .query(
+            "SELECT h.batch_id, count(*), sum(h.rows_read)::int8, sum(h.rows_inserted)::int8, sum(h.rows_updated)::int8, \
+             sum(h.rows_rejected)::int8, max(h.committed_at), bool_and(b.applied_at IS NOT NULL) \
+             FROM load_history h LEFT JOIN batches b ON b.batch_seq = h.batch_seq WHERE h.checkpoint_id = $1 \
+             GROUP BY h.batch_id ORDER BY h.batch_id DESC LIMIT $2",
+            &[&id, &LAST_BATCHES],
+        )
+        .await?
+        .iter()
+        .map(|r| BatchStatus {
+            batch_id: r.get(0),
+            files: r.get(1),
+            rows_read: r.get(2),
+            rows_inserted: r.get(3),
+            rows_updated: r.get(4),
+            rows_rejected: r.get(5),
+            committed_at: r.get(6),
+            applied: r.get::<_, Option<bool>>(7).unwrap_or(false),
+        })
+        .collect();
+    Ok(db)
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.checkpoint_id {
+            None => writeln!(f, "checkpoint   none yet (the stream has not run with this checkpoint folder)")?,
+            Some(id) => {
+                writeln!(f, "checkpoint   {id}")?;
+                let last = self.last_committed_batch.map_or("none".into(), |b| b.to_string());
+                let pending = if self.pending_batches.is_empty() {
+                    "none".to_owned()
+                } else {
+                    let ids: Vec<String> = self.pending_batches.iter().map(u64::to_string).collect();
+                    format!("{} (re-run at the next start)", ids.join(", "))
+                };
+                writeln!(f, "batches      next {}, last committed {last}, pending {pending}", self.next_batch)?;
+            }
+        }
+        writeln!(f, "source       {}", self.source)?;
+        match (&self.database, &self.database_error) {
+            (Some(db), _) => {
+                writeln!(f, "files        {} in the data folder, {} waiting", self.files_present, db.files_waiting)?;
+                writeln!(f, "events       {} rows", db.events)?;
+                writeln!(
+                    f,
+                    "registry     {} files loaded, {} quarantined, {} missing, {} changed; {} rejected rows (this checkpoint)",
+                    db.files_loaded, db.files_quarantined, db.files_missing, db.files_changed, db.rows_rejected
+                )?;
+                writeln!(
+                    f,
+                    "analytics    {} batches behind ({:.1} s)",
+                    db.analytics_lag.batches, db.analytics_lag.seconds
+                )?;
+                for b in &db.last_batches {
+                    writeln!(
+                        f,
+                        "  batch {:>6}  {:>4} files  {:>9} rows read  {:>9} inserted  {:>8} updated  {:>6} rejected  {}  {}",
+                        b.batch_id,
+                        b.files,
+                        b.rows_read,
+                        b.rows_inserted,
+                        b.rows_updated,
+                        b.rows_rejected,
+                        b.committed_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                        if b.applied { "applied" } else { "not applied yet" }
+                    )?;
+                }
+            }
+            (None, Some(e)) => {
+                writeln!(f, "files        {} in the data folder", self.files_present)?;
+                writeln!(f, "database     {e}")?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+/// Marks the data-folder files matching `args.files` for loading again by
+/// moving their modification time to now: a new identity, and the newest in
+/// the file order (their rows win over older ones). Returns the names, sorted.
+pub fn reprocess(args: &ReprocessArgs) -> anyhow::Result<Vec<String>> {
+    let data = &args.state.data_dir;
+    let canonical = data.canonicalize().with_context(|| format!("cannot open the data folder {}", data.display()))?;
+    let mut patterns = Vec::new();
+    for given in &args.files {
+        // A path must lie in the data folder itself; a bare name is a pattern.
+        let path = Path::new(given);
+        let name = if path.components().count() > 1 {
+            let parent = path.parent().and_then(|p| p.canonicalize().ok());
+            if parent.as_deref() != Some(canonical.as_path()) {
+                return Err(ConfigError::new(
+                    "NAME|GLOB",
+                    format!("{given} is not in the data folder {}", data.display()),
+                )
+                .into());
+            }
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            given.clone()
+        };
+        let pattern = glob::Pattern::new(&name).map_err(|e| ConfigError::new("NAME|GLOB", format!("{given}: {e}")))?;
+        patterns.push(pattern);
+    }
+    let mut touched = HashSet::new();
+    for entry in std::fs::read_dir(data).with_context(|| format!("cannot list {}", data.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", data.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !eligible_name(&name) || !patterns.iter().any(|p| p.matches(&name)) {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(entry.path())?;
+        if !meta.is_file() {
+            continue;
+        }
+        let file = std::fs::File::options()
+            .write(true)
+            .open(entry.path())
+            .with_context(|| format!("cannot open {name} to mark it"))?;
+        let mut now = SystemTime::now();
+        if meta.modified().ok() == Some(now) {
+            now += std::time::Duration::from_micros(1);
+        }
+        file.set_modified(now).with_context(|| format!("cannot change the modification time of {name}"))?;
+        touched.insert(name);
+    }
+    if touched.is_empty() {
+        anyhow::bail!("no event file in {} matches {}", data.display(), args.files.join(" "));
+    }
+    let mut names: Vec<String> = touched.into_iter().collect();
+    names.sort();
+    Ok(names)
+}
+
+/// What `reset` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reset {
+    pub checkpoint_id: Option<Uuid>,
+    /// Registry entries of the source forgotten: its files load again.
+    pub files_forgotten: u64,
+    pub tables_truncated: bool,
+}
+
+/// The tables `reset --truncate-tables` empties.
+pub const TABLES: &str = "events, source_files, batches, load_history, rejected_rows, metrics_delta, counters_delta, \
+                          analytics_rows, event_metrics_minute, user_category_counts, user_product_counts";
+
+/// Forgets the checkpoint (its folder is emptied, not removed) and the
+/// source's files in the registry (the next start loads every file in the
+/// data folder again, upserting), and, when asked, empties the tables.
+/// Refuses while a streamer is connected to the database.
+pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
+    if !args.yes {
+        return Err(ConfigError::new(
+            "--yes",
+            "is required: reset forgets which files were loaded (and --truncate-tables deletes every row)",
+        )
+        .into());
+    }
+    let state = &args.state;
+    let mut out = Reset::default();
+    let client = match (args.truncate_tables, state.database_url.as_deref()) {
+        (true, _) => Some(connect(&state.url()?).await.map_err(anyhow::Error::msg)?),
+        (false, Some(url)) if !url.is_empty() => connect(url).await.ok(),
+        _ => None,
+    };
+    if let Some(client) = &client {
+        let running: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                &[&crate::pg::APPLICATION_NAME],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(describe(&e)))?
+            .get(0);
+        if running > 0 {
+            anyhow::bail!("a streamer is connected to this database ({running} session(s)); stop it first");
+        }
+    }
+    // Taking the checkpoint also proves no streamer uses the folder.
+    if let Some(cp) = existing_checkpoint(&state.checkpoint_dir)? {
+        out.checkpoint_id = Some(cp.id());
+    }
+    if let Ok(entries) = std::fs::read_dir(&state.checkpoint_dir) {
+        for entry in entries {
+            let path = entry?.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    if let Some(client) = &client {
+        if args.truncate_tables {
+            client
+                .batch_execute(&format!("TRUNCATE {TABLES} RESTART IDENTITY"))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot truncate the tables: {}", describe(&e)))?;
+            out.tables_truncated = true;
+        } else {
+            out.files_forgotten = client
+                .execute("DELETE FROM source_files WHERE source = $1", &[&state.source()?])
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot forget the source's files: {}", describe(&e)))?;
+        }
+    }
+    Ok(out)
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Loaded files re-read, and loaded files that could not be (gone from
+    /// the data folder, or changed since they were loaded).
+    pub files_checked: usize,
+    pub files_absent: usize,
+    pub files_changed: usize,
+    /// Keys the oracle gives, found equal, differing, or missing in `events`.
+    pub rows_compared: usize,
+    pub rows_equal: usize,
+    pub rows_differing: usize,
+    pub rows_missing: usize,
+    /// Rows of `events` whose winner is a file not re-read (another source,
+    /// a file no longer here, a newer position) — not checked.
+    pub rows_other: usize,
+    /// Up to ten differences, described.
+    pub examples: Vec<String>,
+}
+
+/// One event as the oracle and the table both give it.
+type Key = (i32, i64);
+type Values = (String, String, String, i32, String, String, i64);
+
+/// What the oracle expects of a key: the values, and where they come from.
+#[derive(Debug)]
+struct Expected {
+    values: Values,
+    file_id: i32,
+    line: i64,
+    mtime: i64,
+}
+
+/// Re-reads the files of the source the registry calls loaded that are
+/// still in the data folder, unchanged, computes the oracle of
+/// docs/architecture.md over them (for each key the last valid row in the
+/// global file order, then line order), and compares it with `events`,
+/// source positions included.
+pub async fn verify(state: &StateArgs) -> anyhow::Result<Verification> {
+    let client = connect(&state.url()?).await.map_err(anyhow::Error::msg)?;
+    let source = state.source()?;
+    let files = client
+        .query(
+            "SELECT file_id, file_name, file_size, file_mtime_ns FROM source_files WHERE source = $1 AND state = 'loaded' \
+             ORDER BY file_mtime_ns, file_name COLLATE \"C\", file_id",
+            &[&source],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the file registry: {}", describe(&e)))?;
+    let mut out = Verification::default();
+    let mut oracle: HashMap<Key, Expected> = HashMap::new();
+    let mut checked: HashMap<i32, usize> = HashMap::new();
+    for (rank, r) in files.iter().enumerate() {
+        let (file_id, name, size, mtime): (i32, String, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        let path = state.data_dir.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            out.files_absent += 1;
+            continue;
+        };
+        let id = file_id_of(&name, &meta);
+        if id.size as i64 != size || id.mtime_ns != mtime {
+            out.files_changed += 1;
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if let Ok(part) = crate::batch::read_whole(&bytes, 0) {
+            let view = crate::batch::EventView::new(&part.frame)?;
+            for (_, line, r) in (0..view.len()).filter_map(|i| view.row(i)) {
+                let values = (
+                    r.user_name.to_owned(),
+                    r.user_email.to_owned(),
+                    r.event_type.as_str().to_owned(),
+                    r.product_id,
+                    r.product_name.to_owned(),
+                    r.product_category.to_owned(),
+                    r.price_cents,
+                );
+                oracle.insert((r.user_id, r.event_time_micros), Expected { values, file_id, line: line as i64, mtime });
+            }
+        }
+        checked.insert(file_id, rank);
+        out.files_checked += 1;
+    }
+    out.rows_compared = oracle.len();
+    compare(&client, &mut oracle, &checked, &mut out).await?;
+    out.rows_missing = oracle.len();
+    for (key, e) in oracle.iter().take(10usize.saturating_sub(out.examples.len())) {
+        out.examples.push(format!("user {} at {} µs: missing from the table, files {:?}", key.0, key.1, e.values));
+    }
+    Ok(out)
+}
+
+fn file_id_of(name: &str, meta: &std::fs::Metadata) -> FileId {
+    file_id(name, meta)
+}
+
+async fn compare(
+    client: &Client,
+    oracle: &mut HashMap<Key, Expected>,
+    checked: &HashMap<i32, usize>,
+    out: &mut Verification,
+) -> anyhow::Result<()> {
+    let rows = client
+        .query(
+            "SELECT user_id, (extract(epoch FROM event_time) * 1000000)::int8, user_name, user_email, event_type, \
+             product_id, product_name, product_category, (product_price * 100)::int8, src_file, src_line::int8, src_mtime \
+             FROM events",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading events: {}", describe(&e)))?;
+    for r in &rows {
+        let key: Key = (r.get(0), r.get(1));
+        let values: Values = (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+        let (src_file, src_line, src_mtime): (i32, i64, i64) = (r.get(9), r.get(10), r.get(11));
+        let Some(e) = oracle.remove(&key) else {
+            out.rows_other += 1;
+            continue;
+        };
+        let (expected, file, line) = (e.values, e.file_id, e.line);
+        if !checked.contains_key(&src_file) && src_mtime > e.mtime {
+            // The stored row comes from a newer file that was not re-read.
+            out.rows_other += 1;
+            continue;
+        }
+        let same_place = (src_file, src_line) == (file, line);
+        if expected == values && same_place {
+            out.rows_equal += 1;
+        } else {
+            out.rows_differing += 1;
+            if out.examples.len() < 10 {
+                out.examples.push(format!(
+                    "user {} at {} µs: table {values:?} (file {src_file} line {src_line}), files {expected:?} (file {file} line {line})",
+                    key.0, key.1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "files        {} re-read; {} no longer in the data folder, {} changed since loaded (not checked)",
+            self.files_checked, self.files_absent, self.files_changed
+        )?;
+        writeln!(
+            f,
+            "rows         {} compared: {} equal, {} differing, {} missing; {} other rows in events",
+            self.rows_compared, self.rows_equal, self.rows_differing, self.rows_missing, self.rows_other
+        )?;
+        for e in &self.examples {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}

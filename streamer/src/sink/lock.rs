@@ -1,0 +1,29 @@
+//! The advisory locks the streamers of one database coordinate with. Each
+//! role with one owner at a time is a session-level lock held by the owner's
+//! session: it ends with the session, so a streamer that dies (or is cut
+//! off) hands its roles over within the session timeouts.
+//!
+//! Two-key locks `(class, object)`: `object` is 0, or `hashtext()` of the
+//! source id or checkpoint id, computed by the server ([`keyed`]).
+
+/// Serialises schema changes between streamers starting at once (one key).
+pub const SCHEMA: i64 = 0x6576_656e_7473;
+
+const CLASS: i32 = 0x7069_7065; // "pipe"
+
+/// Held shared by every running streamer; taken exclusively only to change
+/// what all of them must agree on (the metrics window width).
+pub const STREAMERS: (i32, i32) = (CLASS, 0);
+/// The analytics applier: one per database.
+pub const APPLIER: (i32, i32) = (CLASS, 1);
+/// Registration of new files of a source: one registrar per source.
+pub const REGISTRAR: i32 = CLASS + 1;
+/// Archive, delete and quarantine moves of a source: one disposer per source.
+pub const DISPOSER: i32 = CLASS + 2;
+/// One process per checkpoint id (a copied checkpoint folder is refused).
+pub const CHECKPOINT: i32 = CLASS + 3;
+
+/// `SELECT pg_try_advisory_lock(class, hashtext($1))`: true when taken.
+pub fn keyed(class: i32) -> String {
+    format!("SELECT pg_try_advisory_lock({class}, hashtext($1))")
+}

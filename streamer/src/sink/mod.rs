@@ -1,0 +1,516 @@
+//! PostgreSQL's side of a batch: ONE transaction ([`Loader`]) that claims
+//! the batch's files in the registry (`FOR UPDATE SKIP LOCKED`), stages its
+//! rows by binary COPY, merges them into `events` by source position,
+//! records the rejected rows, the batch's contribution to the derived tables
+//! (for the applier), the load history, the files' new state and the
+//! batch's own row, and commits. Nothing of a batch is visible before COMMIT;
+//! a dropped transaction rolls back and releases the claims.
+//!
+//! - [`schema`]: the migrations of `db/`, applied once each;
+//! - [`sql`]: the statements;
+//! - [`lock`]: the advisory locks the streamers coordinate with.
+
+pub mod lock;
+pub mod schema;
+pub mod sql;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::pin_mut;
+use rust_decimal::Decimal;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::batch::{Chunk, EventView, FileOutcome, FileSummary};
+use crate::checkpoint::FileId;
+use crate::pg::{classify, describe, text, ErrorClass};
+
+/// A PostgreSQL failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{what} failed: {}", describe(.source))]
+    Query { what: &'static str, source: tokio_postgres::Error },
+    #[error("the batch frame does not have the batch schema: {0}")]
+    Frame(#[from] polars::error::PolarsError),
+}
+
+impl SinkError {
+    fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
+        move |source| SinkError::Query { what, source }
+    }
+
+    pub fn pg(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            SinkError::Query { source, .. } => Some(source),
+            SinkError::Frame(_) => None,
+        }
+    }
+
+    /// What the error tells the caller to do (a frame that does not match
+    /// is a bug: fatal).
+    pub fn class(&self) -> ErrorClass {
+        self.pg().map_or(ErrorClass::Fatal, classify)
+    }
+
+    /// True when this batch is in the database already: a COMMIT that went
+    /// through although its answer was lost.
+    pub fn is_batch_already_committed(&self) -> bool {
+        self.pg()
+            .and_then(|e| e.as_db_error())
+            .is_some_and(|db| db.constraint() == Some("batches_checkpoint_batch_key"))
+    }
+}
+
+/// What identifies a batch.
+#[derive(Debug, Clone)]
+pub struct BatchMeta {
+    pub checkpoint_id: Uuid,
+    pub batch_id: u64,
+    /// The data folder's id in the registry.
+    pub source: String,
+    pub started_at: DateTime<Utc>,
+    /// The metrics window width the batch's deltas are cut by.
+    pub window_seconds: i32,
+}
+
+/// Which files a batch takes.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The oldest pending files, at most `files`, until `bytes` is reached.
+    Next { files: i32, bytes: i64 },
+    /// These files, those of them still pending (a batch run again).
+    Files(Vec<i32>),
+}
+
+/// A file a batch claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Its registry id.
+    pub file_id: i32,
+    pub id: FileId,
+    /// Another version of the file (same name) was loaded before.
+    pub reingest: bool,
+}
+
+/// One file of a committed batch, as the load history records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLoad {
+    pub file: Claimed,
+    pub outcome: FileOutcome,
+    pub rows_read: u64,
+    pub inserted: u64,
+    /// Stored rows replaced with other values.
+    pub updated: u64,
+    /// Rows whose key already held these values (their position moved on).
+    pub unchanged: u64,
+    /// Rows that lost to a later row of the same key: in the batch, or
+    /// stored with a newer position.
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+/// What committing a batch did.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub batch_seq: i64,
+    pub files: Vec<FileLoad>,
+    /// Time from the first staged row to the merge's end, then committing.
+    pub load: Duration,
+    pub commit: Duration,
+}
+
+/// A batch being loaded: ONE transaction that its files are claimed in and
+/// its chunks staged into, then merged, recorded and committed by
+/// [`Loader::finish`]. Dropped before that, it rolls back.
+#[allow(missing_debug_implementations)] // a Transaction has no Debug
+pub struct Loader<'a> {
+    tx: Transaction<'a>,
+    meta: BatchMeta,
+    batch_seq: i64,
+    files: Vec<Claimed>,
+    chunks: i32,
+    /// Rows staged per file.
+    staged: Vec<u64>,
+    started: Instant,
+}
+
+const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
+     EXISTS (SELECT 1 FROM source_files o WHERE o.source = f.source AND o.file_name = f.file_name \
+             AND o.file_id <> f.file_id AND o.state = 'loaded')";
+
+impl<'a> Loader<'a> {
+    /// Begins the batch's transaction and claims its files (possibly none:
+    /// then [`Loader::files`] is empty and the caller rolls back).
+    pub async fn begin(client: &'a mut Client, meta: BatchMeta, claim: Claim) -> Result<Loader<'a>, SinkError> {
+        let tx = client.transaction().await.map_err(SinkError::query("starting the batch transaction"))?;
+        let rows = match &claim {
+            Claim::Next { files, bytes } => {
+                tx.query(
+                    &format!("SELECT {CLAIM_COLUMNS} FROM claim_source_files($1, $2, $3) f"),
+                    &[&meta.source, files, bytes],
+                )
+                .await
+            }
+            Claim::Files(ids) => {
+                tx.query(
+                    &format!(
+                        "SELECT {CLAIM_COLUMNS} FROM source_files f WHERE f.file_id = ANY($1) AND f.state = 'pending' \
+                         ORDER BY f.file_mtime_ns, f.file_name COLLATE \"C\", f.file_id FOR UPDATE OF f SKIP LOCKED"
+                    ),
+                    &[ids],
+                )
+                .await
+            }
+        }
+        .map_err(SinkError::query("claiming files"))?;
+        let files: Vec<Claimed> = rows
+            .iter()
+            .map(|r| Claimed {
+                file_id: r.get(0),
+                id: FileId { name: r.get(1), size: r.get::<_, i64>(2) as u64, mtime_ns: r.get(3) },
+                reingest: r.get(4),
+            })
+            .collect();
+        let batch_seq: i64 = if files.is_empty() {
+            0
+        } else {
+            let seq: i64 = tx
+                .query_one("SELECT nextval(pg_get_serial_sequence('batches', 'batch_seq'))", &[])
+                .await
+                .map_err(SinkError::query("numbering the batch"))?
+                .get(0);
+            tx.execute("SELECT set_config('pipeline.batch_seq', $1, true)", &[&seq.to_string()])
+                .await
+                .map_err(SinkError::query("numbering the batch"))?;
+            seq
+        };
+        let staged = vec![0; files.len()];
+        Ok(Loader { tx, meta, batch_seq, files, chunks: 0, staged, started: Instant::now() })
+    }
+
+    /// The claimed files, oldest first.
+    pub fn files(&self) -> &[Claimed] {
+        &self.files
+    }
+
+    pub fn meta(&self) -> &BatchMeta {
+        &self.meta
+    }
+
+    /// Numbers the batch once it is planned (its files are claimed first).
+    pub fn set_batch_id(&mut self, batch_id: u64) {
+        self.meta.batch_id = batch_id;
+    }
+
+    /// Gives the claims back.
+    pub async fn rollback(self) -> Result<(), SinkError> {
+        self.tx.rollback().await.map_err(SinkError::query("rolling the batch back"))
+    }
+
+    /// Stages one chunk: its rows (batch schema, unique keys), its rejected
+    /// rows and its deltas, each by binary COPY.
+    pub async fn stage(&mut self, chunk: &Chunk) -> Result<(), SinkError> {
+        self.stage_rows(chunk).await?;
+        self.reject(chunk).await?;
+        self.record_deltas(chunk).await
+    }
+
+    async fn stage_rows(&mut self, chunk: &Chunk) -> Result<(), SinkError> {
+        let view = EventView::new(&chunk.frame)?;
+        if view.is_empty() {
+            return Ok(());
+        }
+        let n = self.chunks;
+        self.chunks += 1;
+        let what = "staging the rows";
+        let sink = self.tx.copy_in(sql::STAGE_COPY).await.map_err(SinkError::query(what))?;
+        let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
+        pin_mut!(writer);
+        for i in 0..view.len() {
+            let Some((file_index, line, r)) = view.row(i) else { break };
+            if let Some(count) = self.staged.get_mut(file_index as usize) {
+                *count += 1;
+            }
+            // The reader rejects rows past `MAX_LINE`: the line fits.
+            let (file_index, line) = (file_index as i32, line as i32);
+            let event_type = r.event_type.as_str();
+            let price = Decimal::new(r.price_cents, 2);
+            let time = micros_to_utc(r.event_time_micros);
+            let row: [&(dyn ToSql + Sync); 12] = [
+                &n,
+                &file_index,
+                &line,
+                &r.user_id,
+                &r.user_name,
+                &r.user_email,
+                &event_type,
+                &r.product_id,
+                &r.product_name,
+                &r.product_category,
+                &price,
+                &time,
+            ];
+            writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
+        }
+        writer.finish().await.map_err(SinkError::query(what))?;
+        Ok(())
+    }
+
+    async fn reject(&mut self, chunk: &Chunk) -> Result<(), SinkError> {
+        if chunk.rejected.is_empty() {
+            return Ok(());
+        }
+        let what = "recording rejected rows";
+        let sink = self.tx.copy_in(sql::REJECTED_COPY).await.map_err(SinkError::query(what))?;
+        let writer =
+            BinaryCopyInWriter::new(sink, &[Type::UUID, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT]);
+        pin_mut!(writer);
+        let batch_id = self.meta.batch_id as i64;
+        for r in &chunk.rejected {
+            let name = self.files.get(r.file_index as usize).map_or("", |f| f.id.name.as_str());
+            let line = r.line as i64;
+            let (raw, reason) = (text(&r.raw), text(&r.reason));
+            writer
+                .as_mut()
+                .write(&[&self.meta.checkpoint_id, &batch_id, &name, &line, &raw, &reason])
+                .await
+                .map_err(SinkError::query(what))?;
+        }
+        writer.finish().await.map_err(SinkError::query(what))?;
+        Ok(())
+    }
+
+    async fn record_deltas(&mut self, chunk: &Chunk) -> Result<(), SinkError> {
+        let d = &chunk.deltas;
+        if d.is_empty() {
+            return Ok(());
+        }
+        let what = "recording the batch's analytics deltas";
+        let sink = self.tx.copy_in(sql::METRICS_COPY).await.map_err(SinkError::query(what))?;
+        let types = [
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::NUMERIC,
+            Type::INT4_ARRAY,
+            Type::INT4_ARRAY,
+        ];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        for c in &d.cells {
+            let (start, revenue) = (micros_to_utc(c.window_start_micros), Decimal::new(c.revenue_cents, 2));
+            let row: [&(dyn ToSql + Sync); 8] =
+                [&self.batch_seq, &start, &c.category, &c.views, &c.purchases, &revenue, &c.user_ids, &c.user_rows];
+            writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
+        }
+        writer.finish().await.map_err(SinkError::query(what))?;
+
+        let sink = self.tx.copy_in(sql::COUNTERS_COPY).await.map_err(SinkError::query(what))?;
+        let types =
+            [Type::INT8, Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        let (cat, prod) = (&d.by_category, &d.by_product);
+        let none_text: Option<Vec<String>> = None;
+        let none_ids: Option<Vec<i32>> = None;
+        let rows: [[&(dyn ToSql + Sync); 6]; 2] = [
+            [&self.batch_seq, &cat.user_ids, &Some(&cat.keys), &none_ids, &cat.views, &cat.purchases],
+            [&self.batch_seq, &prod.user_ids, &none_text, &Some(&prod.keys), &prod.views, &prod.purchases],
+        ];
+        for row in &rows {
+            writer.as_mut().write(row).await.map_err(SinkError::query(what))?;
+        }
+        writer.finish().await.map_err(SinkError::query(what))?;
+        Ok(())
+    }
+
+    /// Merges the staged rows into `events`, settles the files in the
+    /// registry (`to_move`: whether a file is to be archived, deleted or
+    /// quarantined), records the load history and the batch, and commits.
+    /// `read` holds each claimed file's outcome, in batch order.
+    pub async fn finish(
+        self,
+        read: &[FileSummary],
+        to_move: impl Fn(&FileOutcome) -> bool,
+    ) -> Result<Committed, SinkError> {
+        let Loader { tx, meta, batch_seq, files, chunks, staged, started } = self;
+        let n = files.len();
+        let mut loads: Vec<FileLoad> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let outcome = read.get(i).map_or(FileOutcome::Missing, |r| r.outcome.clone());
+                let (rows_read, rejected, duplicates) = match outcome {
+                    FileOutcome::Rows { rows_read, rejected, duplicates } => (rows_read, rejected, duplicates),
+                    _ => (0, 0, 0),
+                };
+                FileLoad {
+                    file: f.clone(),
+                    outcome,
+                    rows_read,
+                    inserted: 0,
+                    updated: 0,
+                    unchanged: 0,
+                    duplicates,
+                    rejected,
+                }
+            })
+            .collect();
+        if chunks > 0 {
+            if chunks > 1 {
+                // Planner statistics for a stage too big to guess.
+                tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
+            }
+            let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
+            let mtimes: Vec<i64> = files.iter().map(|f| f.id.mtime_ns).collect();
+            let merge = if chunks > 1 { &*MERGE_SEVERAL } else { &*MERGE_ONE };
+            let rows = tx
+                .query(merge.as_str(), &[&ids, &mtimes, &batch_seq])
+                .await
+                .map_err(SinkError::query("merging into events"))?;
+            let replaced: HashMap<i32, i64> = tx
+                .query(sql::REPLACED_PER_FILE, &[&batch_seq])
+                .await
+                .map_err(SinkError::query("counting the replaced rows"))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            for row in rows {
+                let (index, kept, inserted, over): (i32, i64, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let Some(load) = loads.get_mut(index as usize) else { continue };
+                let (kept, inserted, over) = (kept as u64, inserted as u64, over as u64);
+                let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
+                load.inserted = inserted;
+                load.updated = updated;
+                load.unchanged = over - updated;
+                // Lost to a later chunk of the batch, or to a newer stored row.
+                load.duplicates += staged[index as usize].saturating_sub(kept) + kept.saturating_sub(inserted + over);
+            }
+        }
+
+        let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
+        let states: Vec<&str> = loads.iter().map(|l| l.outcome.status()).collect();
+        let reasons: Vec<Option<String>> =
+            loads.iter().map(|l| l.outcome.reason().map(|r| text(r).into_owned())).collect();
+        let moves: Vec<bool> = loads.iter().map(|l| to_move(&l.outcome)).collect();
+        tx.execute(sql::SETTLE, &[&batch_seq, &ids, &states, &reasons, &moves])
+            .await
+            .map_err(SinkError::query("settling the files in the registry"))?;
+
+        let col = |f: &dyn Fn(&FileLoad) -> i64| loads.iter().map(f).collect::<Vec<i64>>();
+        let names: Vec<&str> = loads.iter().map(|l| l.file.id.name.as_str()).collect();
+        let mtimes: Vec<DateTime<Utc>> =
+            loads.iter().map(|l| DateTime::from_timestamp_nanos(l.file.id.mtime_ns)).collect();
+        let reingest: Vec<bool> = loads.iter().map(|l| l.file.reingest).collect();
+        tx.execute(
+            sql::HISTORY,
+            &[
+                &meta.checkpoint_id,
+                &(meta.batch_id as i64),
+                &names,
+                &col(&|l| l.file.id.size as i64),
+                &mtimes,
+                &states,
+                &reasons,
+                &col(&|l| l.rows_read as i64),
+                &col(&|l| l.inserted as i64),
+                &col(&|l| l.updated as i64),
+                &col(&|l| l.unchanged as i64),
+                &col(&|l| l.duplicates as i64),
+                &col(&|l| l.rejected as i64),
+                &reingest,
+                &batch_seq,
+                &meta.started_at,
+            ],
+        )
+        .await
+        .map_err(SinkError::query("recording the load history"))?;
+        tx.execute(
+            sql::BATCH,
+            &[
+                &batch_seq,
+                &meta.checkpoint_id,
+                &(meta.batch_id as i64),
+                &meta.source,
+                &(n as i32),
+                &meta.window_seconds,
+                &meta.started_at,
+            ],
+        )
+        .await
+        .map_err(SinkError::query("recording the batch"))?;
+        let load = started.elapsed();
+
+        let committing = Instant::now();
+        tx.commit().await.map_err(SinkError::query("committing the batch"))?;
+        Ok(Committed { batch_seq, files: loads, load, commit: committing.elapsed() })
+    }
+}
+
+/// Column types of `events_stage`, in order.
+const STAGE_TYPES: [Type; 12] = [
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TIMESTAMPTZ,
+];
+
+static MERGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(false));
+static MERGE_SEVERAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(true));
+
+fn micros_to_utc(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// One file of a committed batch, as the load history has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryFile {
+    pub name: String,
+    pub size: u64,
+    pub mtime_micros: i64,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+/// The load-history rows of batch `batch_id` of checkpoint `id`: empty when
+/// the database does not have the batch.
+pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result<Vec<HistoryFile>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT file_name, file_size, (extract(epoch FROM file_mtime) * 1000000)::int8, status, reason \
+             FROM load_history WHERE checkpoint_id = $1 AND batch_id = $2 ORDER BY load_id",
+            &[&id, &(batch_id as i64)],
+        )
+        .await
+        .map_err(SinkError::query("looking up the load history"))?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryFile {
+            name: r.get(0),
+            size: r.get::<_, i64>(1) as u64,
+            mtime_micros: r.get(2),
+            status: r.get(3),
+            reason: r.get(4),
+        })
+        .collect())
+}
+
+/// Prepares a loader session: its staging table.
+pub async fn prepare_loader_session(client: &Client) -> Result<(), SinkError> {
+    client.batch_execute(sql::STAGE_DDL).await.map_err(SinkError::query("preparing the loader session"))
+}

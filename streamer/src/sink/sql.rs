@@ -1,0 +1,132 @@
+//! The SQL of a batch's transaction. Fixed statements live in `sql/*.sql`
+//! (readable and runnable in psql); the merge is built from the contract's
+//! columns by [`merge_sql`], a pure function tested as exact text. Values are
+//! always bound or COPY'd, never formatted into SQL.
+
+use contract::COLUMNS;
+
+/// The loader session's staging table.
+pub const STAGE_DDL: &str = include_str!("sql/stage.sql");
+/// The load history of a batch's files.
+pub const HISTORY: &str = include_str!("sql/history.sql");
+/// The registry's state of a batch's files.
+pub const SETTLE: &str = include_str!("sql/settle.sql");
+/// The batch's own row.
+pub const BATCH: &str = include_str!("sql/batch.sql");
+
+pub const STAGE_COPY: &str = "COPY events_stage FROM STDIN (FORMAT binary)";
+pub const REJECTED_COPY: &str =
+    "COPY rejected_rows (checkpoint_id, batch_id, file_name, line_number, raw_line, reason) FROM STDIN (FORMAT binary)";
+pub const METRICS_COPY: &str = "COPY metrics_delta (batch_seq, window_start, product_category, views, purchases, \
+                                revenue, user_ids, user_rows) FROM STDIN (FORMAT binary)";
+pub const COUNTERS_COPY: &str = "COPY counters_delta (batch_seq, user_ids, categories, product_ids, views, purchases) \
+                                 FROM STDIN (FORMAT binary)";
+
+/// Rows of this batch's files that replaced a stored row with other
+/// values, per file (the trigger of db/005 logs them).
+pub const REPLACED_PER_FILE: &str = "SELECT src_file, count(*) FROM analytics_rows \
+                                     WHERE batch_seq = $1 AND kind = 'replaced' GROUP BY src_file";
+
+/// Whether a new row's position is after the stored row's: file order
+/// (modification time, then name and registry id), then line.
+pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUDED.src_mtime > e.src_mtime \
+                         WHEN EXCLUDED.src_file = e.src_file THEN EXCLUDED.src_line > e.src_line \
+                         ELSE source_file_after(EXCLUDED.src_file, e.src_file) END";
+
+/// The columns of a row the analytics depend on, in `analytics_rows` order.
+const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, product_category, product_price";
+
+/// The merge of the staged rows into `events`, in one statement:
+/// - with several chunks the row of the latest chunk wins (`DISTINCT ON`;
+///   each chunk is unique within itself);
+/// - `$1` are the batch's file ids and `$2` their modification times, by the
+///   file's index in the batch; `$3` is the batch's `batch_seq`;
+/// - `INSERT … ON CONFLICT DO UPDATE … WHERE` the staged row's source
+///   position is newer ([`NEWER`]), in key order for index locality;
+/// - every staged row that did not end up in `events` (a stored row was
+///   newer, or a later chunk had its key) goes to `analytics_rows` as
+///   `lost`, so that the batch's Polars deltas can be corrected;
+/// - returns per file: rows kept after deduplication, inserted, and written
+///   over a stored row (whether or not its values changed).
+pub fn merge_sql(several_chunks: bool) -> String {
+    let cols = COLUMNS.join(", ");
+    let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
+    let set: Vec<String> =
+        others.iter().chain(&["src_mtime", "src_file", "src_line"]).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    let set = set.join(", ");
+    let (latest, source, cross_chunk) = if several_chunks {
+        (
+            "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
+             ORDER BY user_id, event_time, chunk DESC), ",
+            "latest",
+            format!(
+                " UNION ALL SELECT $3::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM events_stage s \
+                 WHERE NOT EXISTS (SELECT 1 FROM latest l WHERE l.user_id = s.user_id AND l.event_time = s.event_time \
+                 AND l.chunk = s.chunk)",
+                ANALYTICS_COLS.replace(", ", ", s.")
+            ),
+        )
+    } else {
+        ("", "events_stage", String::new())
+    };
+    format!(
+        "WITH {latest}src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, \
+         ($2::int8[])[s.file_index + 1] AS src_mtime FROM {source} s), \
+         merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line) \
+         SELECT {cols}, src_mtime, src_file, line FROM src ORDER BY user_id, event_time \
+         ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
+         RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
+         counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \
+         lost AS (INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
+         SELECT $3::int8, 'lost', -1, src_file, {ANALYTICS_COLS} FROM counted WHERE inserted IS NULL{cross_chunk}) \
+         SELECT file_index, count(*), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
+         FROM counted GROUP BY file_index"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_merge_is_the_exact_statement() {
+        let cols = "user_id, user_name, user_email, event_type, product_id, product_name, product_category, \
+                    product_price, event_time";
+        let set =
+            "user_name = EXCLUDED.user_name, user_email = EXCLUDED.user_email, event_type = EXCLUDED.event_type, \
+                   product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, \
+                   product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price, \
+                   src_mtime = EXCLUDED.src_mtime, src_file = EXCLUDED.src_file, src_line = EXCLUDED.src_line";
+        let body = |source: &str| {
+            format!(
+                "src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, ($2::int8[])[s.file_index + 1] AS src_mtime \
+                 FROM {source} s), \
+                 merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line) \
+                 SELECT {cols}, src_mtime, src_file, line FROM src ORDER BY user_id, event_time \
+                 ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
+                 RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
+                 counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \
+                 lost AS (INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
+                 SELECT $3::int8, 'lost', -1, src_file, {ANALYTICS_COLS} FROM counted WHERE inserted IS NULL"
+            )
+        };
+        let tail =
+            " SELECT file_index, count(*), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
+                    FROM counted GROUP BY file_index";
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(squash(&merge_sql(false)), squash(&format!("WITH {}){tail}", body("events_stage"))));
+        let latest = "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
+                      ORDER BY user_id, event_time, chunk DESC), ";
+        let cross = " UNION ALL SELECT $3::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.user_id, s.event_time, \
+                     s.event_type, s.product_id, s.product_category, s.product_price FROM events_stage s \
+                     WHERE NOT EXISTS (SELECT 1 FROM latest l WHERE l.user_id = s.user_id AND l.event_time = s.event_time \
+                     AND l.chunk = s.chunk)";
+        assert_eq!(squash(&merge_sql(true)), squash(&format!("WITH {latest}{}{cross}){tail}", body("latest"))));
+    }
+
+    #[test]
+    fn a_newer_position_is_decided_by_time_then_file_then_line() {
+        assert!(NEWER.starts_with("CASE WHEN EXCLUDED.src_mtime <> e.src_mtime"));
+        assert!(NEWER.contains("source_file_after(EXCLUDED.src_file, e.src_file)"));
+    }
+}

@@ -1,0 +1,56 @@
+-- Folds every delta visible in the applier's snapshot into event_metrics_minute:
+-- the batches' Polars deltas (metrics_delta) plus the rows to take back or add
+-- (analytics_rows). Distinct users of a cell change by, per user with rows
+-- added or taken away there: [has rows in events now] - [had before], where
+-- "before" is "now" minus the user's net change (one probe of the
+-- (user_id, event_time) index per touched user and cell).
+WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings),
+r AS (
+    SELECT date_bin(s.width, a.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, a.product_category,
+           a.user_id, a.sign, a.event_type, a.product_price
+    FROM analytics_rows a, s),
+cells AS (
+    SELECT window_start, product_category, sum(views) AS views, sum(purchases) AS purchases, sum(revenue) AS revenue
+    FROM (SELECT window_start, product_category, views, purchases, revenue FROM metrics_delta
+          UNION ALL
+          SELECT window_start, product_category,
+                 CASE WHEN event_type = 'view' THEN sign ELSE 0 END,
+                 CASE WHEN event_type = 'purchase' THEN sign ELSE 0 END,
+                 CASE WHEN event_type = 'purchase' THEN sign * product_price ELSE 0 END
+          FROM r) x
+    GROUP BY 1, 2),
+nets AS (
+    SELECT window_start, product_category, user_id, sum(n) AS net
+    FROM (SELECT d.window_start, d.product_category, u.user_id, u.n
+          FROM metrics_delta d, unnest(d.user_ids, d.user_rows) AS u(user_id, n)
+          UNION ALL
+          SELECT window_start, product_category, user_id, sign FROM r) x
+    GROUP BY 1, 2, 3
+    HAVING sum(n) <> 0),
+users AS (
+    SELECT g.window_start, g.product_category, sum((a.now > 0)::int - (a.now - g.net > 0)::int) AS users
+    FROM nets g, s,
+         LATERAL (SELECT count(*) AS now FROM events e
+                  WHERE e.user_id = g.user_id AND e.event_time >= g.window_start
+                    AND e.event_time < g.window_start + s.width AND e.product_category = g.product_category) a
+    GROUP BY 1, 2),
+changes AS (
+    SELECT window_start, product_category, coalesce(c.views, 0) AS views, coalesce(c.purchases, 0) AS purchases,
+           coalesce(u.users, 0) AS users, coalesce(c.revenue, 0) AS revenue
+    FROM cells c FULL JOIN users u USING (window_start, product_category))
+INSERT INTO event_metrics_minute AS m (window_start, product_category, views, purchases, users, revenue)
+SELECT window_start, product_category, views, purchases, users, revenue FROM changes
+WHERE views <> 0 OR purchases <> 0 OR users <> 0 OR revenue <> 0
+ORDER BY 1, 2
+ON CONFLICT (window_start, product_category) DO UPDATE
+SET views = m.views + EXCLUDED.views, purchases = m.purchases + EXCLUDED.purchases,
+    users = m.users + EXCLUDED.users, revenue = m.revenue + EXCLUDED.revenue;
+
+-- Cells left at zero can only be ones rows were taken away from.
+DELETE FROM event_metrics_minute m
+USING (SELECT DISTINCT date_bin(s.width, a.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start,
+              a.product_category
+       FROM analytics_rows a, (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings) s
+       WHERE a.sign < 0) t
+WHERE m.window_start = t.window_start AND m.product_category = t.product_category
+  AND m.views = 0 AND m.purchases = 0;

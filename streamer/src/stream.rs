@@ -1,0 +1,581 @@
+//! The stream: discover → register → claim → load → mark, with the roles
+//! spread over tasks.
+//!
+//! - The control session (this task) applies the schema, holds the shared
+//!   "a streamer runs" lock and the checkpoint's lock, and takes whichever
+//!   of the two per-source roles is free: the registrar (lists the folder
+//!   and registers ready files) and the disposer (archives, deletes or
+//!   quarantines settled files). A role passes to another streamer when
+//!   this one's session ends.
+//! - `--loaders` loader tasks ([`crate::loader`]) each claim and load
+//!   batches on their own session.
+//! - The applier ([`crate::applier`]), with analytics on, folds committed
+//!   batches into the derived tables.
+//!
+//! At start the checkpoint is reconciled with the database first: batches
+//! planned before a restart are confirmed from the database or run again,
+//! a checkpoint the database does not know (a new, reset or restored
+//! database) is said so and re-based (the registry decides what is loaded,
+//! so nothing is skipped), and a checkpoint of the release before the
+//! registry seeds it with the files it had loaded.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::applier::{self, Applier};
+use crate::checkpoint::{Checkpoint, FileId, Offsets};
+use crate::config::{redact_url, CleanSource, Config};
+use crate::dispose::{self, Action, Folders};
+use crate::loader::{self, Shared};
+use crate::observe::metrics::Monitor;
+use crate::observe::progress::{BacklogBar, ProgressLog, Totals};
+use crate::observe::Observers;
+use crate::pg::{classify, connect_session, describe, Backoff, ErrorClass};
+use crate::sink::lock;
+use crate::sink::schema::{self, SchemaError, WindowError};
+use crate::watch::Discovery;
+use crate::{blocking, pause, registry};
+
+/// What a run of the stream did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub checkpoint_id: Uuid,
+    pub totals: Totals,
+}
+
+/// Runs the stream until `shutdown` fires (or, with `--once`, until every
+/// file present is settled and the derived tables have caught up).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+    let dir = config.checkpoint_dir.clone();
+    let checkpoint = blocking(move || Checkpoint::open(&dir)).await??;
+    let checkpoint_id = checkpoint.id();
+    let progress = ProgressLog::new(&config.checkpoint_dir)
+        .with_context(|| format!("cannot write progress into {}", config.checkpoint_dir.display()))?;
+    info!(
+        checkpoint_id = %checkpoint_id,
+        data_dir = %config.data_dir.display(),
+        source = %config.source,
+        checkpoint_dir = %config.checkpoint_dir.display(),
+        database = %redact_url(&config.database_url),
+        loaders = config.loaders,
+        next_batch = checkpoint.next_batch_id(),
+        "streamer starting"
+    );
+    let monitor = Arc::new(Monitor::new(config.stall_after));
+    if config.analytics {
+        monitor.analytics_on();
+    }
+    let http_stop = CancellationToken::new();
+    let http = config.http_addr.map(|addr| {
+        tokio::spawn(crate::http::serve(addr, monitor.clone(), config.database_url.clone(), http_stop.clone()))
+    });
+    let bar = config.progress.then(BacklogBar::new);
+    let observers = Observers::new(monitor.clone(), progress, bar);
+    // Watch first: files published while the database is awaited keep
+    // their close/rename hints.
+    let discovery = Discovery::start(&config.data_dir, config.file_settle, config.poll)?;
+    let checkpoint = Arc::new(Mutex::new(checkpoint));
+
+    let result = async {
+        let Some(mut control) = Control::connect(&config, checkpoint_id, &shutdown).await? else {
+            return Ok(None);
+        };
+        let recovered = reconcile(&config, &mut control.client, &checkpoint, checkpoint_id).await?;
+        let (fatal, fatal_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            checkpoint: checkpoint.clone(),
+            checkpoint_id,
+            observers,
+            work: Notify::new(),
+            committed: Arc::new(Notify::new()),
+            unclaimed_recoveries: std::sync::atomic::AtomicUsize::new(recovered.len()),
+            recovered: Mutex::new(recovered),
+            window_seconds: control.window.seconds,
+            fatal,
+        });
+        let outcome = serve(&config, control, discovery, shared.clone(), &shutdown, fatal_rx).await;
+        Ok(Some((outcome, shared)))
+    }
+    .await;
+    http_stop.cancel();
+    if let Some(server) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    let summary = |totals: Totals| RunSummary { checkpoint_id, totals };
+    match result {
+        Err(e) => Err(e),
+        Ok(None) => Ok(summary(Totals::default())),
+        Ok(Some((outcome, shared))) => {
+            if let Some(bar) = &shared.observers.bar {
+                bar.finish();
+            }
+            outcome?;
+            let totals = shared.observers.totals();
+            totals.log_stopped();
+            Ok(summary(totals))
+        }
+    }
+}
+
+/// Runs the loaders and the applier, and the registrar and disposer here,
+/// until shutdown (or `--once` is done); then stops them.
+async fn serve(
+    config: &Config,
+    mut control: Control,
+    mut discovery: Discovery,
+    shared: Arc<Shared>,
+    shutdown: &CancellationToken,
+    mut fatal: mpsc::UnboundedReceiver<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let loaders: Vec<_> =
+        (0..config.loaders).map(|i| tokio::spawn(loader::run(shared.clone(), i, stop.clone()))).collect();
+    let applier = config.analytics.then(|| {
+        let applier = Applier {
+            url: config.database_url.clone(),
+            session: config.session.clone(),
+            max_backoff: config.max_backoff,
+            monitor: shared.observers.monitor.clone(),
+            wake: shared.committed.clone(),
+        };
+        tokio::spawn(applier.run(stop.clone()))
+    });
+    let result = control.run(config, &mut discovery, &shared, shutdown, &mut fatal).await;
+    let caught_up = match (&result, config.once && config.analytics) {
+        (Ok(()), true) => wait_for_analytics(&mut control, config, shutdown, &mut fatal).await,
+        _ => Ok(()),
+    };
+    stop.cancel();
+    for l in loaders {
+        let _ = l.await;
+    }
+    if let Some(a) = applier {
+        let _ = a.await;
+    }
+    // A loader that gave up while stopping still fails the run.
+    if let Ok(e) = fatal.try_recv() {
+        return Err(e);
+    }
+    result.and(caught_up)
+}
+
+/// `--once`: waits until the applier (here or in another streamer) has
+/// folded every committed batch.
+async fn wait_for_analytics(
+    control: &mut Control,
+    config: &Config,
+    shutdown: &CancellationToken,
+    fatal: &mut mpsc::UnboundedReceiver<anyhow::Error>,
+) -> anyhow::Result<()> {
+    let mut said = std::time::Instant::now();
+    loop {
+        match applier::lag(&control.client).await {
+            Ok(lag) if lag.batches == 0 => return Ok(()),
+            Ok(lag) if said.elapsed() > Duration::from_secs(10) => {
+                info!(batches = lag.batches, lag_secs = lag.seconds, "waiting for the analytics applier to catch up");
+                said = std::time::Instant::now();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %describe(&e), "cannot read the analytics lag; trying again");
+                control.reconnect(config, shutdown).await?;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            e = fatal.recv() => if let Some(e) = e { return Err(e) },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Confirms or queues the batches planned before a restart, re-bases a
+/// checkpoint the database does not know, and seeds the registry from a
+/// version-1 checkpoint. Returns the batches to run again.
+async fn reconcile(
+    config: &Config,
+    client: &mut Client,
+    checkpoint: &Arc<Mutex<Checkpoint>>,
+    id: Uuid,
+) -> anyhow::Result<VecDeque<Offsets>> {
+    let db_last = registry::last_batch(client, id).await?;
+    let (legacy, cp_last, pending) = {
+        let cp = lock(checkpoint);
+        (cp.legacy().cloned(), cp.last_committed(), cp.pending().cloned().collect::<Vec<_>>())
+    };
+    if let Some(legacy) = legacy {
+        if legacy.last_committed.is_some() && db_last >= legacy.last_committed {
+            let n = registry::seed_loaded(client, &config.source, &legacy.processed).await?;
+            info!(files = n, "checkpoint of the release before the file registry: its loaded files seed the registry");
+        }
+        let cp = checkpoint.clone();
+        blocking(move || lock(&cp).finish_upgrade()).await??;
+    }
+    if let Some(last) = cp_last.filter(|&l| db_last.is_none_or(|d| d < l)) {
+        warn!(
+            checkpoint_id = %id,
+            checkpoint_last_batch = last,
+            database_last_batch = ?db_last,
+            "this checkpoint has committed batches this database does not have (a new, reset or restored database): \
+             the database's file registry decides what is loaded, so every file it does not know is loaded again; \
+             the checkpoint goes on from here"
+        );
+    }
+    if let Some(d) = db_last {
+        lock(checkpoint).continue_after(d);
+    }
+    let mut recovered = VecDeque::new();
+    for plan in pending {
+        if registry::has_batch(client, id, plan.batch_id).await? {
+            info!(batch_id = plan.batch_id, "batch is in the database already; writing its commit marker");
+            let history = crate::sink::committed_files(client, id, plan.batch_id).await?;
+            let commit = crate::checkpoint::Commit {
+                version: crate::checkpoint::FORMAT_VERSION,
+                batch_id: plan.batch_id,
+                committed_at: chrono::Utc::now(),
+                abandoned: false,
+                files: history
+                    .into_iter()
+                    .map(|h| crate::checkpoint::CommittedFile {
+                        file: FileId { name: h.name, size: h.size, mtime_ns: h.mtime_micros * 1000 },
+                        status: h.status.parse().unwrap_or(crate::checkpoint::FileStatus::Loaded),
+                        reason: h.reason,
+                    })
+                    .collect(),
+            };
+            let cp = checkpoint.clone();
+            blocking(move || lock(&cp).commit(&commit)).await??;
+        } else {
+            recovered.push_back(plan);
+        }
+    }
+    Ok(recovered)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The control session and the roles it holds.
+struct Control {
+    client: Client,
+    notifications: mpsc::UnboundedReceiver<String>,
+    checkpoint_id: Uuid,
+    window: schema::Window,
+    registrar: bool,
+    disposer: bool,
+    /// Identities of present files the registry holds (filled when this
+    /// streamer becomes the registrar).
+    known: HashSet<FileId>,
+    /// Names already warned about (not eligible, not regular).
+    warned: HashSet<String>,
+}
+
+/// Why the control session cannot be set up, by what helps.
+enum SetupError {
+    Transient(String),
+    Fatal(anyhow::Error),
+}
+
+impl From<tokio_postgres::Error> for SetupError {
+    fn from(e: tokio_postgres::Error) -> SetupError {
+        match classify(&e) {
+            ErrorClass::Transient => SetupError::Transient(describe(&e)),
+            _ => SetupError::Fatal(anyhow::anyhow!(describe(&e))),
+        }
+    }
+}
+
+impl Control {
+    /// Connects and sets up the control session, waiting with backoff
+    /// while PostgreSQL cannot be reached; `None` when shutdown came first.
+    async fn connect(
+        config: &Config,
+        checkpoint_id: Uuid,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<Control>> {
+        let mut backoff = Backoff::new(config.max_backoff);
+        for attempt in 1u64.. {
+            let connecting = connect_session(&config.database_url, crate::pg::APPLICATION_NAME, &config.session);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                r = tokio::time::timeout(Duration::from_secs(15), connecting) => r,
+            };
+            let error = match result {
+                Ok(Ok((mut client, notifications))) => match Control::setup(config, &mut client, checkpoint_id).await {
+                    Ok(window) => {
+                        info!(attempt, database = %redact_url(&config.database_url), "connected to PostgreSQL");
+                        return Ok(Some(Control {
+                            client,
+                            notifications,
+                            checkpoint_id,
+                            window,
+                            registrar: false,
+                            disposer: false,
+                            known: HashSet::new(),
+                            warned: HashSet::new(),
+                        }));
+                    }
+                    Err(SetupError::Fatal(e)) => return Err(e),
+                    Err(SetupError::Transient(e)) => e,
+                },
+                Ok(Err(e)) if classify(&e) != ErrorClass::Transient => {
+                    return Err(anyhow::anyhow!("cannot connect to PostgreSQL: {}", describe(&e)))
+                }
+                Ok(Err(e)) => describe(&e),
+                Err(_) => "no answer within 15 s".to_owned(),
+            };
+            let wait = backoff.step();
+            warn!(attempt, retry_in_ms = wait.as_millis() as u64, error, "PostgreSQL is not reachable; waiting");
+            if !pause(shutdown, wait).await {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The schema, the window width, the locks every streamer holds, and
+    /// the notifications of new files.
+    async fn setup(config: &Config, client: &mut Client, checkpoint_id: Uuid) -> Result<schema::Window, SetupError> {
+        schema::migrate(client).await.map_err(|e| match &e {
+            SchemaError::Apply { source, .. } | SchemaError::Query { source, .. }
+                if classify(source) == ErrorClass::Transient =>
+            {
+                SetupError::Transient(e.to_string())
+            }
+            _ => SetupError::Fatal(anyhow::Error::from(e).context("the database schema cannot be brought up to date")),
+        })?;
+        let window = schema::set_window(client, config.metrics_window_secs).await.map_err(|e| match &e {
+            WindowError::Query { source, .. } if classify(source) == ErrorClass::Transient => {
+                SetupError::Transient(e.to_string())
+            }
+            WindowError::InUse { .. } => SetupError::Fatal(
+                runtime::ConfigError::new("--metrics-window/METRICS_WINDOW_SECS", e.to_string()).into(),
+            ),
+            WindowError::Query { .. } => SetupError::Fatal(e.into()),
+        })?;
+        let (class, object) = lock::STREAMERS;
+        client.execute("SELECT pg_advisory_lock_shared($1, $2)", &[&class, &object]).await?;
+        let alone: bool = client.query_one(&lock::keyed(lock::CHECKPOINT), &[&checkpoint_id.to_string()]).await?.get(0);
+        if !alone {
+            return Err(SetupError::Fatal(anyhow::anyhow!(
+                "another streamer runs with checkpoint {checkpoint_id} on this database (a copied checkpoint folder?): \
+                 give each streamer its own CHECKPOINT_DIR"
+            )));
+        }
+        client.batch_execute(&format!("LISTEN {}", registry::CHANNEL)).await?;
+        Ok(window)
+    }
+
+    /// Connects again after the control session was lost (the roles went
+    /// with it).
+    async fn reconnect(&mut self, config: &Config, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        match Control::connect(config, self.checkpoint_id, shutdown).await? {
+            Some(fresh) => {
+                if fresh.window != self.window && fresh.window.seconds != self.window.seconds {
+                    anyhow::bail!(
+                        "the database's metrics window width changed to {} s while this streamer was disconnected",
+                        fresh.window.seconds
+                    );
+                }
+                let warned = std::mem::take(&mut self.warned);
+                *self = Control { warned, ..fresh };
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Takes a free role; true when it was taken now.
+    async fn take(&mut self, class: i32, source: &str) -> Result<bool, tokio_postgres::Error> {
+        Ok(self.client.query_one(&lock::keyed(class), &[&source]).await?.get(0))
+    }
+
+    /// The registrar and disposer loop (see the module docs).
+    async fn run(
+        &mut self,
+        config: &Config,
+        discovery: &mut Discovery,
+        shared: &Arc<Shared>,
+        shutdown: &CancellationToken,
+        fatal: &mut mpsc::UnboundedReceiver<anyhow::Error>,
+    ) -> anyhow::Result<()> {
+        let mut rescan = tokio::time::interval(config.rescan_interval);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listing_backoff = Backoff::new(config.max_backoff);
+        let mut db_backoff = Backoff::new(config.max_backoff);
+        while !shutdown.is_cancelled() {
+            if self.client.is_closed() && !self.reconnect(config, shutdown).await? {
+                return Ok(());
+            }
+            let step = self.step(config, discovery, shared).await;
+            let next_settle = match step {
+                Ok(Step::Done) => return Ok(()),
+                Ok(Step::Wait(settle)) => {
+                    listing_backoff = Backoff::new(config.max_backoff);
+                    db_backoff = Backoff::new(config.max_backoff);
+                    settle
+                }
+                Err(StepError::Listing(e)) => {
+                    let wait = listing_backoff.step();
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot list the data folder; retrying");
+                    if !pause(shutdown, wait).await {
+                        return Ok(());
+                    }
+                    if std::fs::create_dir_all(&config.data_dir).is_ok() {
+                        match Discovery::start(&config.data_dir, config.file_settle, config.poll) {
+                            Ok(fresh) => *discovery = fresh,
+                            Err(e) => warn!(error = %e, "cannot watch the data folder again"),
+                        }
+                    }
+                    continue;
+                }
+                Err(StepError::Database(e)) => {
+                    let wait = db_backoff.step();
+                    warn!(error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "the control session failed; retrying");
+                    if classify(&e) != ErrorClass::Transient && !self.client.is_closed() {
+                        return Err(anyhow::anyhow!("the control session failed: {}", describe(&e)));
+                    }
+                    if !pause(shutdown, wait).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let settle = next_settle.unwrap_or(Duration::MAX).min(Duration::from_secs(3600));
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                e = fatal.recv() => if let Some(e) = e { return Err(e) },
+                _ = discovery.changed() => {}
+                _ = rescan.tick() => {}
+                _ = tokio::time::sleep(settle) => {}
+                n = self.notifications.recv() => if n.is_some() { shared.work.notify_waiters() },
+                _ = shared.committed.notified() => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One look at the folder: register what is ready, move what is
+    /// settled, and (with `--once`) tell whether everything is done.
+    async fn step(&mut self, config: &Config, discovery: &Discovery, shared: &Shared) -> Result<Step, StepError> {
+        let source = config.source.as_str();
+        let listing = discovery.list_async().await.map_err(StepError::Listing)?;
+        for (name, why) in &listing.skipped {
+            if self.warned.insert(name.clone()) {
+                warn!(file = %name, reason = why, "file in the data folder never read");
+            }
+        }
+        let present: HashSet<&str> = listing.present.iter().map(String::as_str).collect();
+        self.warned.retain(|n| present.contains(n.as_str()) || listing.skipped.iter().any(|(s, _)| s == n));
+        self.known.retain(|f| present.contains(f.name.as_str()));
+        if !self.registrar && self.take(lock::REGISTRAR, source).await? {
+            self.registrar = true;
+            self.known = registry::known(&self.client, source, &listing.present).await?;
+            info!(source, "this streamer registers the files of the data folder");
+        }
+        let mut unregistered = 0;
+        if self.registrar {
+            let new: Vec<FileId> =
+                listing.ready.iter().map(|c| c.id.clone()).filter(|id| !self.known.contains(id)).collect();
+            if !new.is_empty() {
+                let n = registry::register(&mut self.client, source, &new).await?;
+                tracing::debug!(files = new.len(), pending = n, "files registered");
+                self.known.extend(new);
+                shared.work.notify_waiters();
+            }
+        } else {
+            unregistered = listing.ready.iter().filter(|c| !self.known.contains(&c.id)).count();
+        }
+        // Pending first: every batch committed before the count is disposed of below.
+        let pending = registry::pending(&self.client, source).await?;
+        if !self.disposer && self.take(lock::DISPOSER, source).await? {
+            self.disposer = true;
+        }
+        if self.disposer {
+            self.dispose(config).await?;
+        }
+        shared.observers.monitor.set_pending(pending as usize);
+        if let Some(bar) = &shared.observers.bar {
+            bar.queued(pending as usize);
+        }
+        let recovering = !lock(&shared.recovered).is_empty();
+        if config.once && listing.waiting == 0 && unregistered == 0 && pending == 0 && !recovering {
+            return Ok(Step::Done);
+        }
+        Ok(Step::Wait(listing.next_settle))
+    }
+
+    /// Moves the settled files of the disposer's queue.
+    async fn dispose(&mut self, config: &Config) -> Result<(), StepError> {
+        let queue = registry::to_move(&self.client, &config.source, 200).await?;
+        if queue.is_empty() {
+            return Ok(());
+        }
+        let (data, archive, quarantine, clean) =
+            (config.data_dir.clone(), config.archive_dir.clone(), config.quarantine_dir.clone(), config.clean_source);
+        let done = blocking(move || {
+            let folders = Folders { data: &data, archive: &archive, quarantine: &quarantine };
+            queue
+                .into_iter()
+                .map(|f| {
+                    let action = match (f.quarantined, clean) {
+                        (true, _) => Some(Action::Quarantine { reason: f.reason.clone().unwrap_or_default() }),
+                        (false, CleanSource::Archive) => Some(Action::Archive),
+                        (false, CleanSource::Delete) => Some(Action::Delete),
+                        (false, CleanSource::Off) => None,
+                    };
+                    if let Some(action) = action {
+                        match dispose::dispose(&folders, &f.id, &action) {
+                            Ok(dispose::Moved::Replaced) => {
+                                warn!(file = %f.id.name, "a newer file has the name of a settled one; it was left in place")
+                            }
+                            Ok(_) => {}
+                            // The file stays in the data folder, settled: never read again.
+                            Err(e) => warn!(file = %f.id.name, error = %e, "cannot move the file after its batch committed"),
+                        }
+                    }
+                    f.file_id
+                })
+                .collect::<Vec<i32>>()
+        })
+        .await
+        .map_err(|e| StepError::Listing(crate::watch::WatchError::List { path: config.data_dir.clone(), source: std::io::Error::other(e) }))?;
+        registry::moved(&self.client, &done).await?;
+        Ok(())
+    }
+}
+
+enum Step {
+    Done,
+    /// Look again by then at the latest (a file settles).
+    Wait(Option<Duration>),
+}
+
+enum StepError {
+    Listing(crate::watch::WatchError),
+    Database(tokio_postgres::Error),
+}
+
+impl From<registry::RegistryError> for StepError {
+    fn from(e: registry::RegistryError) -> StepError {
+        StepError::Database(e.source)
+    }
+}
+
+impl From<tokio_postgres::Error> for StepError {
+    fn from(e: tokio_postgres::Error) -> StepError {
+        StepError::Database(e)
+    }
+}
