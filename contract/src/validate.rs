@@ -10,7 +10,9 @@
 //!   refused; prices are carried as integer cents, never through `f64`;
 //! - `event_time` is RFC 3339 (`T` or space, any offset) or a naive
 //!   `YYYY-MM-DD HH:MM:SS[.ffffff]`, which is UTC; more than microsecond
-//!   precision is refused rather than rounded;
+//!   precision is refused rather than rounded; the instant lies in years
+//!   1–9999 UTC ([`MIN_TIME_MICROS`]..=[`MAX_TIME_MICROS`]): inside
+//!   PostgreSQL's range, and every window of the metrics too;
 //! - text fields may be empty; a NUL character is refused (PostgreSQL text
 //!   cannot hold it).
 
@@ -180,6 +182,11 @@ pub fn parse_price(s: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// The earliest `event_time`: 0001-01-01T00:00:00Z, in microseconds.
+pub const MIN_TIME_MICROS: i64 = -62_135_596_800_000_000;
+/// The latest `event_time`: 9999-12-31T23:59:59.999999Z, in microseconds.
+pub const MAX_TIME_MICROS: i64 = 253_402_300_799_999_999;
+
 /// An instant in microseconds since the Unix epoch, UTC.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if s.is_empty() {
@@ -193,13 +200,17 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     if t.nanosecond() % 1_000 != 0 {
         return Err(format!("event_time: {} is more precise than microseconds", shorten(s)));
     }
-    Ok(t.and_utc().timestamp_micros())
+    let micros = t.and_utc().timestamp_micros();
+    if !(MIN_TIME_MICROS..=MAX_TIME_MICROS).contains(&micros) {
+        return Err(format!("event_time: {} is outside years 1 to 9999", shorten(s)));
+    }
+    Ok(micros)
 }
 
-/// A value quoted for a reason, cut at 40 characters.
+/// A value quoted for a reason, cut at 40 characters, NULs spelled `\0`.
 pub fn shorten(s: &str) -> String {
-    let cut: String = s.chars().take(40).collect();
-    if cut.len() < s.len() {
+    let cut: String = s.chars().take(40).collect::<String>().replace('\0', "\\0");
+    if s.chars().nth(40).is_some() {
         format!("'{cut}…'")
     } else {
         format!("'{cut}'")
@@ -231,6 +242,21 @@ mod tests {
         assert!(parse_time("2026-01-01T00:00:00.0000001Z").is_err());
         assert!(parse_time("2026-13-45T99:99:99Z").is_err());
         assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_time("0001-01-01T00:00:00Z"), Ok(MIN_TIME_MICROS));
+        assert_eq!(parse_time("9999-12-31T23:59:59.999999Z"), Ok(MAX_TIME_MICROS));
+        for far in ["-5000-01-01 00:00:00", "0000-12-31T23:59:59Z", "+10000-01-01T00:00:00Z", "262143-01-01 00:00:00"] {
+            let e = parse_time(far).err().unwrap_or_default();
+            assert!(e.contains("outside years 1 to 9999") || e.contains("not a timestamp"), "{far}: {e}");
+        }
+        assert!(parse_time("-5000-01-01 00:00:00").err().unwrap_or_default().contains("outside years 1 to 9999"));
+    }
+
+    #[test]
+    fn reasons_never_carry_a_nul() {
+        let e = parse_id("user_id", "1\02").err().unwrap_or_default();
+        assert_eq!(e, "user_id: '1\\02' is not an integer");
+        assert!(!parse_time("2026\0").err().unwrap_or_default().contains('\0'));
+        assert!(!parse_event_type("vi\0ew").err().unwrap_or_default().contains('\0'));
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub struct Rejected {
     pub reason: String,
 }
 
+impl Rejected {
+    /// What it holds in memory, for the chunk budget.
+    pub fn size(&self) -> u64 {
+        (self.raw.len() + self.reason.len() + std::mem::size_of::<Rejected>()) as u64
+    }
+}
+
 /// A `Read` that fails once more than `limit` bytes have been pulled since
 /// the CSV reader last finished a record (the count is reset by the reader's
 /// owner after each record; the CSV buffer makes it exact to within 8 KiB).
@@ -127,17 +134,22 @@ impl<R: Read> ContractReader<R> {
         Ok(ContractReader { csv, since_record, file_index, record, finished: false })
     }
 
-    /// Reads rows until at least `max_bytes` of the file are consumed or the
-    /// file ends; `None` once it has ended.
+    /// Reads rows until `max_bytes` are used — the input consumed plus what
+    /// the rejected rows hold in memory ([`Rejected::size`]) — or the file
+    /// ends; `None` once it has ended.
     pub fn next_part(&mut self, max_bytes: u64) -> Option<Part> {
         if self.finished {
             return None;
         }
         let start = self.csv.position().byte();
         let mut columns = Columns::new();
-        let mut rejected = Vec::new();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut rejected_bytes = 0u64;
         let mut rows_read = 0u64;
-        while self.csv.position().byte() - start < max_bytes.max(1) {
+        while self.csv.position().byte() - start + rejected_bytes < max_bytes.max(1) {
+            if let Some(last) = rejected.last() {
+                rejected_bytes += last.size();
+            }
             self.since_record.store(0, Ordering::Relaxed);
             let line = self.csv.position().line();
             match self.csv.read_byte_record(&mut self.record) {

@@ -105,11 +105,6 @@ pub struct ReadPlan<'a> {
     pub window_micros: i64,
 }
 
-/// What a rejected row holds in memory, for the chunk budget.
-fn reject_bytes(r: &Rejected) -> u64 {
-    (r.raw.len() + r.reason.len() + std::mem::size_of::<Rejected>()) as u64
-}
-
 /// Reads the files of a batch in order and hands on chunks of at most about
 /// `chunk_bytes` of input each. `emit` returns false when the receiver is
 /// gone; reading then stops and `None` is returned.
@@ -200,7 +195,7 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
                 out.excluded = Some((index, FileOutcome::Quarantine { reason }));
                 return finish(out, started);
             }
-            pending_bytes += part.bytes + part.rejected.iter().map(reject_bytes).sum::<u64>();
+            pending_bytes += part.bytes + part.rejected.iter().map(Rejected::size).sum::<u64>();
             frames.push(part.frame);
             rejected.extend(part.rejected);
             if pending_bytes >= plan.chunk_bytes {

@@ -25,13 +25,6 @@ fn spawn(data: &Path, cp: &Path, url: &str) -> std::io::Result<Child> {
         .spawn()
 }
 
-/// The peak resident set of a live process, in bytes.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
 /// Waits (polling every 10 ms, at most `within`) until `sql` returns true.
 async fn until(client: &tokio_postgres::Client, sql: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;

@@ -456,7 +456,7 @@ pub const ANALYTICS_DEFINITIONS: [(&str, &str); 3] = [
         "SELECT window_start, product_category, views, purchases, users, revenue FROM event_metrics_minute",
         "SELECT metrics_window(event_time), product_category, count(*) FILTER (WHERE event_type = 'view'), \
          count(*) FILTER (WHERE event_type = 'purchase'), count(DISTINCT user_id), \
-         coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0)::numeric(14,2) FROM events GROUP BY 1, 2",
+         coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0)::numeric FROM events GROUP BY 1, 2",
     ),
     (
         "SELECT user_id, product_category, views, purchases FROM user_category_counts",
@@ -563,4 +563,11 @@ pub async fn wait_for_applied(client: &Client, within: std::time::Duration) {
         assert!(tokio::time::Instant::now() < deadline, "{waiting} batches not applied within {within:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The peak resident set of a live process, in bytes.
+pub fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
