@@ -253,7 +253,7 @@ mod tests {
 
     #[test]
     fn reasons_never_carry_a_nul() {
-        let e = parse_id("user_id", "1\02").err().unwrap_or_default();
+        let e = parse_id("user_id", "1\x002").err().unwrap_or_default();
         assert_eq!(e, "user_id: '1\\02' is not an integer");
         assert!(!parse_time("2026\0").err().unwrap_or_default().contains('\0'));
         assert!(!parse_event_type("vi\0ew").err().unwrap_or_default().contains('\0'));
