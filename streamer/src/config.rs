@@ -364,6 +364,9 @@ impl RunArgs {
             session: Session {
                 statement_timeout: Duration::from_secs(self.statement_timeout),
                 idle_timeout: Duration::from_secs(self.session_timeout),
+                // A healthy session speaks at least every rescan interval.
+                idle_session_timeout: Duration::from_secs(self.session_timeout)
+                    .max(Duration::from_millis(self.rescan_interval) * 2 + Duration::from_secs(1)),
             },
             analytics: self.analytics,
             metrics_window_secs: self.metrics_window as i32,

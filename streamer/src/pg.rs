@@ -29,11 +29,19 @@ pub struct Session {
     /// statements of a batch loses its session, hence its claims, after
     /// about this long.
     pub idle_timeout: Duration,
+    /// `idle_session_timeout`: a session idle outside a transaction for this
+    /// long ends (a frozen streamer's roles are then taken over). Longer
+    /// than a healthy session ever waits between two statements.
+    pub idle_session_timeout: Duration,
 }
 
 impl Default for Session {
     fn default() -> Self {
-        Session { statement_timeout: Duration::from_secs(300), idle_timeout: Duration::from_secs(60) }
+        Session {
+            statement_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(30),
+            idle_session_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -47,11 +55,12 @@ impl Session {
         let keepalive_interval = (self.idle_timeout.as_secs() / 9).max(1);
         format!(
             "SET synchronous_commit = on; SET jit = off; SET statement_timeout = {}; \
-             SET idle_in_transaction_session_timeout = {}; SET tcp_keepalives_idle = {keepalive_idle}; \
-             SET tcp_keepalives_interval = {keepalive_interval}; SET tcp_keepalives_count = 3; \
-             SET tcp_user_timeout = {}",
+             SET idle_in_transaction_session_timeout = {}; SET idle_session_timeout = {}; \
+             SET tcp_keepalives_idle = {keepalive_idle}; SET tcp_keepalives_interval = {keepalive_interval}; \
+             SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}",
             self.statement_timeout.as_millis(),
             self.idle_timeout.as_millis(),
+            self.idle_session_timeout.as_millis(),
             self.idle_timeout.as_millis(),
         )
     }
@@ -317,12 +326,17 @@ mod tests {
 
     #[test]
     fn the_session_sets_its_own_timeouts() {
-        let s = Session { statement_timeout: Duration::from_secs(30), idle_timeout: Duration::from_secs(9) };
+        let s = Session {
+            statement_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(9),
+            idle_session_timeout: Duration::from_secs(20),
+        };
         assert_eq!(
             s.setup_sql(),
             "SET synchronous_commit = on; SET jit = off; SET statement_timeout = 30000; \
-             SET idle_in_transaction_session_timeout = 9000; SET tcp_keepalives_idle = 3; \
-             SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; SET tcp_user_timeout = 9000"
+             SET idle_in_transaction_session_timeout = 9000; SET idle_session_timeout = 20000; \
+             SET tcp_keepalives_idle = 3; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; \
+             SET tcp_user_timeout = 9000"
         );
     }
 }

@@ -336,6 +336,43 @@ mod tests {
         Ok(())
     }
 
+    /// A writer appends while the batch reads the file (here, between two
+    /// chunks): its identity once read differs from the one planned, so its
+    /// staged rows must not commit — a cut last record could have parsed
+    /// as a valid row with the wrong key.
+    #[test]
+    fn a_file_written_to_while_it_is_read_is_excluded() -> PolarsResult<()> {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows: String = (1..=200).map(|i| format!("{i},A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n")).collect();
+        let sources = write_files(dir.path(), &[format!("{H}{rows}")]);
+        let path = sources[0].path.clone();
+        let forced = vec![None];
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &forced,
+            chunk_bytes: 1_000,
+            max_rejects: 0,
+            window_micros: 60_000_000,
+        };
+        let mut appended = false;
+        let read = read_batch(plan, |_| {
+            if !appended {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&path).expect("open");
+                f.write_all(b"201,A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n").expect("append");
+                appended = true;
+            }
+            true
+        })?
+        .expect("not stopped");
+        assert!(
+            matches!(&read.excluded, Some((0, FileOutcome::Changed { reason })) if reason.contains("written to while it was read")),
+            "{:?}",
+            read.excluded
+        );
+        Ok(())
+    }
+
     #[test]
     fn a_file_other_than_the_one_registered_is_changed_and_never_read() -> PolarsResult<()> {
         let dir = tempfile::tempdir().expect("tempdir");

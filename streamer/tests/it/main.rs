@@ -9,11 +9,13 @@ mod common;
 
 mod analytics;
 mod big_file;
+mod chaos;
 mod cli;
 mod dashboard;
 mod deploy;
 mod faults;
 mod fs_faults;
+mod fuzz;
 mod hostile;
 mod http;
 mod live_kill;
