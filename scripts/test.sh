@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: the compose file against the Compose
 # specification's schema and the Dockerfile through hadolint (both installed
-# into a private virtualenv on first use; see scripts/lib/tools.sh),
-# formatting, clippy, and the whole test suite against a real PostgreSQL
-# (DATABASE_URL if it answers, else a private cluster; see scripts/lib/pg.sh),
-# (the dashboard's test in headless Chromium, Debian's package installed when
-# missing), then the benchmark harness in its quick variant (scripts/bench.sh with
-# BENCH_QUICK=1 and the test build; about a minute). Fails if any step fails.
+# into a private virtualenv on first use; see scripts/lib/tools.sh), the
+# Prometheus configuration through promtool, formatting, clippy, the whole
+# test suite against a real PostgreSQL (DATABASE_URL if it answers, else a
+# private cluster; see scripts/lib/pg.sh; the dashboard's test in headless
+# Chromium, Debian's package installed when missing), the compose set-up on a
+# real Docker engine when one answers (scripts/compose-test.sh), then the
+# benchmark harness in its quick variant (scripts/bench.sh with BENCH_QUICK=1
+# and the test build; about a minute). Fails if any step fails.
 #
 # Long variants (torture, benchmarks) are opt-in by environment variables
 # documented in the README.
@@ -39,6 +41,11 @@ ensure_py_tools
 "$TOOLS_BIN/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
 "$TOOLS_BIN/hadolint" Dockerfile && echo "hadolint: Dockerfile ok"
 
+ensure_apt_package promtool prometheus
+promtool check config --syntax-only deploy/prometheus/prometheus.yml
+promtool check rules deploy/prometheus/pipeline.rules.yml
+sh -n deploy/entrypoint.sh deploy/postgres/10-grafana-reader.sh
+
 step "Chromium, for the dashboard's browser test"
 ensure_apt_package chromium chromium
 export CHROMIUM=${CHROMIUM:-$(command -v chromium)}
@@ -49,6 +56,9 @@ cargo fmt --all -- --check
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "the compose set-up on a real Docker engine"
+bash scripts/compose-test.sh
 
 step "benchmark harness, quick variant (the test build, small sizes)"
 bench_out=$(mktemp -d "${TMPDIR:-/tmp}/bench-quick.XXXXXX")

@@ -55,6 +55,8 @@ struct Live {
     /// When files started waiting (none are waiting: `None`).
     pending_since: Option<Instant>,
     last_commit: Option<(Instant, DateTime<Utc>)>,
+    /// Connected, with the schema applied.
+    ready: bool,
     /// Whether this streamer keeps the analytics (and so reports their lag).
     analytics: bool,
     lag: Lag,
@@ -63,6 +65,8 @@ struct Live {
 /// The stream's side of `/health`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StreamHealth {
+    /// Connected, with the schema applied (until then /health says 503).
+    pub ready: bool,
     pub files_pending: usize,
     pub last_commit: Option<DateTime<Utc>>,
     /// Seconds files have waited with no commit (0 when none wait).
@@ -177,6 +181,7 @@ impl Monitor {
                 pending: 0,
                 pending_since: None,
                 last_commit: None,
+                ready: false,
                 analytics: false,
                 lag: Lag::default(),
             }),
@@ -225,6 +230,11 @@ impl Monitor {
         self.live().last_commit = Some((Instant::now(), now));
     }
 
+    /// The streamer has connected and applied the schema.
+    pub fn ready(&self) {
+        self.live().ready = true;
+    }
+
     /// This streamer keeps the analytics: their lag is reported.
     pub fn analytics_on(&self) {
         self.live().analytics = true;
@@ -261,6 +271,7 @@ impl Monitor {
             None => Duration::ZERO,
         };
         StreamHealth {
+            ready: live.ready,
             files_pending: live.pending,
             last_commit: live.last_commit.map(|(_, at)| at),
             waiting_secs: (waiting.as_secs_f64() * 1000.0).round() / 1000.0,
