@@ -1,7 +1,8 @@
 //! Settings come from `.env` (if present), then the environment, then flags:
 //! each flag has an environment variable (clap's `env`), and `.env` only
 //! fills variables the environment does not set. A setting that cannot be
-//! used is a [`ConfigError`]: one line naming the setting, exit code 2.
+//! used is a [`ConfigError`]: one line naming the setting, exit code 2
+//! (a flag clap refuses gets clap's own message, also exit code 2).
 
 use std::fmt;
 use std::process::ExitCode;
@@ -46,16 +47,15 @@ pub fn load_dotenv() -> Result<(), ConfigError> {
 }
 
 /// Parses the command line (with the environment behind each flag); on a
-/// bad value prints one line naming it and exits with code 2. `--help` and
-/// `--version` print and exit 0.
+/// bad value prints clap's whole message (what is wrong, its tips such as
+/// "a similar argument exists", the usage line) and exits with code 2.
+/// `--help` and `--version` print and exit 0.
 pub fn parse_or_exit<P: Parser>() -> P {
     match P::try_parse() {
         Ok(p) => p,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
         Err(e) => {
-            let rendered = e.render().to_string();
-            let line = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
-            eprintln!("{line}");
+            let _ = e.print();
             std::process::exit(i32::from(EXIT_CONFIG));
         }
     }

@@ -65,6 +65,14 @@ function chart(svg, labels, series) {
 
 function render(d) {
   const t = d.totals || {};
+  // Events, revenue, conversion and the windows come from the derived
+  // tables: say so when they are behind (no streamer runs the analytics).
+  const behind = Number(d.analytics?.batches_behind ?? 0);
+  const notice = document.getElementById("analytics-behind");
+  notice.hidden = behind === 0;
+  notice.textContent = behind === 0 ? "" :
+    `The analytics are ${fmtInt(behind)} batches (${fmtInt(d.analytics.seconds_behind)} s) behind the events table: ` +
+    "events, revenue, conversion and the windows below leave those batches out until a streamer with ANALYTICS=true folds them in.";
   setText("kpi-events", fmtInt(t.events));
   setText("kpi-revenue", fmtMoney(t.revenue));
   setText("kpi-conversion", `${Number(t.conversion_pct ?? 0).toFixed(2)} %`);

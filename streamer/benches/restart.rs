@@ -29,7 +29,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&data)?;
 
     let db = format!("bench_restart_{}", uuid::Uuid::new_v4().simple());
-    let admin_client = streamer::pg::connect(&admin, "bench").await?;
+    let admin_client = streamer::pg::connect(&streamer::pg::Target::parse(&admin)?, "bench").await?;
     admin_client.batch_execute(&format!("CREATE DATABASE {db}")).await?;
     let url = match admin.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{db}"),
@@ -54,7 +54,7 @@ async fn run(
         std::fs::write(data.join(&name), b"")?;
         ids.push(file_id(&name, &std::fs::metadata(data.join(&name))?));
     }
-    let mut client = streamer::pg::connect(url, "bench").await?;
+    let mut client = streamer::pg::connect(&streamer::pg::Target::parse(url)?, "bench").await?;
     streamer::sink::schema::migrate(&mut client).await?;
     let source = data.canonicalize()?.display().to_string();
     streamer::registry::seed_loaded(&mut client, &source, &ids).await?;
@@ -92,7 +92,7 @@ async fn run(
         let t0 = Instant::now();
         let cp = Checkpoint::open(cp_dir)?;
         let t1 = Instant::now();
-        let discovery = Discovery::start(data, Duration::ZERO, None)?;
+        let discovery = Discovery::start(data, streamer::select::Selection::default(), Duration::ZERO, None)?;
         let listing = discovery.list()?;
         let t2 = Instant::now();
         let known = streamer::registry::known(&client, &source, &listing.present).await?;

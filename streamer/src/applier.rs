@@ -109,7 +109,7 @@ pub async fn round(client: &mut Client) -> Result<Round, tokio_postgres::Error> 
 /// Where the applier runs and what it reports to.
 #[derive(Debug, Clone)]
 pub struct Applier {
-    pub url: String,
+    pub url: crate::pg::Target,
     pub session: Session,
     pub max_backoff: Duration,
     pub monitor: Arc<Monitor>,

@@ -11,7 +11,8 @@ use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use runtime::{ConfigError, LogFormat};
 
-use crate::pg::Session;
+use crate::pg::{Session, Target};
+use crate::select::Selection;
 
 /// Exactly-once micro-batch ingest of event CSV files into PostgreSQL.
 #[derive(Debug, Clone, Parser)]
@@ -43,15 +44,30 @@ pub enum Command {
 /// Where the stream's state is: shared by the stream and every operator command.
 #[derive(Debug, Clone, Args)]
 pub struct StateArgs {
-    /// Folder watched for event files (`*.csv`; hidden, `_*` and `*.tmp` names are never read).
+    /// Folder watched for event files (see --include; hidden, `_*` and `*.tmp` names are never read).
     #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
     pub data_dir: PathBuf,
+
+    /// Files read, as globs separated by commas: one without `/` matches a file's name, one with `/` its
+    /// path in the data folder (`*` within a folder, `**` across). gzip and zstd files are read decompressed.
+    #[arg(long, env = "INCLUDE", value_delimiter = ',', default_value = crate::select::DEFAULT_INCLUDE, value_name = "GLOBS")]
+    pub include: Vec<String>,
+
+    /// Files never read although --include matches them, as globs separated by commas.
+    #[arg(long, env = "EXCLUDE", value_delimiter = ',', value_name = "GLOBS")]
+    pub exclude: Vec<String>,
+
+    /// Also read the files of subfolders (date-partitioned drops such as 2026/12/01/…); links are never followed.
+    #[arg(long, env = "RECURSIVE", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub recursive: bool,
 
     /// Folder of this streamer's own state: metadata, lock, offsets/, commits/, progress/.
     #[arg(long, env = "CHECKPOINT_DIR", default_value = "./checkpoints", value_name = "DIR")]
     pub checkpoint_dir: PathBuf,
 
-    /// PostgreSQL connection URL, e.g. postgres://user:password@host:5432/db (never logged).
+    /// PostgreSQL connection URL or key/value string, e.g. postgres://user:password@host:5432/db;
+    /// TLS by sslmode (disable, allow, prefer, require, verify-ca, verify-full) and sslrootcert
+    /// (a CA file, or `system`) as in libpq (its password is never logged).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<String>,
 
@@ -62,16 +78,20 @@ pub struct StateArgs {
 }
 
 impl StateArgs {
-    /// The database URL, which must be set.
-    pub fn url(&self) -> Result<String, ConfigError> {
+    /// Which files of the data folder are the stream's.
+    pub fn selection(&self) -> Result<Selection, ConfigError> {
+        Selection::new(&self.include, &self.exclude, self.recursive)
+            .map_err(|e| ConfigError::new("--include/INCLUDE or --exclude/EXCLUDE", e))
+    }
+
+    /// The database, which must be set; its TLS settings are read (and
+    /// its certificate files loaded) here, so a mistake is told at start.
+    pub fn url(&self) -> Result<Target, ConfigError> {
         let url = self.database_url.as_deref().unwrap_or_default();
         if url.is_empty() {
             return Err(ConfigError::new("--database-url/DATABASE_URL", "is not set"));
         }
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            return Err(ConfigError::new("--database-url/DATABASE_URL", format!("is not a PostgreSQL URL ({e})")));
-        }
-        Ok(url.to_owned())
+        Target::parse(url).map_err(|e| ConfigError::new("--database-url/DATABASE_URL", format!("cannot be used: {e}")))
     }
 
     /// The data folder's id in the registry.
@@ -189,6 +209,11 @@ pub struct RunArgs {
     #[arg(long, env = "RESCAN_INTERVAL_MS", default_value_t = 5_000, value_name = "MS")]
     pub rescan_interval: u64,
 
+    /// A file first seen more than this many seconds after it was last modified is never loaded: it is
+    /// recorded as skipped, with the reason, and named in the log (Auto Loader's maxFileAge; off by default).
+    #[arg(long, env = "MAX_FILE_AGE_SECS", value_name = "SECONDS")]
+    pub max_file_age: Option<u64>,
+
     /// A file with no close-write or moved-to event is read once it has not changed for this long, in milliseconds.
     #[arg(long, env = "FILE_SETTLE_MS", default_value_t = 2_000, value_name = "MS")]
     pub file_settle: u64,
@@ -261,8 +286,9 @@ impl Cli {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    pub selection: Selection,
     pub checkpoint_dir: PathBuf,
-    pub database_url: String,
+    pub database: Target,
     pub source: String,
     pub once: bool,
     pub trigger_interval: Duration,
@@ -275,6 +301,8 @@ pub struct Config {
     pub poll: Option<Duration>,
     pub rescan_interval: Duration,
     pub file_settle: Duration,
+    /// Files older than this when first seen are skipped.
+    pub max_file_age: Option<Duration>,
     pub clean_source: CleanSource,
     pub archive_dir: PathBuf,
     pub quarantine_dir: PathBuf,
@@ -311,7 +339,7 @@ fn at_least_one(setting: &str, value: u64) -> Result<(), ConfigError> {
 impl RunArgs {
     /// Checks the settings clap's types cannot and builds the [`Config`].
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let database_url = self.state.url()?;
+        let database = self.state.url()?;
         at_least_one("--max-files-per-batch/MAX_FILES_PER_BATCH", self.max_files_per_batch as u64)?;
         at_least_one("--max-bytes-per-batch/MAX_BYTES_PER_BATCH", self.max_bytes_per_batch)?;
         at_least_one("--chunk-bytes/CHUNK_BYTES", self.chunk_bytes)?;
@@ -341,13 +369,18 @@ impl RunArgs {
         let http_addr = self.http_addr()?;
         at_least_one("--stall-after/STALL_AFTER_SECS", self.stall_after)?;
         let data_dir = self.state.data_dir.clone();
+        if self.max_file_age == Some(0) {
+            return Err(ConfigError::new("--max-file-age/MAX_FILE_AGE_SECS", "must be at least 1 (or unset)"));
+        }
         Ok(Config {
+            selection: self.state.selection()?,
+            max_file_age: self.max_file_age.map(Duration::from_secs),
             source: self.state.source()?,
             archive_dir: self.archive_dir.clone().unwrap_or_else(|| data_dir.join("_archive")),
             quarantine_dir: self.quarantine_dir.clone().unwrap_or_else(|| data_dir.join("_rejected")),
             data_dir,
             checkpoint_dir: self.state.checkpoint_dir.clone(),
-            database_url,
+            database,
             once: self.once,
             trigger_interval: Duration::from_millis(self.trigger_interval),
             loaders,
@@ -402,34 +435,6 @@ impl RunArgs {
             Err(e) => Err(bad(format!("cannot be looked up: {e}"))),
         }
     }
-}
-
-/// `url` with any password replaced by `***`, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    // scheme://user:password@host/... → scheme://user:***@host/...
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.rsplit_once('@') {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
-            return redact_password_param(&format!("{scheme}://{masked}@{host}"));
-        }
-    }
-    redact_password_param(url)
-}
-
-/// Masks `password=...` in a key-value connection string or a URL query.
-fn redact_password_param(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(pos) = rest.find("password=") {
-        let (head, tail) = rest.split_at(pos + "password=".len());
-        out.push_str(head);
-        out.push_str("***");
-        let end = tail.find(['&', ' ']).unwrap_or(tail.len());
-        rest = &tail[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 #[cfg(test)]
@@ -491,17 +496,5 @@ mod tests {
         assert_eq!(run(&with(&["--http-addr", "OFF"])), None);
         assert_eq!(run(&with(&["--http-addr", "0.0.0.0:80"])), None);
         assert_eq!(run(&with(&["--http-addr", "localhost:9898"])), None, "host names are looked up");
-    }
-
-    #[test]
-    fn passwords_never_survive_redaction() {
-        assert_eq!(redact_url("postgres://app:s3cret@db:5432/events"), "postgres://app:***@db:5432/events");
-        assert_eq!(redact_url("postgres://app@db/events"), "postgres://app@db/events");
-        assert_eq!(
-            redact_url("postgres://db/events?password=s3cret&sslmode=disable"),
-            "postgres://db/events?password=***&sslmode=disable"
-        );
-        assert_eq!(redact_url("host=db password=s3cret user=app"), "host=db password=*** user=app");
-        assert_eq!(redact_url("postgres://a:p@ss@db/x"), "postgres://a:***@db/x");
     }
 }

@@ -94,49 +94,70 @@ fn same_file(st: &rustix::fs::Stat, id: &FileId) -> bool {
     regular && st.st_size as u64 == id.size && mtime_ns == id.mtime_ns
 }
 
-/// Moves `id` (its name relative to the data folder) as `action` says.
+/// The folder holding `name` (a path inside the folder `root` is open
+/// on), opened one component at a time without following a link, and the
+/// file's own name in it.
+pub fn parent_of<'n>(root: &OwnedFd, name: &'n str) -> io::Result<(OwnedFd, &'n str)> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::io::dup(root)?;
+    let (folders, base) = name.rsplit_once('/').unwrap_or(("", name));
+    for part in folders.split('/').filter(|p| !p.is_empty()) {
+        if part == ".." || part == "." {
+            return Err(io::Error::other(format!("{name}: not a path inside the data folder")));
+        }
+        dir = rustix::fs::openat(&dir, part, flags, Mode::empty())?;
+    }
+    Ok((dir, base))
+}
+
+/// Moves `id` (its name relative to the data folder) as `action` says. A
+/// file of a subfolder is archived or quarantined by its own name.
 pub fn dispose(folders: &Folders<'_>, id: &FileId, action: &Action) -> io::Result<Moved> {
-    let data_fd = open_dir(folders.data, true)?;
+    let root_fd = open_dir(folders.data, true)?;
+    let data_fd = &root_fd;
     // The target folder first: if it cannot be used, nothing has moved.
     let target = match action {
         Action::Delete => None,
-        Action::Archive => Some(target_dir(&data_fd, folders.data, folders.archive)?),
-        Action::Quarantine { .. } => Some(target_dir(&data_fd, folders.data, folders.quarantine)?),
+        Action::Archive => Some(target_dir(data_fd, folders.data, folders.archive)?),
+        Action::Quarantine { .. } => Some(target_dir(data_fd, folders.data, folders.quarantine)?),
     };
-    let name = id.name.as_str();
+    let (dir_fd, name) = match parent_of(data_fd, &id.name) {
+        Ok(found) => found,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::Gone),
+        Err(e) => return Err(e),
+    };
+    let data_fd = &dir_fd;
     let private = format!(".streamer-moving-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-    match rustix::fs::renameat_with(&data_fd, name, &data_fd, private.as_str(), RenameFlags::NOREPLACE) {
+    match rustix::fs::renameat_with(data_fd, name, data_fd, private.as_str(), RenameFlags::NOREPLACE) {
         Ok(()) => {}
         Err(rustix::io::Errno::NOENT) => return Ok(Moved::Gone),
         Err(e) => return Err(e.into()),
     }
-    let st = rustix::fs::statat(&data_fd, private.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+    let st = rustix::fs::statat(data_fd, private.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
     if !same_file(&st, id) {
         // Another file took the name after it was settled: put it back.
-        put_back(&data_fd, &private, name)?;
+        put_back(data_fd, &private, name)?;
         return Ok(Moved::Replaced);
     }
     let result = match (action, &target) {
-        (Action::Quarantine { reason }, Some(target)) => {
-            move_into(&data_fd, &private, name, target).and_then(|moved| {
-                write_reason(target, &format!("{moved}.reason"), reason)?;
-                rustix::fs::fsync(target)?;
-                Ok(Some(moved))
-            })
-        }
-        (_, Some(target)) => move_into(&data_fd, &private, name, target).map(Some),
+        (Action::Quarantine { reason }, Some(target)) => move_into(data_fd, &private, name, target).and_then(|moved| {
+            write_reason(target, &format!("{moved}.reason"), reason)?;
+            rustix::fs::fsync(target)?;
+            Ok(Some(moved))
+        }),
+        (_, Some(target)) => move_into(data_fd, &private, name, target).map(Some),
         (_, None) => {
-            rustix::fs::unlinkat(&data_fd, private.as_str(), AtFlags::empty()).map(|()| None).map_err(io::Error::from)
+            rustix::fs::unlinkat(data_fd, private.as_str(), AtFlags::empty()).map(|()| None).map_err(io::Error::from)
         }
     };
     match result {
         Ok(moved) => {
-            rustix::fs::fsync(&data_fd)?;
+            rustix::fs::fsync(data_fd)?;
             Ok(Moved::Done(moved))
         }
         Err(e) => {
             // Nothing was moved: the file keeps its name.
-            let _ = put_back(&data_fd, &private, name);
+            let _ = put_back(data_fd, &private, name);
             Err(e)
         }
     }

@@ -31,14 +31,14 @@ const DB_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Shared {
     monitor: Arc<Monitor>,
-    url: String,
+    url: crate::pg::Target,
     /// The HTTP side's own connection, made on first use and again after a failure.
     client: tokio::sync::Mutex<Option<Client>>,
 }
 
 /// Binds `addr` and serves until `shutdown`. A failure to bind is logged once
 /// and ends the task: the stream does not depend on it.
-pub async fn serve(addr: SocketAddr, monitor: Arc<Monitor>, url: String, shutdown: CancellationToken) {
+pub async fn serve(addr: SocketAddr, monitor: Arc<Monitor>, url: crate::pg::Target, shutdown: CancellationToken) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -112,8 +112,19 @@ async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let database = shared.with_client(|c| Box::pin(async move { c.simple_query("SELECT 1").await.map(|_| ()) })).await;
     let stream = shared.monitor.stream_health();
     let mut reasons = Vec::new();
+    if !stream.ready {
+        reasons.push("starting: not connected to PostgreSQL with the schema applied yet".to_owned());
+    }
     if let Err(e) = &database {
         reasons.push(format!("the database is not reachable: {e}"));
+    }
+    if stream.analytics_stalled {
+        if let Some(lag) = stream.analytics_lag {
+            reasons.push(format!(
+                "the derived tables are {:.0} s behind events ({} batches; threshold {} s)",
+                lag.seconds, lag.batches, stream.stall_after_secs
+            ));
+        }
     }
     if stream.stalled {
         reasons.push(format!(
@@ -159,45 +170,16 @@ async fn rows(client: &Client, sql: &str) -> Result<Vec<Value>, tokio_postgres::
         .collect())
 }
 
-/// The dashboard's queries. Times are ISO 8601 in UTC; numbers are text, as
-/// PostgreSQL prints them (revenue keeps its two decimals).
-pub const DASHBOARD_QUERIES: [(&str, &str); 5] = [
-    (
-        "totals",
-        "SELECT coalesce(sum(views + purchases), 0) AS events, \
-         coalesce(sum(views), 0) AS views, coalesce(sum(purchases), 0) AS purchases, \
-         coalesce(sum(revenue), 0) AS revenue, \
-         coalesce(round(100.0 * sum(purchases) / nullif(sum(views), 0), 2), 0) AS conversion_pct, \
-         (SELECT count(*) FROM load_history WHERE status = 'loaded') AS files_loaded, \
-         (SELECT count(*) FROM load_history WHERE status <> 'loaded') AS files_failed, \
-         (SELECT coalesce(sum(rows_rejected), 0) FROM load_history) AS rows_rejected \
-         FROM event_metrics_minute",
-    ),
-    (
-        "minutes",
-        "SELECT to_char(date_trunc('minute', committed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS minute, \
-         sum(rows_read) AS rows, count(*) AS files, \
-         round(1000 * percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - file_mtime))::numeric) AS latency_p50_ms, \
-         round(1000 * percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - file_mtime))::numeric) AS latency_p95_ms \
-         FROM load_history WHERE committed_at > now() - interval '15 minutes' GROUP BY 1 ORDER BY 1",
-    ),
-    (
-        "batches",
-        "SELECT batch_id, to_char(max(committed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS committed_at, \
-         count(*) AS files, sum(rows_read) AS rows_read, sum(rows_inserted) AS inserted, sum(rows_updated) AS updated, \
-         sum(rows_duplicate) AS duplicates, sum(rows_rejected) AS rejected, \
-         round(1000 * extract(epoch FROM max(committed_at) - min(batch_started_at))) AS duration_ms \
-         FROM load_history GROUP BY checkpoint_id, batch_id ORDER BY max(committed_at) DESC, batch_id DESC LIMIT 10",
-    ),
-    (
-        "windows",
-        "SELECT to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS window_start, product_category, \
-         views, purchases, users, revenue, coalesce(round(100.0 * purchases / nullif(views, 0), 2), 0) AS conversion_pct \
-         FROM event_metrics_minute \
-         WHERE window_start >= (SELECT min(w) FROM (SELECT DISTINCT window_start AS w FROM event_metrics_minute ORDER BY 1 DESC LIMIT 3) t) \
-         ORDER BY window_start DESC, revenue DESC, product_category",
-    ),
-    ("window_seconds", "SELECT window_seconds FROM analytics_settings"),
+/// The dashboard's queries (`src/sql/dashboard/`). Times are ISO 8601 in
+/// UTC; numbers are text, as PostgreSQL prints them (revenue keeps its two
+/// decimals).
+pub const DASHBOARD_QUERIES: [(&str, &str); 6] = [
+    ("totals", include_str!("sql/dashboard/totals.sql")),
+    ("minutes", include_str!("sql/dashboard/minutes.sql")),
+    ("batches", include_str!("sql/dashboard/batches.sql")),
+    ("windows", include_str!("sql/dashboard/windows.sql")),
+    ("window_seconds", include_str!("sql/dashboard/window_seconds.sql")),
+    ("analytics", include_str!("sql/dashboard/analytics.sql")),
 ];
 
 async fn dashboard_data(client: &Client) -> Result<Value, tokio_postgres::Error> {
@@ -205,7 +187,7 @@ async fn dashboard_data(client: &Client) -> Result<Value, tokio_postgres::Error>
     for (name, sql) in DASHBOARD_QUERIES {
         let rows = rows(client, sql).await?;
         let value = match name {
-            "totals" | "window_seconds" => rows.into_iter().next().unwrap_or(Value::Null),
+            "totals" | "window_seconds" | "analytics" => rows.into_iter().next().unwrap_or(Value::Null),
             _ => Value::Array(rows),
         };
         out.insert(name.to_owned(), value);

@@ -6,6 +6,7 @@
 //! - [`config`]: the settings (clap) and the one validated [`Config`];
 //! - [`stream`]: the run — control session, reconciliation, registrar, disposer, `--once`;
 //! - [`loader`]: a loader task — claim, plan, read, stage, commit, mark, retry by error class;
+//! - [`select`]: which files of the data folder are the stream's (globs, subfolders), and the walk;
 //! - [`watch`]: discovering ready files (inotify or polling, plus listings);
 //! - [`registry`]: the file registry in PostgreSQL, the truth about the folder's files;
 //! - [`checkpoint`]: this streamer's identity, its folder lock and its batch log;
@@ -13,7 +14,7 @@
 //! - [`sink`]: the batch transaction, the schema migrations, the SQL, the advisory locks;
 //! - [`applier`]: folding committed batches into the derived tables, off the commit path;
 //! - [`dispose`]: archiving, deleting and quarantining settled files safely;
-//! - [`pg`]: sessions, error classes, backoff, text PostgreSQL can store;
+//! - [`pg`]: connection strings and TLS, sessions, error classes, backoff, text PostgreSQL can store;
 //! - [`observe`]: the batch log, progress file and bar, Prometheus metrics;
 //! - [`http`]: `/health`, `/metrics` and the dashboard;
 //! - [`ops`]: the operator commands (status, reprocess, reset, verify, report);
@@ -31,6 +32,7 @@ pub mod observe;
 pub mod ops;
 pub mod pg;
 pub mod registry;
+pub mod select;
 pub mod sink;
 pub mod stream;
 pub mod watch;

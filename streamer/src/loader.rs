@@ -209,7 +209,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn open_session(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, _) = connect_session(&config.database_url, crate::pg::APPLICATION_NAME, &config.session).await?;
+    let (client, _) = connect_session(&config.database, crate::pg::APPLICATION_NAME, &config.session).await?;
     crate::sink::prepare_loader_session(&client).await.map_err(|e| match e {
         SinkError::Query { source, .. } => source,
         SinkError::Frame(_) => unreachable!("preparing a session stages no frame"),

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::applier::{self, Applier};
 use crate::checkpoint::{Checkpoint, FileId, Offsets};
-use crate::config::{redact_url, CleanSource, Config};
+use crate::config::{CleanSource, Config};
 use crate::dispose::{self, Action, Folders};
 use crate::loader::{self, Shared};
 use crate::observe::metrics::Monitor;
@@ -66,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         data_dir = %config.data_dir.display(),
         source = %config.source,
         checkpoint_dir = %config.checkpoint_dir.display(),
-        database = %redact_url(&config.database_url),
+        database = %config.database,
         loaders = config.loaders,
         next_batch = checkpoint.next_batch_id(),
         "streamer starting"
@@ -77,13 +77,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let http_stop = CancellationToken::new();
     let http = config.http_addr.map(|addr| {
-        tokio::spawn(crate::http::serve(addr, monitor.clone(), config.database_url.clone(), http_stop.clone()))
+        tokio::spawn(crate::http::serve(addr, monitor.clone(), config.database.clone(), http_stop.clone()))
     });
     let bar = config.progress.then(BacklogBar::new);
     let observers = Observers::new(monitor.clone(), progress, bar);
     // Watch first: files published while the database is awaited keep
     // their close/rename hints.
-    let discovery = Discovery::start(&config.data_dir, config.file_settle, config.poll)?;
+    let discovery = Discovery::start(&config.data_dir, config.selection.clone(), config.file_settle, config.poll)?;
     let checkpoint = Arc::new(Mutex::new(checkpoint));
 
     let result = async {
@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             return Ok(None);
         };
         let recovered = reconcile(&config, &mut control.client, &checkpoint, checkpoint_id).await?;
+        monitor.ready();
         let (fatal, fatal_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             config: config.clone(),
@@ -143,7 +144,7 @@ async fn serve(
         (0..config.loaders).map(|i| tokio::spawn(loader::run(shared.clone(), i, stop.clone()))).collect();
     let applier = config.analytics.then(|| {
         let applier = Applier {
-            url: config.database_url.clone(),
+            url: config.database.clone(),
             session: config.session.clone(),
             max_backoff: config.max_backoff,
             monitor: shared.observers.monitor.clone(),
@@ -226,7 +227,7 @@ async fn reconcile(
         warn!(
             checkpoint_id = %id,
             checkpoint_last_batch = last,
-            database_last_batch = ?db_last,
+            database_last_batch = %db_last.map_or_else(|| "none".to_owned(), |d| d.to_string()),
             "this checkpoint has committed batches this database does not have (a new, reset or restored database): \
              the database's file registry decides what is loaded, so every file it does not know is loaded again; \
              the checkpoint goes on from here"
@@ -307,7 +308,7 @@ impl Control {
     ) -> anyhow::Result<Option<Control>> {
         let mut backoff = Backoff::new(config.max_backoff);
         for attempt in 1u64.. {
-            let connecting = connect_session(&config.database_url, crate::pg::APPLICATION_NAME, &config.session);
+            let connecting = connect_session(&config.database, crate::pg::APPLICATION_NAME, &config.session);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(None),
                 r = tokio::time::timeout(Duration::from_secs(15), connecting) => r,
@@ -315,7 +316,7 @@ impl Control {
             let error = match result {
                 Ok(Ok((mut client, notifications))) => match Control::setup(config, &mut client, checkpoint_id).await {
                     Ok(window) => {
-                        info!(attempt, database = %redact_url(&config.database_url), "connected to PostgreSQL");
+                        info!(attempt, database = %config.database, "connected to PostgreSQL");
                         return Ok(Some(Control {
                             client,
                             notifications,
@@ -434,7 +435,12 @@ impl Control {
                         return Ok(());
                     }
                     if std::fs::create_dir_all(&config.data_dir).is_ok() {
-                        match Discovery::start(&config.data_dir, config.file_settle, config.poll) {
+                        match Discovery::start(
+                            &config.data_dir,
+                            config.selection.clone(),
+                            config.file_settle,
+                            config.poll,
+                        ) {
                             Ok(fresh) => *discovery = fresh,
                             Err(e) => warn!(error = %e, "cannot watch the data folder again"),
                         }
@@ -474,7 +480,7 @@ impl Control {
         let listing = discovery.list_async().await.map_err(StepError::Listing)?;
         for (name, why) in &listing.skipped {
             if self.warned.insert(name.clone()) {
-                warn!(file = %name, reason = why, "file in the data folder never read");
+                warn!(file = %name, reason = %why, "file in the data folder never read");
             }
         }
         let present: HashSet<&str> = listing.present.iter().map(String::as_str).collect();
@@ -487,8 +493,11 @@ impl Control {
         }
         let mut unregistered = 0;
         if self.registrar {
-            let new: Vec<FileId> =
+            let mut new: Vec<FileId> =
                 listing.ready.iter().map(|c| c.id.clone()).filter(|id| !self.known.contains(id)).collect();
+            if let Some(max_age) = config.max_file_age {
+                self.skip_old(source, &mut new, max_age).await?;
+            }
             if !new.is_empty() {
                 let n = registry::register(&mut self.client, source, &new).await?;
                 tracing::debug!(files = new.len(), pending = n, "files registered");
@@ -515,6 +524,25 @@ impl Control {
             return Ok(Step::Done);
         }
         Ok(Step::Wait(listing.next_settle))
+    }
+
+    /// Takes the files of `new` older than `max_age` out of it and records
+    /// them as skipped, each named once in the log.
+    async fn skip_old(&mut self, source: &str, new: &mut Vec<FileId>, max_age: Duration) -> Result<(), StepError> {
+        let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let cut = now_ns.saturating_sub(i64::try_from(max_age.as_nanos()).unwrap_or(i64::MAX));
+        let (old, fresh): (Vec<FileId>, Vec<FileId>) = std::mem::take(new).into_iter().partition(|f| f.mtime_ns < cut);
+        *new = fresh;
+        if old.is_empty() {
+            return Ok(());
+        }
+        let reason = format!("older than --max-file-age ({} s) when first seen", max_age.as_secs());
+        registry::skip(&self.client, source, &old, &reason).await?;
+        for f in &old {
+            warn!(file = %f.name, reason = %reason, "file skipped, never loaded");
+        }
+        self.known.extend(old);
+        Ok(())
     }
 
     /// Moves the settled files of the disposer's queue.

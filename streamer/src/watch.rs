@@ -7,10 +7,11 @@
 //! with no hint (there before the watcher, or seen by polling) is ready once
 //! it has not changed for the settle time; a file a writer still has open
 //! waits for its close, or — a safety net for lost events — for ten settle
-//! times without a change. A watcher overflow clears every hint. Only regular files
-//! named `*.csv` are considered; hidden (`.*`), `_*` and `*.tmp` names,
-//! symbolic links, folders and FIFOs never are. Ready files come oldest first
-//! (modification time, then name).
+//! times without a change. A watcher overflow clears every hint. Which files
+//! are considered is the [`Selection`]'s to say (globs, subfolders; hidden,
+//! `_*` and `*.tmp` names, links and FIFOs never). Ready files come oldest
+//! first (modification time, then name). A file's name is its path inside
+//! the data folder.
 
 use std::collections::HashMap;
 use std::fs;
@@ -25,6 +26,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::checkpoint::FileId;
+use crate::select::{walk, Selection};
 
 /// A file a writer still has open is read after this many settle times
 /// without a change, should its close never be seen.
@@ -48,11 +50,6 @@ enum Hint {
     Writing,
 }
 
-/// True for names the stream may read: `*.csv`, not hidden, not `_*`.
-pub fn eligible_name(name: &str) -> bool {
-    name.ends_with(".csv") && !name.starts_with('.') && !name.starts_with('_') && name.len() > ".csv".len()
-}
-
 /// A ready file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -71,9 +68,8 @@ pub struct Listing {
     pub next_settle: Option<Duration>,
     /// Names of every eligible file present, ready or not.
     pub present: Vec<String>,
-    /// Entries that look like event files but are never read, and why (a
-    /// name that is not UTF-8, a folder, link or FIFO named `*.csv`).
-    pub skipped: Vec<(String, &'static str)>,
+    /// Entries that are never read, and why (see [`crate::select::Walk`]).
+    pub skipped: Vec<(String, String)>,
 }
 
 /// The identity of a file from its metadata.
@@ -84,6 +80,7 @@ pub fn file_id(name: &str, meta: &fs::Metadata) -> FileId {
 /// Watches a folder; see the module docs.
 pub struct Discovery {
     dir: PathBuf,
+    selection: Arc<Selection>,
     settle: Duration,
     hints: Arc<Mutex<HashMap<String, Hint>>>,
     wake: mpsc::Receiver<()>,
@@ -98,17 +95,24 @@ impl std::fmt::Debug for Discovery {
 }
 
 impl Discovery {
-    /// Starts watching `dir`: with inotify, or by polling every `poll` when given.
-    pub fn start(dir: &Path, settle: Duration, poll: Option<Duration>) -> Result<Self, WatchError> {
+    /// Starts watching `dir` (and its subfolders if the selection walks
+    /// them): with inotify, or by polling every `poll` when given.
+    pub fn start(
+        dir: &Path,
+        selection: Selection,
+        settle: Duration,
+        poll: Option<Duration>,
+    ) -> Result<Self, WatchError> {
         let hints: Arc<Mutex<HashMap<String, Hint>>> = Arc::default();
         let (tx, wake) = mpsc::channel(1);
         let handler_hints = hints.clone();
         // Polling sees no closes: its events only wake the stream up.
         let with_hints = poll.is_none();
+        let root = dir.to_owned();
         let handler = move |event: notify::Result<Event>| {
             match event {
                 Ok(event) if event.need_rescan() => clear(&handler_hints),
-                Ok(event) if with_hints => record_hint(&handler_hints, &event),
+                Ok(event) if with_hints => record_hint(&handler_hints, &root, &event),
                 Ok(_) => {}
                 Err(_) => clear(&handler_hints),
             }
@@ -123,8 +127,10 @@ impl Discovery {
             ),
             None => Box::new(notify::RecommendedWatcher::new(handler, notify::Config::default()).map_err(err)?),
         };
-        watcher.watch(dir, RecursiveMode::NonRecursive).map_err(err)?;
-        Ok(Discovery { dir: dir.to_owned(), settle, hints, wake, _watcher: Mutex::new(watcher) })
+        let mode = if selection.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+        watcher.watch(dir, mode).map_err(err)?;
+        let selection = Arc::new(selection);
+        Ok(Discovery { dir: dir.to_owned(), selection, settle, hints, wake, _watcher: Mutex::new(watcher) })
     }
 
     /// Waits for the watcher's next hint.
@@ -137,15 +143,16 @@ impl Discovery {
 
     /// Lists the folder now (blocking: the folder may hold many files).
     pub fn list(&self) -> Result<Listing, WatchError> {
-        list_with_hints(&self.dir, &self.hints, self.settle)
+        list_with_hints(&self.dir, &self.selection, &self.hints, self.settle)
     }
 
     /// Lists the folder on a blocking thread.
     pub fn list_async(&self) -> impl std::future::Future<Output = Result<Listing, WatchError>> + Send + 'static {
-        let (dir, hints, settle) = (self.dir.clone(), self.hints.clone(), self.settle);
+        let (dir, selection, hints, settle) =
+            (self.dir.clone(), self.selection.clone(), self.hints.clone(), self.settle);
         async move {
             let path = dir.clone();
-            match tokio::task::spawn_blocking(move || list_with_hints(&dir, &hints, settle)).await {
+            match tokio::task::spawn_blocking(move || list_with_hints(&dir, &selection, &hints, settle)).await {
                 Ok(listing) => listing,
                 Err(e) => Err(WatchError::List { path, source: io::Error::other(e) }),
             }
@@ -153,12 +160,17 @@ impl Discovery {
     }
 }
 
-fn list_with_hints(dir: &Path, hints: &Mutex<HashMap<String, Hint>>, settle: Duration) -> Result<Listing, WatchError> {
+fn list_with_hints(
+    dir: &Path,
+    selection: &Selection,
+    hints: &Mutex<HashMap<String, Hint>>,
+    settle: Duration,
+) -> Result<Listing, WatchError> {
     let seen = match hints.lock() {
         Ok(h) => h.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
-    let listing = list_ready(dir, &seen, settle, SystemTime::now())?;
+    let listing = list_ready(dir, selection, &seen, settle, SystemTime::now())?;
     if let Ok(mut h) = hints.lock() {
         prune(&mut h, &seen, &listing.present);
     }
@@ -178,15 +190,20 @@ fn clear(hints: &Mutex<HashMap<String, Hint>>) {
     }
 }
 
-fn record_hint(hints: &Mutex<HashMap<String, Hint>>, event: &Event) {
+/// A path of an event as a name inside the data folder.
+fn name_in(root: &Path, path: &Path) -> Option<String> {
+    path.strip_prefix(root).ok()?.to_str().map(str::to_owned)
+}
+
+fn record_hint(hints: &Mutex<HashMap<String, Hint>>, root: &Path, event: &Event) {
     let hint = match event.kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Hint::Complete),
         EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Hint::Complete),
         EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
             // paths = [from, to]: only the destination is complete.
             if let (Some(to), Ok(mut h)) = (event.paths.get(1), hints.lock()) {
-                if let Some(name) = to.file_name().and_then(|n| n.to_str()) {
-                    h.insert(name.to_owned(), Hint::Complete);
+                if let Some(name) = name_in(root, to) {
+                    h.insert(name, Hint::Complete);
                 }
             }
             None
@@ -197,8 +214,8 @@ fn record_hint(hints: &Mutex<HashMap<String, Hint>>, event: &Event) {
     let Some(hint) = hint else { return };
     if let Ok(mut h) = hints.lock() {
         for path in &event.paths {
-            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                h.insert(name.to_owned(), hint);
+            if let Some(name) = name_in(root, path) {
+                h.insert(name, hint);
             }
         }
     }
@@ -206,31 +223,15 @@ fn record_hint(hints: &Mutex<HashMap<String, Hint>>, event: &Event) {
 
 fn list_ready(
     dir: &Path,
+    selection: &Selection,
     hints: &HashMap<String, Hint>,
     settle: Duration,
     now: SystemTime,
 ) -> Result<Listing, WatchError> {
-    let err = |source| WatchError::List { path: dir.to_owned(), source };
-    let mut listing = Listing::default();
-    for entry in fs::read_dir(dir).map_err(err)? {
-        let entry = entry.map_err(err)?;
-        let raw = entry.file_name();
-        let Some(name) = raw.to_str().map(str::to_owned) else {
-            let lossy = raw.to_string_lossy();
-            if eligible_name(&lossy) {
-                listing.skipped.push((lossy.into_owned(), "its name is not UTF-8 (rename it to load it)"));
-            }
-            continue;
-        };
-        if !eligible_name(&name) {
-            continue;
-        }
-        // symlink_metadata: a link is never followed, whatever it points at.
-        let Ok(meta) = fs::symlink_metadata(entry.path()) else { continue };
-        if !meta.file_type().is_file() {
-            listing.skipped.push((name, "not a regular file (a folder, a symbolic link or a FIFO)"));
-            continue;
-        }
+    let found = walk(dir, selection).map_err(|source| WatchError::List { path: dir.to_owned(), source })?;
+    let mut listing = Listing { skipped: found.skipped, ..Listing::default() };
+    for file in found.files {
+        let (name, meta) = (file.name, file.meta);
         listing.present.push(name.clone());
         let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or(Duration::ZERO);
         let wait = match hints.get(&name) {
@@ -239,7 +240,7 @@ fn list_ready(
             None => settle,
         };
         if age >= wait {
-            listing.ready.push(Candidate { id: file_id(&name, &meta), path: entry.path() });
+            listing.ready.push(Candidate { id: file_id(&name, &meta), path: file.path });
         } else {
             listing.waiting += 1;
             let left = wait - age;
@@ -254,16 +255,6 @@ fn list_ready(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_plain_csv_names_are_eligible() {
-        for good in ["events_1.csv", "a b'c;--.csv", "événements.csv"] {
-            assert!(eligible_name(good), "{good}");
-        }
-        for bad in [".events_1.csv.tmp", ".hidden.csv", "_archive.csv", "x.csv.tmp", "x.txt", ".csv", "x.CSV"] {
-            assert!(!eligible_name(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn a_hint_recorded_during_a_listing_survives_it() {
@@ -289,15 +280,17 @@ mod tests {
         let hints = HashMap::from([("b.csv".to_owned(), Hint::Complete), ("c.csv".to_owned(), Hint::Writing)]);
         let names = |l: &Listing| l.ready.iter().map(|c| c.id.name.clone()).collect::<Vec<_>>();
         let settle = Duration::from_secs(60);
-        let listing = list_ready(dir.path(), &hints, settle, SystemTime::now()).map_err(io::Error::other)?;
+        let listing = list_ready(dir.path(), &Selection::default(), &hints, settle, SystemTime::now())
+            .map_err(io::Error::other)?;
         assert_eq!(names(&listing), vec!["b.csv"]);
         assert_eq!(listing.waiting, 2);
         assert!(listing.next_settle.is_some_and(|d| d <= settle));
         let later = SystemTime::now() + settle + Duration::from_secs(1);
-        let listing = list_ready(dir.path(), &hints, settle, later).map_err(io::Error::other)?;
+        let listing = list_ready(dir.path(), &Selection::default(), &hints, settle, later).map_err(io::Error::other)?;
         assert_eq!(names(&listing), vec!["a.csv", "b.csv"], "an open file waits past the settle time");
         let much_later = SystemTime::now() + settle * WRITING_SETTLE_FACTOR + Duration::from_secs(1);
-        let listing = list_ready(dir.path(), &hints, settle, much_later).map_err(io::Error::other)?;
+        let listing =
+            list_ready(dir.path(), &Selection::default(), &hints, settle, much_later).map_err(io::Error::other)?;
         assert_eq!(listing.ready.len(), 3);
         assert_eq!(listing.present, vec!["a.csv", "b.csv", "c.csv"]);
         let mut skipped: Vec<&str> = listing.skipped.iter().map(|(n, _)| n.as_str()).collect();

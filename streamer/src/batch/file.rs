@@ -12,7 +12,12 @@
 //! nulls without saying so, and reports no line numbers
 //! (pola-rs/polars#10585, #10660).
 //!
-//! A UTF-8 BOM and CRLF line ends are accepted; the header must be exact.
+//! A UTF-8 BOM and CRLF line ends are accepted. Columns are found by name
+//! ([`Layout`]): the contract's nine in any order, matched without regard to
+//! case or surrounding spaces; a column the contract does not know is kept
+//! with its row as JSON (`events._rescued`); a missing or repeated column
+//! quarantines the file. gzip and zstd files are read through
+//! [`super::decode`].
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -80,6 +85,79 @@ impl<R: Read> Read for Bounded<R> {
     }
 }
 
+/// Where the contract's columns are in a file, from its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The file's column of each contract column, in contract order.
+    index: [usize; COLUMNS.len()],
+    /// Columns the contract does not know: (file column, name).
+    extras: Vec<(usize, String)>,
+    /// Fields a record must have.
+    width: usize,
+}
+
+impl Layout {
+    /// Reads a header; `Err` says why the file cannot be read by it.
+    pub fn from_header(fields: &[&str]) -> Result<Layout, String> {
+        let mut index = [usize::MAX; COLUMNS.len()];
+        let mut extras: Vec<(usize, String)> = Vec::new();
+        for (i, field) in fields.iter().enumerate() {
+            let name = field.trim();
+            match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) {
+                Some(c) if index[c] != usize::MAX => {
+                    return Err(format!("wrong header: column {} appears twice", COLUMNS[c]));
+                }
+                Some(c) => index[c] = i,
+                None => {
+                    let name = if name.is_empty() { format!("column_{}", i + 1) } else { name.replace('\0', "\\0") };
+                    if extras.iter().any(|(_, n)| *n == name) {
+                        return Err(format!("wrong header: column {} appears twice", shorten_name(&name)));
+                    }
+                    extras.push((i, name));
+                }
+            }
+        }
+        let missing: Vec<&str> =
+            COLUMNS.iter().zip(&index).filter(|(_, i)| **i == usize::MAX).map(|(c, _)| *c).collect();
+        if !missing.is_empty() {
+            let found = fields.join(",").replace('\0', "\\0").chars().take(200).collect::<String>();
+            return Err(format!(
+                "wrong header: missing column{} {} (expected `{}` in any order, found `{found}`)",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                COLUMNS.join(",")
+            ));
+        }
+        Ok(Layout { index, extras, width: fields.len() })
+    }
+
+    /// The contract's own header: every column in place, nothing extra.
+    pub fn contract() -> Layout {
+        Layout { index: std::array::from_fn(|i| i), extras: Vec::new(), width: COLUMNS.len() }
+    }
+
+    /// The record's fields in contract order, and what is left over as a
+    /// JSON object (`None` without extra columns). A NUL is spelled `\0`
+    /// (PostgreSQL's `jsonb` cannot hold `\u0000`).
+    fn pick<'r>(&self, record: &'r csv::StringRecord) -> ([&'r str; COLUMNS.len()], Option<String>) {
+        let fields = std::array::from_fn(|i| &record[self.index[i]]);
+        if self.extras.is_empty() {
+            return (fields, None);
+        }
+        let mut object = serde_json::Map::with_capacity(self.extras.len());
+        for (i, name) in &self.extras {
+            let value = &record[*i];
+            let value = if value.contains('\0') { value.replace('\0', "\\0") } else { value.to_owned() };
+            object.insert(name.clone(), serde_json::Value::String(value));
+        }
+        (fields, Some(serde_json::Value::Object(object).to_string()))
+    }
+}
+
+fn shorten_name(name: &str) -> String {
+    name.chars().take(100).collect()
+}
+
 /// The rows of a part of one file.
 #[derive(Debug)]
 pub struct Part {
@@ -97,8 +175,11 @@ pub struct ContractReader<R> {
     csv: csv::Reader<Bounded<R>>,
     since_record: Arc<AtomicU64>,
     file_index: u32,
+    layout: Layout,
     record: csv::ByteRecord,
     finished: bool,
+    /// Why the file's archive cannot be read, once its decoder failed.
+    corrupt: Option<String>,
 }
 
 impl<R: Read> ContractReader<R> {
@@ -113,25 +194,22 @@ impl<R: Read> ContractReader<R> {
         let bounded = Bounded { inner, since_record: since_record.clone(), limit };
         let mut csv = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bounded);
         let mut record = csv::ByteRecord::new();
-        match csv.read_byte_record(&mut record) {
+        let layout = match csv.read_byte_record(&mut record) {
             Ok(true) => {
                 let mut fields: Vec<&[u8]> = record.iter().collect();
                 if let Some(first) = fields.first_mut() {
                     *first = first.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(first);
                 }
-                if fields.iter().any(|f| std::str::from_utf8(f).is_err()) {
+                let Ok(names) = fields.iter().map(|f| std::str::from_utf8(f)).collect::<Result<Vec<&str>, _>>() else {
                     return Err("not UTF-8: the header has an invalid byte".into());
-                }
-                if fields.iter().copied().ne(COLUMNS.iter().map(|c| c.as_bytes())) {
-                    let found = String::from_utf8_lossy(&fields.join(&b","[..])).chars().take(200).collect::<String>();
-                    return Err(format!("wrong header: expected `{}`, found `{found}`", COLUMNS.join(",")));
-                }
+                };
+                Layout::from_header(&names)?
             }
             Ok(false) if csv.position().byte() == 0 => return Err("empty file: no header".into()),
             Ok(false) => return Err("no header row".into()),
-            Err(e) => return Err(format!("unreadable CSV header: {e}")),
-        }
-        Ok(ContractReader { csv, since_record, file_index, record, finished: false })
+            Err(e) => return Err(format!("unreadable CSV header: {}", io_reason(&e))),
+        };
+        Ok(ContractReader { csv, since_record, file_index, layout, record, finished: false, corrupt: None })
     }
 
     /// Reads rows until `max_bytes` are used — the input consumed plus what
@@ -164,18 +242,20 @@ impl<R: Read> ContractReader<R> {
                         |raw: String, reason: String| Rejected { file_index: self.file_index, line, raw, reason };
                     match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
                         Ok(record) => {
-                            let checked = line_fits(line)
-                                .and_then(|()| contract::validate::field_count(record.len()))
-                                .and_then(|()| contract::validate(std::array::from_fn(|i| &record[i])));
+                            let checked = line_fits(line).and_then(|()| field_count(record.len(), self.layout.width));
+                            let checked = checked.and_then(|()| {
+                                let (fields, rescued) = self.layout.pick(&record);
+                                contract::validate(fields).map(|row| (row, rescued))
+                            });
                             match checked {
-                                Ok(row) => columns.push(self.file_index, line, &row),
+                                Ok((row, rescued)) => columns.push(self.file_index, line, &row, rescued.as_deref()),
                                 Err(reason) => rejected.push(reject(raw_text(record.as_byte_record()), reason)),
                             }
                             self.record = record.into_byte_record();
                         }
                         Err(e) => {
                             let bad = e.utf8_error();
-                            let column = COLUMNS.get(bad.field()).copied().unwrap_or("an extra field");
+                            let column = self.layout.column_name(bad.field());
                             let reason =
                                 format!("not UTF-8: {column} has an invalid byte at offset {}", bad.valid_up_to());
                             self.record = e.into_byte_record();
@@ -184,6 +264,14 @@ impl<R: Read> ContractReader<R> {
                     }
                 }
                 Err(e) => {
+                    // A damaged archive: the whole file is quarantined.
+                    if let csv::ErrorKind::Io(io) = e.kind() {
+                        if let Some(reason) = super::decode::corrupt(io) {
+                            self.corrupt = Some(reason);
+                            self.finished = true;
+                            break;
+                        }
+                    }
                     // An I/O error or an over-long record: keep the rows
                     // read so far and reject the rest of the file.
                     let reason = format!("unreadable CSV from here on: {e}");
@@ -199,6 +287,45 @@ impl<R: Read> ContractReader<R> {
     }
 }
 
+impl<R> ContractReader<R> {
+    /// Why the file is to be quarantined after all: its archive turned out
+    /// to be damaged part way (what was read of it is not to be kept).
+    pub fn corrupt(&self) -> Option<&str> {
+        self.corrupt.as_deref()
+    }
+}
+
+impl Layout {
+    /// The name of the file's column `i`, for a reason.
+    fn column_name(&self, i: usize) -> String {
+        if let Some(c) = self.index.iter().position(|&f| f == i) {
+            return COLUMNS[c].to_owned();
+        }
+        match self.extras.iter().find(|(f, _)| *f == i) {
+            Some((_, name)) => shorten_name(name),
+            None => "an extra field".to_owned(),
+        }
+    }
+}
+
+/// The reason for a record with another number of fields than the header
+/// (the contract's nine, unless the header has more).
+fn field_count(found: usize, width: usize) -> Result<(), String> {
+    if found == width {
+        Ok(())
+    } else {
+        Err(format!("expected {width} fields, found {found}"))
+    }
+}
+
+/// A CSV error as a reason: a damaged archive's own words.
+fn io_reason(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => super::decode::corrupt(io).unwrap_or_else(|| e.to_string()),
+        _ => e.to_string(),
+    }
+}
+
 /// Rows past this line are rejected: `events.src_line` is an `INTEGER`.
 pub const MAX_LINE: u64 = i32::MAX as u64;
 
@@ -210,12 +337,16 @@ fn line_fits(line: u64) -> Result<(), String> {
     }
 }
 
-/// Reads the whole contents of one file as one part; `Err` holds why the
-/// file is to be quarantined.
+/// Reads the whole contents of one file (decompressed if need be) as one
+/// part; `Err` holds why the file is to be quarantined.
 pub fn read_whole(bytes: &[u8], file_index: u32) -> Result<Part, String> {
-    let mut reader = ContractReader::open(bytes, file_index)?;
+    let (_, decoded) = super::decode::decoded(bytes, 64 * 1024).map_err(|e| format!("unreadable: {e}"))?;
+    let mut reader = ContractReader::open(decoded, file_index)?;
     let mut out = Part { frame: empty_frame(), rows_read: 0, rejected: Vec::new(), bytes: 0 };
     while let Some(part) = reader.next_part(u64::MAX) {
+        if let Some(reason) = reader.corrupt() {
+            return Err(reason.to_owned());
+        }
         // Same schema on both sides: vstack cannot fail.
         let _ = out.frame.vstack_mut(&part.frame);
         out.rows_read += part.rows_read;
@@ -257,10 +388,14 @@ pub struct Opened {
 pub fn open_source(f: &SourceFile) -> Result<Opened, (FileId, FileOutcome)> {
     use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
     let quarantine = |reason: String| (f.id.clone(), FileOutcome::Quarantine { reason });
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(&f.path);
+    let file = if f.id.name.contains('/') {
+        open_in_subfolder(f)
+    } else {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&f.path)
+    };
     let file = match file {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err((f.id.clone(), FileOutcome::Missing)),
@@ -276,6 +411,20 @@ pub fn open_source(f: &SourceFile) -> Result<Opened, (FileId, FileOutcome)> {
         Ok(_) => Err(quarantine("not a regular file".into())),
         Err(e) => Err(quarantine(format!("unreadable: {e}"))),
     }
+}
+
+/// A file of a subfolder: every folder on its way opened without
+/// following a link (a folder swapped for a link after the listing is
+/// refused), then the file itself as [`open_source`] opens one.
+fn open_in_subfolder(f: &SourceFile) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let depth = f.id.name.matches('/').count() + 1;
+    let root = f.path.ancestors().nth(depth).unwrap_or(std::path::Path::new("."));
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root = rustix::fs::open(root, flags, Mode::empty())?;
+    let (dir, base) = crate::dispose::parent_of(&root, &f.id.name)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    Ok(std::fs::File::from(rustix::fs::openat(&dir, base, flags, Mode::empty())?))
 }
 
 #[cfg(test)]
@@ -397,7 +546,7 @@ mod tests {
         assert!(parts > 10, "{parts} parts");
         assert_eq!((rows_read, n, bytes), (200, 200, csv.len() as u64 - H.len() as u64));
         assert_eq!(rejected, bad);
-        assert!(frame.equals(&whole));
+        assert!(frame.equals_missing(&whole));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The batch frame: a Polars `DataFrame` of the contract's explicit schema
 //! ([`schema`]; no inference anywhere) plus each row's place in its batch
-//! (file index, physical line). Rows go into it through [`Columns`]; the
+//! (file index, physical line) and the columns its file had beyond the
+//! contract's, as JSON ([`RESCUED_COLUMN`]). Rows go into it through [`Columns`]; the
 //! sink reads them back through [`EventView`]. [`dedup`] keeps, for each
 //! `(user_id, event_time)`, the last row in (file order, line order).
 
@@ -11,6 +12,9 @@ use polars::prelude::*;
 /// its batch and the row's physical line.
 pub const FILE_COLUMN: &str = "file_index";
 pub const LINE_COLUMN: &str = "line";
+/// The row's columns beyond the contract's, as a JSON object (null when
+/// its file had none): `events._rescued`.
+pub const RESCUED_COLUMN: &str = "_rescued";
 
 /// The explicit schema of a batch frame.
 pub fn schema() -> Schema {
@@ -25,6 +29,7 @@ pub fn schema() -> Schema {
         };
         fields.push(Field::new(name.into(), dtype));
     }
+    fields.push(Field::new(RESCUED_COLUMN.into(), DataType::String));
     Schema::from_iter(fields)
 }
 
@@ -42,6 +47,7 @@ pub struct Columns {
     product_category: StringChunkedBuilder,
     price: Vec<i64>,
     time: Vec<i64>,
+    rescued: StringChunkedBuilder,
 }
 
 impl std::fmt::Debug for Columns {
@@ -71,10 +77,11 @@ impl Columns {
             product_category: text("product_category"),
             price: Vec::new(),
             time: Vec::new(),
+            rescued: text(RESCUED_COLUMN),
         }
     }
 
-    pub fn push(&mut self, file: u32, line: u64, row: &Event<'_>) {
+    pub fn push(&mut self, file: u32, line: u64, row: &Event<'_>, rescued: Option<&str>) {
         self.file.push(file);
         self.line.push(line);
         self.user_id.push(row.user_id);
@@ -86,6 +93,7 @@ impl Columns {
         self.product_category.append_value(row.product_category);
         self.price.push(row.price_cents);
         self.time.push(row.event_time_micros);
+        self.rescued.append_option(rescued);
     }
 
     pub fn finish(self) -> DataFrame {
@@ -104,6 +112,7 @@ impl Columns {
             Int64Chunked::from_vec("event_time".into(), self.time)
                 .into_datetime(TimeUnit::Microseconds, None)
                 .into_column(),
+            self.rescued.finish().into_column(),
         ];
         DataFrame::new(height, columns).expect("the columns are built with equal lengths")
     }
@@ -164,6 +173,7 @@ pub struct EventView<'a> {
     product_category: &'a StringChunked,
     price: &'a Int64Chunked,
     time: &'a Int64Chunked,
+    rescued: &'a StringChunked,
 }
 
 impl<'a> EventView<'a> {
@@ -180,6 +190,7 @@ impl<'a> EventView<'a> {
             product_category: frame.column("product_category")?.str()?,
             price: frame.column("product_price")?.i64()?,
             time: frame.column("event_time")?.datetime()?.physical(),
+            rescued: frame.column(RESCUED_COLUMN)?.str()?,
         })
     }
 
@@ -213,5 +224,10 @@ impl<'a> EventView<'a> {
                 event_time_micros: self.time.get(i)?,
             },
         ))
+    }
+
+    /// Row `i`'s rescued columns, as JSON.
+    pub fn rescued(&self, i: usize) -> Option<&'a str> {
+        self.rescued.get(i)
     }
 }

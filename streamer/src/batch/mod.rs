@@ -10,10 +10,12 @@
 //! A file whose staged rows must not commit stops the read
 //! ([`BatchRead::excluded`]): one written to while it was read (its identity
 //! at the end differs from the one planned), or one with more rejected rows
-//! than the cap. The caller then runs the batch again with that file's
+//! than the cap, or a gzip or zstd archive found damaged part way
+//! ([`decode`]). The caller then runs the batch again with that file's
 //! outcome forced ([`ReadPlan::forced`]): it is settled without being read.
 
 pub mod aggregate;
+pub mod decode;
 pub mod file;
 pub mod frame;
 
@@ -23,7 +25,7 @@ use polars::prelude::*;
 
 pub use aggregate::Deltas;
 pub use file::{open_source, read_whole, ContractReader, Part, Rejected, SourceFile, MAX_RAW_LINE};
-pub use frame::{dedup, empty_frame, schema, EventView, FILE_COLUMN, LINE_COLUMN};
+pub use frame::{dedup, empty_frame, schema, EventView, FILE_COLUMN, LINE_COLUMN, RESCUED_COLUMN};
 
 use crate::checkpoint::FileId;
 
@@ -161,8 +163,15 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
         }
         // A second descriptor of the same open file, to look at it once read.
         let probe = opened.file.try_clone();
-        let buffered = std::io::BufReader::with_capacity(256 * 1024, opened.file);
-        let mut reader = match ContractReader::open(buffered, index as u32) {
+        let reader = match decode::decoded(opened.file, 256 * 1024) {
+            Ok((_, reader)) => reader,
+            Err(e) => {
+                let reason = format!("unreadable: {e}");
+                out.files.push(FileSummary { id: opened.id, outcome: FileOutcome::Quarantine { reason } });
+                continue;
+            }
+        };
+        let mut reader = match ContractReader::open(reader, index as u32) {
             Ok(reader) => reader,
             Err(reason) => {
                 out.files.push(FileSummary { id: opened.id, outcome: FileOutcome::Quarantine { reason } });
@@ -182,6 +191,10 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
                 *rows_read += part.rows_read;
                 *bad += part.rejected.len() as u64;
                 file_rejects = *bad;
+            }
+            if let Some(reason) = reader.corrupt() {
+                out.excluded = Some((index, FileOutcome::Quarantine { reason: reason.to_owned() }));
+                return finish(out, started);
             }
             if first_reject.is_none() {
                 first_reject = part.rejected.first().map(|r| (r.line, r.reason.clone()));
@@ -302,6 +315,41 @@ mod tests {
 
         // The receiver going away stops the reader.
         assert!(read_batch(plan, |_| false)?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_compressed_file_is_chunked_by_its_decompressed_bytes() -> PolarsResult<()> {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 20 000 rows (about 1 MB) that compress to a few kilobytes.
+        let rows: String =
+            (0..20_000).map(|i| format!("{},A,a,view,1,P,C,1.00,2026-01-01T00:00:00Z\n", i + 1)).collect();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(format!("{H}{rows}").as_bytes()).expect("gzip");
+        let gz = e.finish().expect("gzip");
+        assert!(gz.len() < 100_000, "{} bytes compressed", gz.len());
+        let path = dir.path().join("big.csv.gz");
+        std::fs::write(&path, &gz).expect("write");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let sources = [SourceFile { id: crate::watch::file_id("big.csv.gz", &meta), path }];
+        let forced = vec![None];
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &forced,
+            chunk_bytes: 100_000,
+            max_rejects: 0,
+            window_micros: 60_000_000,
+        };
+        let mut heights = Vec::new();
+        let read = read_batch(plan, |c| {
+            heights.push(c.frame.height());
+            true
+        })?
+        .expect("not stopped");
+        assert!(heights.len() >= 10, "about 1 MB in chunks of 100 kB: {heights:?}");
+        assert!(heights.iter().all(|h| *h < 3_000), "{heights:?}");
+        assert!(matches!(read.files[0].outcome, FileOutcome::Rows { rows_read: 20_000, rejected: 0, .. }));
         Ok(())
     }
 

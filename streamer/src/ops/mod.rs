@@ -7,6 +7,7 @@
 pub mod report;
 
 use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -19,8 +20,8 @@ use uuid::Uuid;
 use crate::applier::Lag;
 use crate::checkpoint::{Checkpoint, FileId};
 use crate::config::{ReprocessArgs, ResetArgs, StateArgs, StatusArgs};
-use crate::pg::describe;
-use crate::watch::{eligible_name, file_id};
+use crate::pg::{describe, Target};
+use crate::watch::file_id;
 
 /// What `status` reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -73,7 +74,7 @@ pub struct BatchStatus {
 const LAST_BATCHES: i64 = 5;
 
 /// A plain session (no staging tables): for the operator commands.
-async fn connect(url: &str) -> Result<Client, String> {
+async fn connect(url: &Target) -> Result<Client, String> {
     crate::pg::connect(url, "streamer-ops").await.map_err(|e| describe(&e))
 }
 
@@ -122,16 +123,11 @@ fn read_checkpoint(dir: &Path) -> anyhow::Result<CheckpointView> {
 }
 
 /// The event files in the data folder, by identity.
-fn present_files(data: &Path) -> Vec<FileId> {
-    let Ok(entries) = std::fs::read_dir(data) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_str()?.to_owned();
-            let meta = std::fs::symlink_metadata(entry.path()).ok()?;
-            (eligible_name(&name) && meta.is_file()).then(|| file_id(&name, &meta))
-        })
-        .collect()
+fn present_files(data: &Path, selection: &crate::select::Selection) -> Vec<FileId> {
+    match crate::select::walk(data, selection) {
+        Ok(found) => found.files.iter().map(|f| file_id(&f.name, &f.meta)).collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Gathers the status; the database part is left out (with the reason) when
@@ -139,7 +135,7 @@ fn present_files(data: &Path) -> Vec<FileId> {
 pub async fn status(args: &StatusArgs) -> anyhow::Result<Status> {
     let state = &args.state;
     let cp = read_checkpoint(&state.checkpoint_dir)?;
-    let present = present_files(&state.data_dir);
+    let present = present_files(&state.data_dir, &state.selection()?);
     let mut out = Status {
         checkpoint_id: cp.id,
         source: state.source()?,
@@ -285,20 +281,26 @@ impl std::fmt::Display for Status {
 pub fn reprocess(args: &ReprocessArgs) -> anyhow::Result<Vec<String>> {
     let data = &args.state.data_dir;
     let canonical = data.canonicalize().with_context(|| format!("cannot open the data folder {}", data.display()))?;
+    let selection = args.state.selection()?;
     let mut patterns = Vec::new();
     for given in &args.files {
-        // A path must lie in the data folder itself; a bare name is a pattern.
+        // A path must lie in the data folder; a bare name or one relative
+        // to the folder is a pattern (matched against the file's name and
+        // its path in the folder).
         let path = Path::new(given);
-        let name = if path.components().count() > 1 {
+        let name = if path.is_absolute() || given.starts_with("./") || given.starts_with("../") {
             let parent = path.parent().and_then(|p| p.canonicalize().ok());
-            if parent.as_deref() != Some(canonical.as_path()) {
+            let inside = parent.as_deref().and_then(|p| p.strip_prefix(&canonical).ok());
+            let Some(inside) = inside else {
                 return Err(ConfigError::new(
                     "NAME|GLOB",
                     format!("{given} is not in the data folder {}", data.display()),
                 )
                 .into());
-            }
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            };
+            let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let joined = inside.join(glob::Pattern::escape(&file));
+            joined.to_string_lossy().into_owned()
         } else {
             given.clone()
         };
@@ -306,22 +308,20 @@ pub fn reprocess(args: &ReprocessArgs) -> anyhow::Result<Vec<String>> {
         patterns.push(pattern);
     }
     let mut touched = HashSet::new();
-    for entry in std::fs::read_dir(data).with_context(|| format!("cannot list {}", data.display()))? {
-        let entry = entry.with_context(|| format!("cannot list {}", data.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !eligible_name(&name) || !patterns.iter().any(|p| p.matches(&name)) {
+    let found = crate::select::walk(data, &selection).with_context(|| format!("cannot list {}", data.display()))?;
+    for f in found.files {
+        let base = f.name.rsplit('/').next().unwrap_or(&f.name);
+        if !patterns.iter().any(|p| p.matches(&f.name) || p.matches(base)) {
             continue;
         }
-        let meta = std::fs::symlink_metadata(entry.path())?;
-        if !meta.is_file() {
-            continue;
-        }
+        let name = f.name;
         let file = std::fs::File::options()
             .write(true)
-            .open(entry.path())
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&f.path)
             .with_context(|| format!("cannot open {name} to mark it"))?;
         let mut now = SystemTime::now();
-        if meta.modified().ok() == Some(now) {
+        if f.meta.modified().ok() == Some(now) {
             now += std::time::Duration::from_micros(1);
         }
         file.set_modified(now).with_context(|| format!("cannot change the modification time of {name}"))?;
@@ -364,7 +364,10 @@ pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
     let mut out = Reset::default();
     let client = match (args.truncate_tables, state.database_url.as_deref()) {
         (true, _) => Some(connect(&state.url()?).await.map_err(anyhow::Error::msg)?),
-        (false, Some(url)) if !url.is_empty() => connect(url).await.ok(),
+        (false, Some(url)) if !url.is_empty() => match state.url() {
+            Ok(target) => connect(&target).await.ok(),
+            Err(_) => None,
+        },
         _ => None,
     };
     if let Some(client) = &client {

@@ -37,6 +37,12 @@ impl ReportName {
             ReportName::Ingest => ("report_ingest_health", false),
         }
     }
+
+    /// Whether the report reads the derived tables (and is behind `events`
+    /// while the analytics applier is).
+    pub fn derived(self) -> bool {
+        matches!(self, ReportName::Funnel | ReportName::Revenue)
+    }
 }
 
 /// How a report is printed.
@@ -122,6 +128,17 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let rows = text_rows(&client, &sql).await.map_err(|e| {
         anyhow::anyhow!("the report failed: {} (has a streamer of this version run on this database?)", describe(&e))
     })?;
+    if args.name.derived() {
+        if let Ok(lag) = crate::applier::lag(&client).await {
+            if lag.batches > 0 {
+                eprintln!(
+                    "note: the analytics are {} batches ({:.0} s) behind the events table; this report leaves them out \
+                     until a streamer with ANALYTICS=true folds them in",
+                    lag.batches, lag.seconds
+                );
+            }
+        }
+    }
     let text = match args.format {
         ReportFormat::Csv => to_csv(&rows)?,
         ReportFormat::Table => to_table(&rows),

@@ -3,15 +3,25 @@
 //! ([`Session`]), saying what an error was ([`describe`]) and what to do
 //! about it ([`classify`]), waiting between attempts ([`Backoff`]), keeping
 //! text PostgreSQL can store ([`text`]), and reading a query's result as
-//! text ([`text_rows`], for the reports and the dashboard).
+//! text ([`text_rows`], for the reports and the dashboard). Every
+//! connection goes to a [`Target`]: the connection string read once, its
+//! TLS settings made into a rustls configuration, shown only redacted.
+
+pub mod conninfo;
+pub mod tls;
 
 use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 use backon::BackoffBuilder as _;
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use self::conninfo::ConnInfo;
+use self::tls::TlsSettings;
 
 /// The connection's `application_name` unless the URL sets one: the
 /// streamer's sessions are easy to find in `pg_stat_activity`.
@@ -79,19 +89,68 @@ impl Session {
     }
 }
 
-fn parse(url: &str, application_name: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_application_name().is_none() {
-        config.application_name(application_name);
-    }
-    Ok(config)
+/// A database to connect to: the connection string as tokio-postgres
+/// reads it, and the TLS it asks for. Shown (`Display`, `Debug`) with its
+/// passwords masked.
+#[derive(Clone)]
+pub struct Target {
+    info: ConnInfo,
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
-/// Opens a plain session to `url` (operator commands, reports, the HTTP
+impl Target {
+    /// Reads a URL or key/value connection string, with libpq's TLS
+    /// settings (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`; see
+    /// [`tls`]). Says what is wrong, never echoing the string.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let info = ConnInfo::parse(url).map_err(|e| e.to_string())?;
+        let mut rest = info.clone();
+        let tls = TlsSettings::take(&mut rest)?;
+        let mut config: tokio_postgres::Config =
+            rest.to_connection_string().parse().map_err(|e: tokio_postgres::Error| describe(&e))?;
+        let (mode, client_config) = tls.client_config()?;
+        config.ssl_mode(mode);
+        // Off, the configuration is never used; a default one keeps one type.
+        let client_config = match client_config {
+            Some(c) => c,
+            None => rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        Ok(Target { info, config, tls: MakeRustlsConnect::new(client_config) })
+    }
+
+    fn config(&self, application_name: &str) -> tokio_postgres::Config {
+        let mut config = self.config.clone();
+        if config.get_application_name().is_none() {
+            config.application_name(application_name);
+        }
+        config
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.info.redacted())
+    }
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Target").field(&self.info.redacted()).finish()
+    }
+}
+
+/// Opens a plain session to `target` (operator commands, reports, the HTTP
 /// side); the connection is driven by a task of its own until the client is
 /// dropped. `application_name` applies unless the URL sets one.
-pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = parse(url, application_name)?.connect(NoTls).await?;
+pub async fn connect(target: &Target, application_name: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = target.config(application_name).connect(target.tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");
@@ -103,13 +162,13 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_
 /// Opens a streamer session: [`Session`]'s settings applied on both ends.
 /// Notifications the server sends (`LISTEN`) arrive on the receiver.
 pub async fn connect_session(
-    url: &str,
+    target: &Target,
     application_name: &str,
     session: &Session,
 ) -> Result<(Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
-    let mut config = parse(url, application_name)?;
+    let mut config = target.config(application_name);
     session.apply_to(&mut config);
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(target.tls.clone()).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -182,13 +241,27 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
     }
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        if cause.is::<std::io::Error>() {
-            return ErrorClass::Transient;
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            // rustls refusing the server's certificate (or the server ours)
+            // says the same at every try.
+            return match io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(
+                    rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+                    | rustls::Error::AlertReceived(_),
+                ) => ErrorClass::Fatal,
+                _ => ErrorClass::Transient,
+            };
         }
         source = cause.source();
     }
     match text.as_str() {
-        "authentication error" | "invalid connection string" | "invalid configuration" => ErrorClass::Fatal,
+        // Also "server does not support TLS" under sslmode=require.
+        "authentication error"
+        | "invalid connection string"
+        | "invalid configuration"
+        | "error performing TLS handshake" => ErrorClass::Fatal,
         // Connect, I/O, a timeout waiting for the server, a protocol hiccup.
         _ => ErrorClass::Transient,
     }

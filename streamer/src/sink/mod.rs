@@ -240,7 +240,8 @@ impl<'a> Loader<'a> {
             let event_type = r.event_type.as_str();
             let price = Decimal::new(r.price_cents, 2);
             let time = micros_to_utc(r.event_time_micros);
-            let row: [&(dyn ToSql + Sync); 12] = [
+            let rescued = view.rescued(i);
+            let row: [&(dyn ToSql + Sync); 13] = [
                 &n,
                 &file_index,
                 &line,
@@ -253,6 +254,7 @@ impl<'a> Loader<'a> {
                 &r.product_category,
                 &price,
                 &time,
+                &rescued,
             ];
             writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
         }
@@ -455,7 +457,7 @@ impl<'a> Loader<'a> {
 }
 
 /// Column types of `events_stage`, in order.
-const STAGE_TYPES: [Type; 12] = [
+const STAGE_TYPES: [Type; 13] = [
     Type::INT4,
     Type::INT4,
     Type::INT4,
@@ -468,6 +470,7 @@ const STAGE_TYPES: [Type; 12] = [
     Type::TEXT,
     Type::NUMERIC,
     Type::TIMESTAMPTZ,
+    Type::TEXT,
 ];
 
 static MERGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(false));

@@ -31,12 +31,13 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: [Migration; 5] = [
+pub const MIGRATIONS: [Migration; 6] = [
     migration!(1, "001_events.sql"),
     migration!(2, "002_load_history.sql"),
     migration!(3, "003_analytics.sql"),
     migration!(4, "004_reports.sql"),
     migration!(5, "005_registry.sql"),
+    migration!(6, "006_rescued.sql"),
 ];
 
 /// The last migration written before the version table existed (they are

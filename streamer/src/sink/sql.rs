@@ -51,8 +51,11 @@ const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, produ
 pub fn merge_sql(several_chunks: bool) -> String {
     let cols = COLUMNS.join(", ");
     let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
-    let set: Vec<String> =
-        others.iter().chain(&["src_mtime", "src_file", "src_line"]).map(|c| format!("{c} = EXCLUDED.{c}")).collect();
+    let set: Vec<String> = others
+        .iter()
+        .chain(&["src_mtime", "src_file", "src_line", "_rescued"])
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
     let set = set.join(", ");
     let (latest, source, cross_chunk) = if several_chunks {
         (
@@ -72,8 +75,8 @@ pub fn merge_sql(several_chunks: bool) -> String {
     format!(
         "WITH {latest}src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, \
          ($2::int8[])[s.file_index + 1] AS src_mtime FROM {source} s), \
-         merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line) \
-         SELECT {cols}, src_mtime, src_file, line FROM src ORDER BY user_id, event_time \
+         merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line, _rescued) \
+         SELECT {cols}, src_mtime, src_file, line, _rescued::jsonb FROM src ORDER BY user_id, event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
          RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
          counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \
@@ -96,13 +99,14 @@ mod tests {
             "user_name = EXCLUDED.user_name, user_email = EXCLUDED.user_email, event_type = EXCLUDED.event_type, \
                    product_id = EXCLUDED.product_id, product_name = EXCLUDED.product_name, \
                    product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price, \
-                   src_mtime = EXCLUDED.src_mtime, src_file = EXCLUDED.src_file, src_line = EXCLUDED.src_line";
+                   src_mtime = EXCLUDED.src_mtime, src_file = EXCLUDED.src_file, src_line = EXCLUDED.src_line, \
+                   _rescued = EXCLUDED._rescued";
         let body = |source: &str| {
             format!(
                 "src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, ($2::int8[])[s.file_index + 1] AS src_mtime \
                  FROM {source} s), \
-                 merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line) \
-                 SELECT {cols}, src_mtime, src_file, line FROM src ORDER BY user_id, event_time \
+                 merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line, _rescued) \
+                 SELECT {cols}, src_mtime, src_file, line, _rescued::jsonb FROM src ORDER BY user_id, event_time \
                  ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
                  RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
                  counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \

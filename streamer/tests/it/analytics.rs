@@ -151,7 +151,12 @@ async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catch
 async fn the_streamer_session_compiles_nothing_with_jit() -> TestResult {
     // JIT compiled the batch statements for about 200 ms a batch.
     let db = TestDb::new().await;
-    let (client, _) = streamer::pg::connect_session(&db.url, "test", &streamer::pg::Session::default()).await?;
+    let (client, _) = streamer::pg::connect_session(
+        &streamer::pg::Target::parse(&db.url)?,
+        "test",
+        &streamer::pg::Session::default(),
+    )
+    .await?;
     let jit: String = client.query_one("SHOW jit", &[]).await?.get(0);
     assert_eq!(jit, "off");
     Ok(())

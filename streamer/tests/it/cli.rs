@@ -50,7 +50,32 @@ async fn once_loads_a_folder_and_exits_0() -> TestResult {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("batch committed"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "no colour codes in a piped log: {stderr}");
     assert_eq!(table(&db.client().await).await, oracle(&files).0);
+    Ok(())
+}
+
+#[test]
+fn the_log_is_coloured_on_a_terminal_unless_no_color_is_set() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Nothing to connect to: the first lines are enough.
+    let line = format!("{} --data-dir data --checkpoint-dir cp --max-backoff 100", env!("CARGO_BIN_EXE_streamer"));
+    let on_terminal = |no_color: Option<&str>| -> std::io::Result<String> {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &format!("timeout -s TERM 2 {line}"), "/dev/null"])
+            .current_dir(dir.path())
+            .env("HTTP_ADDR", "off")
+            .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/x")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        Ok(String::from_utf8_lossy(&cmd.output()?.stdout).into_owned())
+    };
+    let screen = on_terminal(None)?;
+    assert!(screen.contains("streamer starting") && screen.contains("\x1b["), "colour on a terminal: {screen}");
+    let screen = on_terminal(Some("1"))?;
+    assert!(screen.contains("streamer starting") && !screen.contains("\x1b["), "NO_COLOR: {screen}");
     Ok(())
 }
 
@@ -143,7 +168,7 @@ async fn sigterm_stops_the_stream_with_exit_0_and_nothing_lost() -> TestResult {
 }
 
 #[test]
-fn bad_settings_give_one_line_naming_the_setting_and_exit_2() -> TestResult {
+fn bad_settings_are_named_in_the_first_line_and_exit_2() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cases: [(&[&str], &str); 4] = [
         (&["--once"], "--database-url/DATABASE_URL"),
@@ -155,9 +180,15 @@ fn bad_settings_give_one_line_naming_the_setting_and_exit_2() -> TestResult {
         let out = streamer(dir.path()).args(args).output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:") && first.contains(setting), "{args:?}: {stderr}");
+        assert!(!stderr.contains('\x1b'), "no colour off a terminal: {stderr}");
     }
+    // A misspelt flag: clap's whole message, its tip included.
+    let out = streamer(dir.path()).args(["--max-file-per-batch", "3"]).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("tip:") && stderr.contains("--max-files-per-batch"), "{stderr}");
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use std::process::Command as Process;
 use streamer::{Cli, Command, Config, RunArgs};
 use tokio_postgres::{Client, NoTls};
 
-pub type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The server the tests use: `DATABASE_URL`, as `scripts/test.sh` sets it.
 pub fn admin_url() -> String {
@@ -349,7 +349,47 @@ fn pg_bin_dir() -> PathBuf {
 }
 
 impl TempCluster {
+    /// A new cluster, started.
     pub fn start() -> TempCluster {
+        let cluster = TempCluster::init();
+        cluster.up();
+        cluster
+    }
+
+    /// The folder of the server's Unix socket (`host=` it to skip TCP).
+    pub fn socket_dir(&self) -> String {
+        self.socket_dir.display().to_string()
+    }
+
+    /// Appends `lines` to postgresql.conf (before [`TempCluster::up`]).
+    pub fn configure(&self, lines: &str) {
+        use std::io::Write as _;
+        let mut conf = std::fs::OpenOptions::new().append(true).open(self.data.join("postgresql.conf")).expect("conf");
+        writeln!(conf, "{lines}").expect("conf written");
+    }
+
+    /// Replaces pg_hba.conf.
+    pub fn hba(&self, text: &str) {
+        std::fs::write(self.data.join("pg_hba.conf"), text).expect("pg_hba.conf");
+    }
+
+    /// Writes a file into the data folder, owned by the server's user with
+    /// mode 0600 (what PostgreSQL asks of a key file).
+    pub fn private_file(&self, name: &str, contents: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.data.join(name);
+        std::fs::write(&path, contents).expect("file written");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if running_as_root() {
+            let ok = Process::new("chown").arg("postgres").arg(&path).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "chown postgres {}", path.display());
+        }
+        path
+    }
+
+    /// A new cluster, made but not started: configure it, then
+    /// [`TempCluster::up`].
+    pub fn init() -> TempCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = running_as_root();
         use std::os::unix::fs::PermissionsExt as _;
@@ -375,7 +415,6 @@ impl TempCluster {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "initdb failed");
-        cluster.up();
         cluster
     }
 

@@ -16,11 +16,13 @@ enum Expect {
 }
 use Expect::*;
 
-const CORPUS: [(&str, Expect); 27] = [
+const CORPUS: [(&str, Expect); 29] = [
     ("missing_column.csv", Loaded(2, &[(3, "expected 9 fields, found 8")])),
     ("extra_column.csv", Loaded(2, &[(3, "expected 9 fields, found 10")])),
-    ("reordered_columns.csv", Quarantined("wrong header")),
-    ("short_header.csv", Quarantined("wrong header")),
+    ("reordered_columns.csv", Loaded(1, &[])),
+    ("short_header.csv", Quarantined("wrong header: missing column event_time")),
+    ("header_by_name.csv", Loaded(3, &[(4, "expected 11 fields, found 10")])),
+    ("duplicate_column.csv", Quarantined("wrong header: column user_id appears twice")),
     ("quoted_fields.csv", Loaded(2, &[])),
     ("bom.csv", Loaded(1, &[])),
     ("crlf.csv", Loaded(2, &[])),
@@ -127,7 +129,7 @@ const CORPUS: [(&str, Expect); 27] = [
     ("blank_lines.csv", Loaded(2, &[])),
     ("unterminated_quote.csv", Loaded(2, &[(3, "expected 9 fields, found 2")])),
     ("no_final_newline.csv", Loaded(1, &[])),
-    ("only_garbage.csv", Quarantined("wrong header")),
+    ("only_garbage.csv", Quarantined("wrong header: missing columns")),
 ];
 
 const HEADER: &str = contract::HEADER;
@@ -258,6 +260,26 @@ async fn every_hostile_case_ends_as_expected_and_the_stream_goes_on() -> TestRes
         7,
         "29 is inside the unclosed quote"
     );
+    // Columns by name, whatever their order, case or spaces; the others kept as JSON with their row.
+    assert_eq!(
+        event(&client, 41).await,
+        ("Ann".into(), "Mug".into(), "Home".into(), "3.50".into(), "2026-01-02 00:00:00.000000".into())
+    );
+    let rescued = |id: i32| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT _rescued::text FROM events WHERE user_id = $1", &[&id])
+                .await
+                .map(|r| r.get::<_, Option<String>>(0))
+                .expect("one event")
+                .map(|text| serde_json::from_str::<serde_json::Value>(&text).expect("JSON"))
+        }
+    };
+    assert_eq!(rescued(41).await, Some(serde_json::json!({"campaign": "spring", "session id": "s-1"})));
+    assert_eq!(rescued(42).await, Some(serde_json::json!({"campaign": "", "session id": "s,2"})));
+    assert_eq!(event(&client, 44).await.0, "Ann", "reordered columns are read by name");
+    assert_eq!(rescued(44).await, None, "no extra column, no rescued data");
     assert!(summary.totals.files >= CORPUS.len() as u64 + 2);
     Ok(())
 }

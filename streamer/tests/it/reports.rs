@@ -150,3 +150,39 @@ async fn report_mistakes_get_a_clear_message() -> TestResult {
     assert!(err.contains("report_conversion_funnel") && err.contains("has a streamer of this version run"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_analytics_off_the_reports_and_the_dashboard_say_they_are_behind() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("known.csv"), DATA)?;
+    streamer::run(
+        args(&data, &dir.path().join("cp"), &db.url, &["--once", "--analytics", "false"]),
+        Default::default(),
+    )
+    .await?;
+    for name in ["funnel", "revenue"] {
+        let out = report(&db.url, &[name]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("note: the analytics are 1 batches"), "{name}: {stderr}");
+    }
+    // Reports over events need no note.
+    let out = report(&db.url, &["top-products"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Kite"));
+    // The dashboard's figure of the lag, which its page shows as a notice.
+    let client = db.client().await;
+    let (_, sql) = streamer::http::DASHBOARD_QUERIES.iter().find(|(n, _)| *n == "analytics").ok_or("query")?;
+    let lag = streamer::pg::text_rows(&client, sql).await?;
+    assert_eq!(lag.rows[0][0].as_deref(), Some("1"));
+    assert!(streamer::http::DASHBOARD_QUERIES.len() >= 6);
+
+    // Caught up once a streamer runs the analytics: no note.
+    streamer::run(args(&data, &dir.path().join("cp"), &db.url, &["--once"]), Default::default()).await?;
+    let out = report(&db.url, &["funnel"]);
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}

@@ -12,5 +12,6 @@ CREATE TEMP TABLE IF NOT EXISTS events_stage (
     product_name     TEXT          NOT NULL,
     product_category TEXT          NOT NULL,
     product_price    NUMERIC(10,2) NOT NULL,
-    event_time       TIMESTAMPTZ   NOT NULL
+    event_time       TIMESTAMPTZ   NOT NULL,
+    _rescued         TEXT                     -- the file's columns beyond the contract's, as JSON
 ) ON COMMIT DELETE ROWS;
