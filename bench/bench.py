@@ -14,7 +14,14 @@ It measures, on this machine and in one run:
   4. scaling against batch size, file size and rows already in the table;
      start-up after 100 000 processed files (cargo bench --bench restart);
   5. `generator replay --speed max` (scripts/bench-replay.sh);
-and writes docs/performance_metrics.md, its raw figures
+  6. scale-out: `--loaders` 1-3 and 1-3 streamers on one folder against one
+     `psql \copy` session, and how long a killed streamer's roles take to
+     be taken over;
+  7. the peer: a PySpark Structured Streaming job (bench/spark_peer.py) on
+     the same files and table, when SPARK_PYTHON names a Python with pyspark
+     (scripts/bench.sh installs it; skipped with a message otherwise);
+and checks after every run with the analytics on that each derived table
+equals its GROUP BY over `events`. It writes docs/performance_metrics.md, its raw figures
 docs/performance_metrics.json and images/bench_*.png.
 
 Everything is printed as it is measured; nothing is asserted. BENCH_QUICK=1
@@ -49,6 +56,10 @@ COLUMNS = "user_id,user_name,user_email,event_type,product_id,product_name,produ
 A = (40, 1_500) if QUICK else (400, 1_500)
 B = (2, 20_000) if QUICK else (10, 200_000)
 LATENCY_FILES = 20 if QUICK else 200
+# Scale-out: files small enough that every loader has work at once.
+SCALE_OUT = (12, 5_000) if QUICK else (60, 15_000)
+SPARK_PYTHON = os.environ.get("SPARK_PYTHON", "")
+JDBC_JAR = os.environ.get("JDBC_JAR", "/usr/share/java/postgresql.jar")
 TABLE_SIZES = [0, 200_000] if QUICK else [0, 5_000_000, 10_000_000, 20_000_000]
 
 
@@ -175,6 +186,32 @@ def generate(folder, files, rows, duplicates, seed, start="2026-01-01T00:00:00Z"
     return sorted(folder.glob("*.csv"))
 
 
+# Each derived table and its definition over `events` (db/003, db/005).
+DERIVED = [
+    ("SELECT window_start, product_category, views, purchases, users, revenue FROM event_metrics_minute",
+     "SELECT metrics_window(event_time), product_category, count(*) FILTER (WHERE event_type = 'view'), "
+     "count(*) FILTER (WHERE event_type = 'purchase'), count(DISTINCT user_id), "
+     "coalesce(sum(product_price) FILTER (WHERE event_type = 'purchase'), 0)::numeric FROM events GROUP BY 1, 2"),
+    ("SELECT user_id, product_category, views, purchases FROM user_category_counts",
+     "SELECT user_id, product_category, count(*) FILTER (WHERE event_type = 'view'), "
+     "count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2"),
+    ("SELECT user_id, product_id, views, purchases FROM user_product_counts",
+     "SELECT user_id, product_id, count(*) FILTER (WHERE event_type = 'view'), "
+     "count(*) FILTER (WHERE event_type = 'purchase') FROM events GROUP BY 1, 2"),
+]
+
+
+def derived_exact(url):
+    """Whether every derived table equals its GROUP BY over events."""
+    for table, definition in DERIVED:
+        differ = psql(url, f"SELECT count(*) FROM (({table} EXCEPT {definition}) UNION ALL "
+                           f"({definition} EXCEPT {table})) d")
+        if differ != "0":
+            log(f"NOT EXACT: {table.split(' FROM ')[1]} differs from its GROUP BY in {differ} rows")
+            return False
+    return True
+
+
 def stream_once(data, url, *flags):
     cp = Path(tempfile.mkdtemp(dir=WORK, prefix="cp-"))
     # The generator publishes atomically (rename), so no settle time is needed.
@@ -187,6 +224,9 @@ def stream_once(data, url, *flags):
     m["inserted"] = sum(b["inserted"] for b in batches)
     m["batches"] = len(batches)
     m["rows_per_s"] = m["rows"] / m["wall_s"]
+    if "false" not in flags:
+        # --once returns once the applier has caught up: the tables must be exact now.
+        m["derived_exact"] = 1 if derived_exact(url) else 0
     shutil.rmtree(cp)
     return m
 
@@ -322,6 +362,10 @@ def latency_run(label, files, rows, interval):
     while int(psql(url, "SELECT count(*) FROM load_history")) < len(published) and time.time() < deadline:
         rss.append(vm(streamer.pid, "VmRSS"))
         time.sleep(0.1)
+    # The applier folds the last batches in.
+    deadline = time.time() + 60
+    while int(psql(url, "SELECT count(*) FROM batches WHERE applied_at IS NULL")) > 0 and time.time() < deadline:
+        time.sleep(0.1)
     hwm = vm(streamer.pid, "VmHWM")
     streamer.send_signal(signal.SIGTERM)
     streamer.wait(timeout=60)
@@ -330,13 +374,17 @@ def latency_run(label, files, rows, interval):
     for line in (cp / "progress/progress.jsonl").read_text().splitlines():
         b = json.loads(line)
         committed[b["batch_id"]] = instant(b["timestamp"])
+    lag = sorted(float(x) for x in psql(
+        url, "SELECT 1000 * extract(epoch FROM applied_at - committed_at) FROM batches WHERE applied_at IS NOT NULL"
+    ).split())
+    unapplied = int(psql(url, "SELECT count(*) FROM batches WHERE applied_at IS NULL"))
+    exact = derived_exact(url) if unapplied == 0 else False
     rows_ = psql(url, "SELECT file_name, batch_id FROM load_history WHERE status = 'loaded'").splitlines()
     latencies = []
     for r in rows_:
         name, batch = r.split("|")
         if name in published:
             latencies.append((committed[int(batch)] - published[name]).total_seconds() * 1000)
-    drop_database(db)
     if not latencies:
         raise RuntimeError(f"latency {label}: no published file was found committed; see {WORK}/latency-streamer.log")
     latencies.sort()
@@ -344,6 +392,13 @@ def latency_run(label, files, rows, interval):
     result = {"files": len(latencies), "published": len(published), "rows_per_file": rows, "interval_s": interval,
               "p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "max_ms": latencies[-1],
               "rss_max_mb": max(rss) / 1024, "hwm_mb": hwm / 1024, "ready_s": ready_s, "latencies_ms": latencies}
+    if lag:
+        ql = lambda p: lag[min(len(lag) - 1, int(round(p / 100 * (len(lag) - 1))))]
+        result.update({"applier_lag_p50_ms": ql(50), "applier_lag_p99_ms": ql(99), "applier_lag_max_ms": lag[-1],
+                       "unapplied_at_end": unapplied, "derived_exact": exact})
+        log(f"latency {label}: the derived tables followed each batch's commit by p50 {ql(50):.0f} ms, "
+            f"p99 {ql(99):.0f} ms, max {lag[-1]:.0f} ms; exact at the end: {exact}")
+    drop_database(db)
     log(f"latency {label}: {len(latencies)} files, p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
         f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; RSS ≤ {result['rss_max_mb']:.0f} MB "
         f"(peak {result['hwm_mb']:.0f} MB); ready after {ready_s * 1000:.0f} ms")
@@ -476,6 +531,218 @@ def replay():
     return result
 
 
+# --- 6: scale-out -------------------------------------------------------------
+
+
+def streamers_at_once(data, url, n):
+    """n streamers (one loader each, checkpoints of their own) on one folder,
+    started together with --once: rows/s from the first start to the last exit."""
+    procs = []
+    t0 = time.perf_counter()
+    for i in range(n):
+        cp = Path(tempfile.mkdtemp(dir=WORK, prefix=f"cp{i}-"))
+        procs.append(subprocess.Popen(
+            [STREAMER, "--once", "--file-settle", "0", "--data-dir", str(data), "--checkpoint-dir", str(cp),
+             "--database-url", url, "--loaders", "1", "--analytics", "false", "--max-files-per-batch", "4",
+             "--http-addr", "off"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for p in procs:
+        if p.wait() != 0:
+            raise RuntimeError(f"a streamer of {n} exited {p.returncode}")
+    wall = time.perf_counter() - t0
+    rows = int(psql(url, "SELECT coalesce(sum(rows_read), 0) FROM load_history"))
+    files = int(psql(url, "SELECT count(*) FROM load_history"))
+    dup = int(psql(url, "SELECT count(*) - count(DISTINCT file_name) FROM load_history"))
+    if dup:
+        raise RuntimeError(f"{n} streamers loaded {dup} files twice")
+    return {"wall_s": wall, "rows": rows, "files": files, "rows_per_s": rows / wall}
+
+
+def takeover_once(run):
+    """Two streamers on one folder; the one holding the roles is killed; how
+    long until a file published just after is committed by the other."""
+    db = "bench_takeover"
+    url = fresh_database(db)
+    data = WORK / f"takeover-{run}"
+    data.mkdir()
+    procs = []
+    for i in range(2):
+        cp = Path(tempfile.mkdtemp(dir=WORK, prefix=f"tcp{i}-"))
+        procs.append(subprocess.Popen(
+            [STREAMER, "--data-dir", str(data), "--checkpoint-dir", str(cp), "--database-url", url,
+             "--http-addr", "off"], env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if i == 0:
+            # The first takes the registrar role before the second starts.
+            while psql(url, "SELECT to_regclass('source_files') IS NOT NULL") != "t":
+                time.sleep(0.05)
+            time.sleep(1)
+    generate(data, 1, 100, 0.0, seed=300 + run, start="2026-02-01T00:00:00Z")
+    while int(psql(url, "SELECT count(*) FROM load_history")) < 1:
+        time.sleep(0.05)
+    procs[0].kill()
+    procs[0].wait()
+    killed = time.perf_counter()
+    generate(data, 1, 100, 0.0, seed=400 + run, start="2026-02-02T00:00:00Z")
+    deadline = killed + 120
+    while int(psql(url, "SELECT count(*) FROM load_history")) < 2:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the file published after the kill was never committed")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - killed
+    procs[1].send_signal(signal.SIGTERM)
+    procs[1].wait(timeout=60)
+    drop_database(db)
+    shutil.rmtree(data)
+    return seconds
+
+
+def scale_out():
+    files, rows = SCALE_OUT
+    data = WORK / "scale-out"
+    paths = generate(data, files, rows, 0.0, seed=31)
+    out = {"files": files, "rows_per_file": rows, "loaders": [], "streamers": []}
+    copies = []
+    for _ in range(RUNS):
+        url = fresh_database("bench_scale_out", schema=True)
+        checkpoint_db()
+        copies.append(copy_limit(paths, url))
+        drop_database("bench_scale_out")
+    out["copy"] = summarize(copies)
+    copy = out["copy"]["rows_per_s"]["median"]
+    log(f"scale-out: one psql \\copy session {copy:,.0f} rows/s")
+    for n in (1, 2, 3):
+        s = stream_runs(data, "bench_scale_out", "--loaders", str(n), "--analytics", "false",
+                        "--max-files-per-batch", "4")
+        s["ratio_to_copy"] = s["rows_per_s"]["median"] / copy
+        out["loaders"].append({"loaders": n, **s})
+        log(f"scale-out: --loaders {n}: {s['rows_per_s']['median']:,.0f} rows/s = {s['ratio_to_copy']:.2f}x COPY")
+    for n in (1, 2, 3):
+        runs = []
+        for _ in range(RUNS):
+            url = fresh_database("bench_scale_out")
+            checkpoint_db()
+            runs.append(streamers_at_once(data, url, n))
+            drop_database("bench_scale_out")
+        s = summarize(runs)
+        s["ratio_to_copy"] = s["rows_per_s"]["median"] / copy
+        out["streamers"].append({"streamers": n, **s})
+        log(f"scale-out: {n} streamers: {s['rows_per_s']['median']:,.0f} rows/s = {s['ratio_to_copy']:.2f}x COPY")
+    shutil.rmtree(data)
+    takeovers = [takeover_once(run) for run in range(RUNS)]
+    out["takeover_s"] = summary(takeovers)
+    log(f"scale-out: a killed streamer's roles taken over and a new file committed after "
+        f"{out['takeover_s']['median']:.1f} s (max {out['takeover_s']['max']:.1f} s)")
+    return out
+
+
+# --- 7: the peer --------------------------------------------------------------
+
+
+def tree_rss_kb(pid):
+    """RSS of a process and all its descendants (the JVM is a child of PySpark's driver)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += vm(p, "VmRSS") if Path(f"/proc/{p}").exists() else 0
+        try:
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (t / "children").read_text().split())
+        except OSError:
+            pass
+    return total
+
+
+def spark_run(data, url, mode, extra_wait=None):
+    cp = Path(tempfile.mkdtemp(dir=WORK, prefix="spark-cp-"))
+    log_path = WORK / "spark.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen([SPARK_PYTHON, str(ROOT / "bench/spark_peer.py"), str(data), str(cp), url, JDBC_JAR, mode],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    return proc, cp, t0, log_path
+
+
+def spark_peer():
+    if not SPARK_PYTHON or not Path(JDBC_JAR).exists():
+        why = "SPARK_PYTHON is not set" if not SPARK_PYTHON else f"no JDBC driver at {JDBC_JAR}"
+        log(f"spark peer: skipped ({why}; scripts/bench.sh installs pyspark, Java and libpostgresql-jdbc-java)")
+        return {"skipped": why}
+    out = {}
+    data = WORK / "spark-a"
+    paths = generate(data, *A, 0.0, seed=11)
+    runs = []
+    for _ in range(RUNS):
+        url = fresh_database("bench_spark", schema=True)
+        checkpoint_db()
+        proc, cp, t0, log_path = spark_run(data, url, "once")
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_kb(proc.pid))
+            time.sleep(0.2)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"the Spark job exited {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        batches = [json.loads(l) for l in proc.stdout.read().splitlines() if l.startswith("{")]
+        rows = int(psql(url, "SELECT count(*) FROM events"))
+        runs.append({"wall_s": wall, "rows": rows, "rows_per_s": rows / wall, "rss_mb": peak / 1024,
+                     "batches": len(batches)})
+        log(f"spark peer, backlog A: {rows / wall:,.0f} rows/s ({wall:.1f} s with start-up, peak RSS {peak / 1024:.0f} MB)")
+        shutil.rmtree(cp)
+        drop_database("bench_spark")
+    out["backlog_A"] = summarize(runs)
+    shutil.rmtree(data)
+
+    # Latency: the job running, a file every 0.5 s.
+    url = fresh_database("bench_spark", schema=True)
+    data = WORK / "spark-latency"
+    data.mkdir()
+    proc, cp, t0, log_path = spark_run(data, url, "stream")
+    time.sleep(30)  # the JVM and the query up and polling
+    generator_log = WORK / "spark-generator.log"
+    files = 40 if not QUICK else 10
+    peak = 0
+    with open(generator_log, "w") as gen_stderr:
+        gen = subprocess.Popen([GENERATOR, "--data-dir", str(data), "--files", str(files), "--rows", "1500",
+                                "--interval", "0.5", "--duplicate-rate", "0.02", "--seed", "13"],
+                               env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=gen_stderr)
+        while gen.poll() is None:
+            peak = max(peak, tree_rss_kb(proc.pid))
+            time.sleep(0.2)
+    deadline = time.time() + 120
+    while int(psql(url, "SELECT count(*) FROM spark_loads")) < files and time.time() < deadline:
+        peak = max(peak, tree_rss_kb(proc.pid))
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    published = {}
+    for line in generator_log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        fields = entry.get("fields", entry)
+        if fields.get("message") == "file published":
+            published[fields["file"]] = instant(entry["timestamp"])
+    lat = []
+    for row in psql(url, "SELECT file_name, to_char(committed_at AT TIME ZONE 'UTC', "
+                         "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM spark_loads").splitlines():
+        name, at = row.split("|")
+        if name in published:
+            lat.append((instant(at) - published[name]).total_seconds() * 1000)
+    drop_database("bench_spark")
+    shutil.rmtree(cp, ignore_errors=True)
+    lat.sort()
+    if lat:
+        q = lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+        out["latency_idle"] = {"files": len(lat), "p50_ms": q(50), "p99_ms": q(99), "max_ms": lat[-1],
+                               "rss_max_mb": peak / 1024}
+        log(f"spark peer, idle latency: p50 {q(50):.0f} ms, p99 {q(99):.0f} ms over {len(lat)} files; "
+            f"RSS up to {peak / 1024:.0f} MB")
+    return out
+
+
 # --- the machine -------------------------------------------------------------
 
 
@@ -506,6 +773,8 @@ def main():
     results["backlog"] = backlog()
     results["latency"] = latency()
     results["scaling"] = scaling(results["backlog"])
+    results["scale_out"] = scale_out()
+    results["spark"] = spark_peer()
     results["restart"] = restart()
     results["replay"] = replay()
     results["duration_s"] = time.perf_counter() - started

@@ -148,7 +148,8 @@ async fn health_is_503_when_the_database_cannot_be_reached() -> TestResult {
     let reasons: Vec<&str> =
         health["reasons"].as_array().map(|r| r.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
     assert!(reasons.iter().any(|r| r.starts_with("starting: ")), "{reasons:?}");
-    let reason = reasons.iter().find(|r| r.starts_with("the database is not reachable: ")).ok_or(format!("{reasons:?}"))?;
+    let reason =
+        reasons.iter().find(|r| r.starts_with("the database is not reachable: ")).ok_or(format!("{reasons:?}"))?;
     assert!(!reason.contains("postgres://"), "no URL in the answer: {reason}");
     let (status, _, body) = http_get_ok(port, "/api/dashboard").await;
     assert_eq!(status, 503);

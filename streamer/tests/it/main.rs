@@ -26,5 +26,5 @@ mod replay;
 mod reports;
 mod stream;
 mod tls;
-mod upgrade;
 mod torture;
+mod upgrade;

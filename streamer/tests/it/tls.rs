@@ -229,3 +229,61 @@ async fn passwords_and_client_certificates_over_tls() -> TestResult {
     assert!(!run.ok && run.stderr.contains("certificate"), "{}", run.stderr);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_self_signed_v1_certificate_is_encrypted_to_under_prefer_and_require() -> TestResult {
+    // X.509 v1, as Citus and `openssl x509 -req` without extensions make them:
+    // webpki cannot read one, OpenSSL (so libpq) can; prefer and require check nothing of it.
+    let (cluster, dir) = tokio::task::spawn_blocking(|| -> TestResult<(TempCluster, tempfile::TempDir)> {
+        let dir = tempfile::tempdir()?;
+        let (key, csr, crt) = (dir.path().join("k.pem"), dir.path().join("r.csr"), dir.path().join("c.pem"));
+        let run = |args: &[&str]| {
+            let ok = std::process::Command::new("openssl")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "openssl {args:?} (Debian's openssl package)");
+        };
+        let p = |p: &std::path::Path| p.display().to_string();
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+            "-subj",
+            "/CN=v1",
+        ]);
+        run(&["x509", "-req", "-in", &p(&csr), "-signkey", &p(&key), "-out", &p(&crt), "-days", "30"]);
+        let cluster = TempCluster::init();
+        let cert = cluster.private_file("server.crt", &std::fs::read_to_string(&crt)?);
+        let key = cluster.private_file("server.key", &std::fs::read_to_string(&key)?);
+        cluster.configure(&format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+            cert.display(),
+            key.display()
+        ));
+        cluster.hba("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 0.0.0.0/0 reject\n");
+        cluster.up();
+        Ok((cluster, dir))
+    })
+    .await??;
+    let version = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(dir.path().join("c.pem"))
+        .output()?;
+    assert!(String::from_utf8_lossy(&version.stdout).contains("Version: 1 (0x0)"), "a v1 certificate");
+    for mode in ["prefer", "require"] {
+        let run = run_once(&format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}", cluster.port), mode);
+        assert!(run.ok, "{mode}: {}", run.stderr);
+        assert_eq!(loaded(&cluster, mode).await, 2, "{mode}");
+    }
+    Ok(())
+}

@@ -63,18 +63,26 @@ async fn a_database_and_checkpoint_of_the_last_release_are_upgraded_in_place() -
     let client = db.client().await;
     let before = count(&client, "SELECT count(*) FROM events").await;
     let loads = count(&client, "SELECT count(*) FROM load_history").await;
-    assert!(before > 0 && loads == files.len() as i64, "the fixture holds the released load: {before} rows, {loads} loads");
+    assert!(
+        before > 0 && loads == files.len() as i64,
+        "the fixture holds the released load: {before} rows, {loads} loads"
+    );
     assert_eq!(table(&client).await, oracle(&files).0, "the released streamer's own table");
 
     // One more file, then the new streamer on the old database and checkpoint.
-    let mut g = generator::Generator::new(Settings { seed: 991, min_events: 50, max_events: 120, ..Settings::default() }, "up");
+    let mut g =
+        generator::Generator::new(Settings { seed: 991, min_events: 50, max_events: 120, ..Settings::default() }, "up");
     files.push(publish_file(&data, &mut g, 100));
     let out = streamer_bin(&data, &cp, &db.url, &["--once"], &[]).output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 
-    let versions: Vec<i32> =
-        client.query("SELECT version FROM schema_migrations ORDER BY version", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert_eq!(versions, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>(), "every migration recorded once");
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, loads + 1, "only the new file was loaded");
     assert_eq!(count(&client, "SELECT count(*) - count(DISTINCT file_name) FROM load_history").await, 0);
@@ -99,7 +107,9 @@ async fn a_newer_database_or_an_edited_migration_is_refused_with_a_message() -> 
     assert!(run()?.status.success());
     let client = db.client().await;
 
-    client.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, '099_future.sql', 'x')", &[]).await?;
+    client
+        .execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (99, '099_future.sql', 'x')", &[])
+        .await?;
     let out = run()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
