@@ -382,3 +382,35 @@ async fn a_window_width_other_streamers_do_not_share_is_refused() -> TestResult 
     first.wait()?;
     Ok(())
 }
+
+/// A statement that times out on every try (a trigger here sleeps past
+/// `--statement-timeout`): the batch is split down to the file, retried,
+/// and then the streamer stops with a message naming the setting — it does
+/// not retry for ever, and nothing of the batch is committed.
+#[tokio::test]
+async fn a_statement_that_times_out_every_time_stops_with_a_message_naming_the_setting() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let (ok, stderr) = once(&data, &cp, &db.url, &[]);
+    assert!(ok, "{stderr}");
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$; \
+             CREATE TRIGGER slow AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow()",
+        )
+        .await?;
+    clean_file(&data, "a.csv", 1, 20);
+    clean_file(&data, "b.csv", 100, 20);
+    let started = std::time::Instant::now();
+    let (ok, stderr) = once(&data, &cp, &db.url, &["--statement-timeout", "1"]);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("timed out 3 times with one file") && stderr.contains("STATEMENT_TIMEOUT_SECS"), "{stderr}");
+    assert!(stderr.contains("runs again with its first file alone"), "split first: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120), "bounded");
+    assert_eq!(count(&client, "SELECT count(*) FROM events").await, 0);
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 0);
+    Ok(())
+}
