@@ -407,7 +407,10 @@ async fn a_statement_that_times_out_every_time_stops_with_a_message_naming_the_s
     let started = std::time::Instant::now();
     let (ok, stderr) = once(&data, &cp, &db.url, &["--statement-timeout", "1"]);
     assert!(!ok, "{stderr}");
-    assert!(stderr.contains("timed out 3 times with one file") && stderr.contains("STATEMENT_TIMEOUT_SECS"), "{stderr}");
+    assert!(
+        stderr.contains("timed out 3 times with one file") && stderr.contains("STATEMENT_TIMEOUT_SECS"),
+        "{stderr}"
+    );
     assert!(stderr.contains("runs again with its first file alone"), "split first: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(120), "bounded");
     assert_eq!(count(&client, "SELECT count(*) FROM events").await, 0);
