@@ -50,6 +50,12 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
     tokio::task::spawn_blocking(f).await.context("a blocking task panicked")
 }
 
+/// Locks `m`, also after a panic elsewhere (what it guards stays usable:
+/// every writer leaves it consistent).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Sleeps `wait` unless `stop` fires first; false when it did.
 pub(crate) async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
     tokio::select! {

@@ -110,9 +110,14 @@ impl Discovery {
         let with_hints = poll.is_none();
         let root = dir.to_owned();
         let handler = move |event: notify::Result<Event>| {
-            match event {
-                Ok(event) if event.need_rescan() => clear(&handler_hints),
-                Ok(event) if with_hints => record_hint(&handler_hints, &root, &event),
+            match &event {
+                // An open or a read (a loader reading a file, a listing
+                // opening the folder: this streamer's or another's) changes
+                // nothing; waking on it would make streamers on one folder
+                // wake each other for ever.
+                Ok(e) if !wakes(&e.kind) => return,
+                Ok(e) if e.need_rescan() => clear(&handler_hints),
+                Ok(e) if with_hints => record_hint(&handler_hints, &root, e),
                 Ok(_) => {}
                 Err(_) => clear(&handler_hints),
             }
@@ -190,6 +195,16 @@ fn clear(hints: &Mutex<HashMap<String, Hint>>) {
     }
 }
 
+/// Whether an event can mean that a file appeared, changed, became ready or
+/// went: everything but opens and reads (a close after writing counts).
+fn wakes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// A path of an event as a name inside the data folder.
 fn name_in(root: &Path, path: &Path) -> Option<String> {
     path.strip_prefix(root).ok()?.to_str().map(str::to_owned)
@@ -254,6 +269,19 @@ fn list_ready(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn opens_and_reads_wake_nothing_and_closes_after_writing_do() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode};
+        assert!(!wakes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!wakes(&EventKind::Access(AccessKind::Read)));
+        assert!(!wakes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(wakes(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(wakes(&EventKind::Create(CreateKind::File)));
+        assert!(wakes(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(wakes(&EventKind::Remove(RemoveKind::File)));
+        assert!(wakes(&EventKind::Other));
+    }
     use super::*;
 
     #[test]

@@ -417,3 +417,46 @@ async fn a_statement_that_times_out_every_time_stops_with_a_message_naming_the_s
     assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 0);
     Ok(())
 }
+
+/// A second streamer on the folder (its own checkpoint) run with `--once`
+/// while the first holds the registrar role: it returns once the folder's
+/// files are settled, without waiting to become the registrar itself (it
+/// used to wait until the first streamer stopped).
+#[tokio::test]
+async fn a_second_streamer_with_once_returns_while_the_first_registers() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let files = vec![clean_file(&data, "a.csv", 1, 30), clean_file(&data, "b.csv", 100, 30)];
+    let mut first = streamer_bin(&data, &cp, &db.url, &[], &[]).stderr(std::process::Stdio::null()).spawn()?;
+    let client = db.client().await;
+    wait_for_schema(&client).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&client, "SELECT count(*) FROM load_history").await < 2 {
+        assert!(std::time::Instant::now() < deadline, "the first streamer did not load the files");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut second = streamer_bin(&data, &dir.path().join("cp2"), &db.url, &["--once"], &[])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait()? {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if status.is_none() {
+        second.kill()?;
+        second.wait()?;
+    }
+    first.kill()?;
+    first.wait()?;
+    assert!(status.is_some_and(|s| s.success()), "the second streamer's --once did not return: {status:?}");
+    assert_eq!(table(&client).await, oracle(&files).0);
+    Ok(())
+}
