@@ -127,19 +127,10 @@ impl Applier {
         while !stop.is_cancelled() {
             if client.as_ref().is_none_or(Client::is_closed) {
                 owner = false;
-                match connect_session(&self.url, "streamer-applier", &self.session).await {
-                    Ok((c, _)) => match c.batch_execute("SET statement_timeout = '1h'").await {
-                        Ok(()) => client = Some(c),
-                        Err(e) => warn!(error = %describe(&e), "cannot prepare the applier's session"),
-                    },
-                    Err(e) => {
-                        let wait = backoff.step();
-                        warn!(error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "the analytics applier cannot reach PostgreSQL; waiting");
-                        if !pause(&stop, wait).await {
-                            return;
-                        }
-                        continue;
-                    }
+                match self.connect(&mut backoff).await {
+                    Ok(c) => client = Some(c),
+                    Err(wait) if pause(&stop, wait).await => continue,
+                    Err(_) => return,
                 }
             }
             let Some(c) = client.as_mut() else { continue };
@@ -202,6 +193,21 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// The applier's own session (its rounds may run long: a rebuild reads
+    /// all of `events`); on failure, how long to wait before trying again.
+    async fn connect(&self, backoff: &mut Backoff) -> Result<Client, Duration> {
+        let error = match connect_session(&self.url, "streamer-applier", &self.session).await {
+            Ok((c, _)) => match c.batch_execute("SET statement_timeout = '1h'").await {
+                Ok(()) => return Ok(c),
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let wait = backoff.step();
+        warn!(error = %describe(&error), retry_in_ms = wait.as_millis() as u64, "the analytics applier cannot open its session; waiting");
+        Err(wait)
     }
 
     async fn report(&self, client: &Client) {

@@ -109,15 +109,9 @@ fn slice_name(start_micros: i64, index: u64) -> String {
 /// Lines logged one by one before the log only counts them.
 const LOGGED_MALFORMED: u64 = 100;
 
-/// Reads and maps the input, handing on each non-empty slice; runs on a
-/// blocking thread. `spare` gives back the buffers of published slices for
-/// reuse; `progress` is told the bytes read so far.
-fn read_slices(
-    settings: &ReplaySettings,
-    mut emit: impl FnMut(Slice) -> bool,
-    mut spare: impl FnMut() -> Option<Vec<u8>>,
-    progress: impl Fn(u64, &ReplaySummary),
-) -> anyhow::Result<ReplaySummary> {
+/// Opens the replay input and reads its header: the records, the record
+/// buffer, and the input's format (chosen, or detected from the header).
+fn open_input(settings: &ReplaySettings) -> anyhow::Result<(Records<DropBehind>, csv::ByteRecord, InputFormat)> {
     let file = std::fs::File::open(&settings.input)
         .with_context(|| format!("cannot open the replay input {}", settings.input.display()))?;
     let mut records = Records::new(DropBehind { file, read: 0, dropped: 0 });
@@ -135,6 +129,49 @@ fn read_slices(
         ),
         (chosen, _) => chosen,
     };
+    Ok((records, record, format))
+}
+
+/// Counts a mapped line in `summary`: the event time of a row, `None` for a
+/// line skipped (a cart event, out of order, malformed; the first few of
+/// the last two logged).
+fn counted(summary: &mut ReplaySummary, outcome: Mapped, line: u64) -> Option<i64> {
+    match outcome {
+        Mapped::Row { micros, identical } => {
+            summary.identical += u64::from(identical);
+            Some(micros)
+        }
+        Mapped::Cart => {
+            summary.skipped_cart += 1;
+            None
+        }
+        Mapped::OutOfOrder => {
+            summary.out_of_order += 1;
+            if summary.out_of_order <= LOGGED_MALFORMED {
+                warn!(line, "row older than the rows before it; skipped (the dataset replays in time order)");
+            }
+            None
+        }
+        Mapped::Malformed(reason) => {
+            summary.malformed += 1;
+            if summary.malformed <= LOGGED_MALFORMED {
+                warn!(line, reason, "malformed input line skipped");
+            }
+            None
+        }
+    }
+}
+
+/// Reads and maps the input, handing on each non-empty slice; runs on a
+/// blocking thread. `spare` gives back the buffers of published slices for
+/// reuse; `progress` is told the bytes read so far.
+fn read_slices(
+    settings: &ReplaySettings,
+    mut emit: impl FnMut(Slice) -> bool,
+    mut spare: impl FnMut() -> Option<Vec<u8>>,
+    progress: impl Fn(u64, &ReplaySummary),
+) -> anyhow::Result<ReplaySummary> {
+    let (mut records, mut record, format) = open_input(settings)?;
     info!(input = %settings.input.display(), ?format, "replay started");
     let mut mapper = Mapper::new(format, settings.shift_to);
     let slice_micros = (settings.slice.as_micros() as i64).max(1);
@@ -165,31 +202,7 @@ fn read_slices(
         };
         summary.lines += 1;
         let before = contents.len();
-        let outcome = mapper.map(&record, &mut contents);
-        let micros = match outcome {
-            Mapped::Row { micros, identical } => {
-                summary.identical += u64::from(identical);
-                micros
-            }
-            Mapped::Cart => {
-                summary.skipped_cart += 1;
-                continue;
-            }
-            Mapped::OutOfOrder => {
-                summary.out_of_order += 1;
-                if summary.out_of_order <= LOGGED_MALFORMED {
-                    warn!(line, "row older than the rows before it; skipped (the dataset replays in time order)");
-                }
-                continue;
-            }
-            Mapped::Malformed(reason) => {
-                summary.malformed += 1;
-                if summary.malformed <= LOGGED_MALFORMED {
-                    warn!(line, reason, "malformed input line skipped");
-                }
-                continue;
-            }
-        };
+        let Some(micros) = counted(&mut summary, mapper.map(&record, &mut contents), line) else { continue };
         first = first.or(Some(micros));
         last = last.max(Some(micros));
         let origin = *origin.get_or_insert(micros);
@@ -278,36 +291,7 @@ pub async fn replay(
     // Published slices' buffers go back to the reader: no fresh pages to
     // fault in for every file.
     let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    // A plain thread, not spawn_blocking: a blocked blocking task would
-    // stop tokio's paused clock from advancing in tests.
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    {
-        let settings = settings.clone();
-        let bar = bar.clone();
-        std::thread::Builder::new()
-            .name("replay-reader".into())
-            .spawn(move || {
-                let summary = read_slices(
-                    &settings,
-                    move |s| tx.blocking_send(s).is_ok(),
-                    move || spare_rx.try_recv().ok(),
-                    move |bytes, s| {
-                        if let Some(bar) = &bar {
-                            bar.set_position(bytes);
-                            let reached =
-                                s.last_event.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
-                            bar.set_message(format!(
-                                "data time {reached} · {} events · {} skipped",
-                                s.events,
-                                s.skipped_cart + s.malformed + s.out_of_order
-                            ));
-                        }
-                    },
-                );
-                let _ = done_tx.send(summary);
-            })
-            .context("cannot start the replay reader")?;
-    }
+    let done_rx = spawn_reader(&settings, bar.clone(), tx, spare_rx)?;
 
     let started = Instant::now();
     let mut files = 0u64;
@@ -358,6 +342,45 @@ pub async fn replay(
         "replay finished"
     );
     Ok(summary)
+}
+
+/// Starts the thread that reads the input into slices, sends them on `tx`
+/// and takes the published slices' buffers back from `spare`; its summary
+/// arrives on the returned channel. A plain thread, not spawn_blocking: a
+/// blocked blocking task would stop tokio's paused clock from advancing in
+/// tests.
+fn spawn_reader(
+    settings: &ReplaySettings,
+    bar: Option<indicatif::ProgressBar>,
+    tx: tokio::sync::mpsc::Sender<Slice>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<ReplaySummary>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let settings = settings.clone();
+    std::thread::Builder::new()
+        .name("replay-reader".into())
+        .spawn(move || {
+            let summary = read_slices(
+                &settings,
+                move |s| tx.blocking_send(s).is_ok(),
+                move || spare.try_recv().ok(),
+                move |bytes, s| {
+                    if let Some(bar) = &bar {
+                        bar.set_position(bytes);
+                        let reached =
+                            s.last_event.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default();
+                        bar.set_message(format!(
+                            "data time {reached} · {} events · {} skipped",
+                            s.events,
+                            s.skipped_cart + s.malformed + s.out_of_order
+                        ));
+                    }
+                },
+            );
+            let _ = done_tx.send(summary);
+        })
+        .context("cannot start the replay reader")?;
+    Ok(done_rx)
 }
 
 fn progress_bar(total: u64) -> indicatif::ProgressBar {

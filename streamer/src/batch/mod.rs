@@ -19,6 +19,7 @@ pub mod decode;
 pub mod file;
 pub mod frame;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use polars::prelude::*;
@@ -146,66 +147,18 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
             out.files.push(FileSummary { id: source.id.clone(), outcome });
             continue;
         }
-        let opened = match open_source(source) {
+        let (mut reader, probe, id) = match open_reader(source, index) {
             Ok(opened) => opened,
-            Err((id, outcome)) => {
-                out.files.push(FileSummary { id, outcome });
+            Err(summary) => {
+                out.files.push(summary);
                 continue;
             }
         };
-        if (opened.id.size, opened.id.mtime_ns) != (source.id.size, source.id.mtime_ns) {
-            let reason = format!(
-                "not the file that was registered: {} bytes modified at {} ns then, {} bytes at {} ns now",
-                source.id.size, source.id.mtime_ns, opened.id.size, opened.id.mtime_ns
-            );
-            out.files.push(FileSummary { id: source.id.clone(), outcome: FileOutcome::Changed { reason } });
-            continue;
-        }
-        // A second descriptor of the same open file, to look at it once read.
-        let probe = opened.file.try_clone();
-        let reader = match decode::decoded(opened.file, 256 * 1024) {
-            Ok((_, reader)) => reader,
-            Err(e) => {
-                let reason = format!("unreadable: {e}");
-                out.files.push(FileSummary { id: opened.id, outcome: FileOutcome::Quarantine { reason } });
-                continue;
-            }
-        };
-        let mut reader = match ContractReader::open(reader, index as u32) {
-            Ok(reader) => reader,
-            Err(reason) => {
-                out.files.push(FileSummary { id: opened.id, outcome: FileOutcome::Quarantine { reason } });
-                continue;
-            }
-        };
-        out.files.push(FileSummary {
-            id: opened.id.clone(),
-            outcome: FileOutcome::Rows { rows_read: 0, rejected: 0, duplicates: 0 },
-        });
+        out.files.push(FileSummary { id, outcome: FileOutcome::Rows { rows_read: 0, rejected: 0, duplicates: 0 } });
         let mut first_reject: Option<(u64, String)> = None;
         while let Some(part) = reader.next_part(plan.chunk_bytes.saturating_sub(pending_bytes)) {
-            let mut file_rejects = 0;
-            if let Some(FileSummary { outcome: FileOutcome::Rows { rows_read, rejected: bad, .. }, .. }) =
-                out.files.last_mut()
-            {
-                *rows_read += part.rows_read;
-                *bad += part.rejected.len() as u64;
-                file_rejects = *bad;
-            }
-            if let Some(reason) = reader.corrupt() {
-                out.excluded = Some((index, FileOutcome::Quarantine { reason: reason.to_owned() }));
-                return finish(out, started);
-            }
-            if first_reject.is_none() {
-                first_reject = part.rejected.first().map(|r| (r.line, r.reason.clone()));
-            }
-            if plan.max_rejects > 0 && file_rejects > plan.max_rejects {
-                let (line, why) = first_reject.clone().unwrap_or_default();
-                let reason = format!(
-                    "more than {} rows break the contract (MAX_REJECTS_PER_FILE); the first, line {line}: {why}",
-                    plan.max_rejects
-                );
-                out.excluded = Some((index, FileOutcome::Quarantine { reason }));
+            if let Some(outcome) = excluded_by(&mut out, &part, reader.corrupt(), &mut first_reject, plan.max_rejects) {
+                out.excluded = Some((index, outcome));
                 return finish(out, started);
             }
             pending_bytes += part.bytes + part.rejected.iter().map(Rejected::size).sum::<u64>();
@@ -218,29 +171,91 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
                 pending_bytes = 0;
             }
         }
-        // Read to its end: is it still the file that was planned?
-        let now = probe.and_then(|f| f.metadata()).map(|m| crate::watch::file_id(&source.id.name, &m));
-        match now {
-            Ok(now) if (now.size, now.mtime_ns) == (source.id.size, source.id.mtime_ns) => {}
-            Ok(now) => {
-                let reason = format!(
-                    "written to while it was read: {} bytes when planned, {} bytes once read",
-                    source.id.size, now.size
-                );
-                out.excluded = Some((index, FileOutcome::Changed { reason }));
-                return finish(out, started);
-            }
-            Err(e) => {
-                let reason = format!("unreadable once read: {e}");
-                out.excluded = Some((index, FileOutcome::Quarantine { reason }));
-                return finish(out, started);
-            }
+        if let Some(outcome) = changed_while_read(probe, source) {
+            out.excluded = Some((index, outcome));
+            return finish(out, started);
         }
     }
     if (!frames.is_empty() || !rejected.is_empty()) && !flush(&mut frames, &mut rejected, &mut out)? {
         return Ok(None);
     }
     finish(out, started)
+}
+
+/// Counts a part of the last file read; the outcome that takes the file
+/// out of the batch, if any: a damaged archive, or more rejected rows than
+/// `max_rejects` (0: no cap).
+fn excluded_by(
+    out: &mut BatchRead,
+    part: &Part,
+    corrupt: Option<&str>,
+    first_reject: &mut Option<(u64, String)>,
+    max_rejects: u64,
+) -> Option<FileOutcome> {
+    let mut file_rejects = 0;
+    if let Some(FileSummary { outcome: FileOutcome::Rows { rows_read, rejected: bad, .. }, .. }) = out.files.last_mut()
+    {
+        *rows_read += part.rows_read;
+        *bad += part.rejected.len() as u64;
+        file_rejects = *bad;
+    }
+    if let Some(reason) = corrupt {
+        return Some(FileOutcome::Quarantine { reason: reason.to_owned() });
+    }
+    if first_reject.is_none() {
+        *first_reject = part.rejected.first().map(|r| (r.line, r.reason.clone()));
+    }
+    if max_rejects > 0 && file_rejects > max_rejects {
+        let (line, why) = first_reject.clone().unwrap_or_default();
+        let reason = format!(
+            "more than {max_rejects} rows break the contract (MAX_REJECTS_PER_FILE); the first, line {line}: {why}"
+        );
+        return Some(FileOutcome::Quarantine { reason });
+    }
+    None
+}
+
+/// The file of `source` opened, checked to be the one registered, and
+/// decoded: its reader, a second descriptor to look at it once read, and
+/// its identity; or the summary of a file that cannot be read.
+#[allow(clippy::type_complexity)]
+fn open_reader(
+    source: &SourceFile,
+    index: usize,
+) -> Result<(ContractReader<Box<dyn Read + Send>>, std::io::Result<std::fs::File>, FileId), FileSummary> {
+    let opened = open_source(source).map_err(|(id, outcome)| FileSummary { id, outcome })?;
+    if (opened.id.size, opened.id.mtime_ns) != (source.id.size, source.id.mtime_ns) {
+        let reason = format!(
+            "not the file that was registered: {} bytes modified at {} ns then, {} bytes at {} ns now",
+            source.id.size, source.id.mtime_ns, opened.id.size, opened.id.mtime_ns
+        );
+        return Err(FileSummary { id: source.id.clone(), outcome: FileOutcome::Changed { reason } });
+    }
+    let probe = opened.file.try_clone();
+    let quarantine = |id: FileId, reason: String| FileSummary { id, outcome: FileOutcome::Quarantine { reason } };
+    let reader = match decode::decoded(opened.file, 256 * 1024) {
+        Ok((_, reader)) => reader,
+        Err(e) => return Err(quarantine(opened.id, format!("unreadable: {e}"))),
+    };
+    match ContractReader::open(reader, index as u32) {
+        Ok(reader) => Ok((reader, probe, opened.id)),
+        Err(reason) => Err(quarantine(opened.id, reason)),
+    }
+}
+
+/// Read to its end: is it still the file that was planned? `None` when it
+/// is, else what became of it.
+fn changed_while_read(probe: std::io::Result<std::fs::File>, source: &SourceFile) -> Option<FileOutcome> {
+    match probe.and_then(|f| f.metadata()).map(|m| crate::watch::file_id(&source.id.name, &m)) {
+        Ok(now) if (now.size, now.mtime_ns) == (source.id.size, source.id.mtime_ns) => None,
+        Ok(now) => Some(FileOutcome::Changed {
+            reason: format!(
+                "written to while it was read: {} bytes when planned, {} bytes once read",
+                source.id.size, now.size
+            ),
+        }),
+        Err(e) => Some(FileOutcome::Quarantine { reason: format!("unreadable once read: {e}") }),
+    }
 }
 
 fn finish(mut out: BatchRead, started: Instant) -> PolarsResult<Option<BatchRead>> {

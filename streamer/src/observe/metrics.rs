@@ -82,7 +82,6 @@ pub struct StreamHealth {
 
 impl Monitor {
     pub fn new(stall_after: Duration) -> Monitor {
-        let mut registry = Registry::default();
         let batches = Family::<Outcome, Counter>::default();
         let files = Family::<Outcome, Counter>::default();
         let rows = Family::<Outcome, Counter>::default();
@@ -97,74 +96,8 @@ impl Monitor {
         let applier_batches = Counter::default();
         // 1 ms … about 16 s.
         let applier_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        registry.register(
-            "streamer_batches",
-            "Batches by outcome: committed, recovered (planned before a restart, re-run), rolled_back (an attempt rolled back and retried)",
-            batches.clone(),
-        );
-        registry.register("streamer_files", "Files by outcome: loaded, quarantined, missing", files.clone());
-        registry.register(
-            "streamer_rows",
-            "Input rows by outcome: inserted, updated, unchanged, duplicate, rejected",
-            rows.clone(),
-        );
-        registry.register(
-            "streamer_batch_duration_seconds",
-            "Time from a batch's discovery to its commit",
-            batch_seconds.clone(),
-        );
-        registry.register(
-            "streamer_end_to_end_latency_seconds",
-            "Time from a file's modification (its publication) to the commit of its batch",
-            latency_seconds.clone(),
-        );
-        registry.register(
-            "streamer_files_pending",
-            "Ready files not yet committed (the batch in flight included)",
-            files_pending.clone(),
-        );
-        registry.register(
-            "streamer_last_commit_timestamp_seconds",
-            "Unix time of the last batch commit (0 before the first)",
-            last_commit.clone(),
-        );
-        registry.register(
-            "streamer_analytics_lag_seconds",
-            "Age of the oldest committed batch the analytics applier has not folded into the derived tables (0 when caught up)",
-            analytics_lag.clone(),
-        );
-        registry.register(
-            "streamer_analytics_pending_batches",
-            "Committed batches the analytics applier has not folded in yet",
-            analytics_pending.clone(),
-        );
-        registry.register(
-            "streamer_applier_rounds",
-            "Rounds of the analytics applier run by this streamer",
-            applier_rounds.clone(),
-        );
-        registry.register(
-            "streamer_applier_batches",
-            "Batches folded by this streamer's analytics applier",
-            applier_batches.clone(),
-        );
-        registry.register(
-            "streamer_applier_round_duration_seconds",
-            "Time of one round of the analytics applier",
-            applier_seconds.clone(),
-        );
-        // Every outcome shows from the start, at 0.
-        for o in ["committed", "recovered", "rolled_back"] {
-            let _ = batches.get_or_create(&outcome(o));
-        }
-        for o in ["loaded", "quarantined", "missing"] {
-            let _ = files.get_or_create(&outcome(o));
-        }
-        for o in ["inserted", "updated", "unchanged", "duplicate", "rejected"] {
-            let _ = rows.get_or_create(&outcome(o));
-        }
-        Monitor {
-            registry,
+        let mut monitor = Monitor {
+            registry: Registry::default(),
             batches,
             files,
             rows,
@@ -186,6 +119,78 @@ impl Monitor {
                 lag: Lag::default(),
             }),
             stall_after,
+        };
+        monitor.register();
+        monitor
+    }
+
+    /// Registers every metric, and every outcome at 0 from the start.
+    fn register(&mut self) {
+        self.registry.register(
+            "streamer_batches",
+            "Batches by outcome: committed, recovered (planned before a restart, re-run), rolled_back (an attempt rolled back and retried)",
+            self.batches.clone(),
+        );
+        self.registry.register("streamer_files", "Files by outcome: loaded, quarantined, missing", self.files.clone());
+        self.registry.register(
+            "streamer_rows",
+            "Input rows by outcome: inserted, updated, unchanged, duplicate, rejected",
+            self.rows.clone(),
+        );
+        self.registry.register(
+            "streamer_batch_duration_seconds",
+            "Time from a batch's discovery to its commit",
+            self.batch_seconds.clone(),
+        );
+        self.registry.register(
+            "streamer_end_to_end_latency_seconds",
+            "Time from a file's modification (its publication) to the commit of its batch",
+            self.latency_seconds.clone(),
+        );
+        self.registry.register(
+            "streamer_files_pending",
+            "Ready files not yet committed (the batch in flight included)",
+            self.files_pending.clone(),
+        );
+        self.registry.register(
+            "streamer_last_commit_timestamp_seconds",
+            "Unix time of the last batch commit (0 before the first)",
+            self.last_commit.clone(),
+        );
+        self.registry.register(
+            "streamer_analytics_lag_seconds",
+            "Age of the oldest committed batch the analytics applier has not folded into the derived tables (0 when caught up)",
+            self.analytics_lag.clone(),
+        );
+        self.registry.register(
+            "streamer_analytics_pending_batches",
+            "Committed batches the analytics applier has not folded in yet",
+            self.analytics_pending.clone(),
+        );
+        self.registry.register(
+            "streamer_applier_rounds",
+            "Rounds of the analytics applier run by this streamer",
+            self.applier_rounds.clone(),
+        );
+        self.registry.register(
+            "streamer_applier_batches",
+            "Batches folded by this streamer's analytics applier",
+            self.applier_batches.clone(),
+        );
+        self.registry.register(
+            "streamer_applier_round_duration_seconds",
+            "Time of one round of the analytics applier",
+            self.applier_seconds.clone(),
+        );
+        // Every outcome shows from the start, at 0.
+        for o in ["committed", "recovered", "rolled_back"] {
+            let _ = self.batches.get_or_create(&outcome(o));
+        }
+        for o in ["loaded", "quarantined", "missing"] {
+            let _ = self.files.get_or_create(&outcome(o));
+        }
+        for o in ["inserted", "updated", "unchanged", "duplicate", "rejected"] {
+            let _ = self.rows.get_or_create(&outcome(o));
         }
     }
 

@@ -12,9 +12,11 @@
 
 pub mod lock;
 pub mod schema;
+mod settle;
 pub mod sql;
 
-use std::collections::HashMap;
+pub use settle::{committed_files, HistoryFile};
+
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -39,7 +41,7 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
+    pub(crate) fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
         move |source| SinkError::Query { what, source }
     }
 
@@ -342,112 +344,11 @@ impl<'a> Loader<'a> {
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
         let Loader { tx, meta, batch_seq, files, chunks, staged, started } = self;
-        let n = files.len();
-        let mut loads: Vec<FileLoad> = files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let outcome = read.get(i).map_or(FileOutcome::Missing, |r| r.outcome.clone());
-                let (rows_read, rejected, duplicates) = match outcome {
-                    FileOutcome::Rows { rows_read, rejected, duplicates } => (rows_read, rejected, duplicates),
-                    _ => (0, 0, 0),
-                };
-                FileLoad {
-                    file: f.clone(),
-                    outcome,
-                    rows_read,
-                    inserted: 0,
-                    updated: 0,
-                    unchanged: 0,
-                    duplicates,
-                    rejected,
-                }
-            })
-            .collect();
+        let mut loads = settle::loads(&files, read);
         if chunks > 0 {
-            if chunks > 1 {
-                // Planner statistics for a stage too big to guess.
-                tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
-            }
-            let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
-            let mtimes: Vec<i64> = files.iter().map(|f| f.id.mtime_ns).collect();
-            let merge = if chunks > 1 { &*MERGE_SEVERAL } else { &*MERGE_ONE };
-            let rows = tx
-                .query(merge.as_str(), &[&ids, &mtimes, &batch_seq])
-                .await
-                .map_err(SinkError::query("merging into events"))?;
-            let replaced: HashMap<i32, i64> = tx
-                .query(sql::REPLACED_PER_FILE, &[&batch_seq])
-                .await
-                .map_err(SinkError::query("counting the replaced rows"))?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect();
-            for row in rows {
-                let (index, kept, inserted, over): (i32, i64, i64, i64) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
-                let Some(load) = loads.get_mut(index as usize) else { continue };
-                let (kept, inserted, over) = (kept as u64, inserted as u64, over as u64);
-                let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
-                load.inserted = inserted;
-                load.updated = updated;
-                load.unchanged = over - updated;
-                // Lost to a later chunk of the batch, or to a newer stored row.
-                load.duplicates += staged[index as usize].saturating_sub(kept) + kept.saturating_sub(inserted + over);
-            }
+            settle::merge(&tx, batch_seq, chunks, &staged, &mut loads).await?;
         }
-
-        let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
-        let states: Vec<&str> = loads.iter().map(|l| l.outcome.status()).collect();
-        let reasons: Vec<Option<String>> =
-            loads.iter().map(|l| l.outcome.reason().map(|r| text(r).into_owned())).collect();
-        let moves: Vec<bool> = loads.iter().map(|l| to_move(&l.outcome)).collect();
-        tx.execute(sql::SETTLE, &[&batch_seq, &ids, &states, &reasons, &moves])
-            .await
-            .map_err(SinkError::query("settling the files in the registry"))?;
-
-        let col = |f: &dyn Fn(&FileLoad) -> i64| loads.iter().map(f).collect::<Vec<i64>>();
-        let names: Vec<&str> = loads.iter().map(|l| l.file.id.name.as_str()).collect();
-        let mtimes: Vec<DateTime<Utc>> =
-            loads.iter().map(|l| DateTime::from_timestamp_nanos(l.file.id.mtime_ns)).collect();
-        let reingest: Vec<bool> = loads.iter().map(|l| l.file.reingest).collect();
-        tx.execute(
-            sql::HISTORY,
-            &[
-                &meta.checkpoint_id,
-                &(meta.batch_id as i64),
-                &names,
-                &col(&|l| l.file.id.size as i64),
-                &mtimes,
-                &states,
-                &reasons,
-                &col(&|l| l.rows_read as i64),
-                &col(&|l| l.inserted as i64),
-                &col(&|l| l.updated as i64),
-                &col(&|l| l.unchanged as i64),
-                &col(&|l| l.duplicates as i64),
-                &col(&|l| l.rejected as i64),
-                &reingest,
-                &batch_seq,
-                &meta.started_at,
-            ],
-        )
-        .await
-        .map_err(SinkError::query("recording the load history"))?;
-        tx.execute(
-            sql::BATCH,
-            &[
-                &batch_seq,
-                &meta.checkpoint_id,
-                &(meta.batch_id as i64),
-                &meta.source,
-                &(n as i32),
-                &meta.window_seconds,
-                &meta.started_at,
-            ],
-        )
-        .await
-        .map_err(SinkError::query("recording the batch"))?;
+        settle::record(&tx, &meta, batch_seq, &loads, to_move).await?;
         let load = started.elapsed();
 
         let committing = Instant::now();
@@ -473,44 +374,8 @@ const STAGE_TYPES: [Type; 13] = [
     Type::TEXT,
 ];
 
-static MERGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(false));
-static MERGE_SEVERAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(true));
-
 fn micros_to_utc(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
-}
-
-/// One file of a committed batch, as the load history has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryFile {
-    pub name: String,
-    pub size: u64,
-    pub mtime_micros: i64,
-    pub status: String,
-    pub reason: Option<String>,
-}
-
-/// The load-history rows of batch `batch_id` of checkpoint `id`: empty when
-/// the database does not have the batch.
-pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result<Vec<HistoryFile>, SinkError> {
-    let rows = client
-        .query(
-            "SELECT file_name, file_size, (extract(epoch FROM file_mtime) * 1000000)::int8, status, reason \
-             FROM load_history WHERE checkpoint_id = $1 AND batch_id = $2 ORDER BY load_id",
-            &[&id, &(batch_id as i64)],
-        )
-        .await
-        .map_err(SinkError::query("looking up the load history"))?;
-    Ok(rows
-        .iter()
-        .map(|r| HistoryFile {
-            name: r.get(0),
-            size: r.get::<_, i64>(1) as u64,
-            mtime_micros: r.get(2),
-            status: r.get(3),
-            reason: r.get(4),
-        })
-        .collect())
 }
 
 /// Prepares a loader session: its staging table.

@@ -31,13 +31,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::batch::{self, BatchRead, FileOutcome, ReadPlan, SourceFile};
-use crate::checkpoint::{Checkpoint, Commit, CommittedFile, FileStatus, Offsets, PlannedFile, FORMAT_VERSION};
+use crate::checkpoint::{Checkpoint, Offsets, PlannedFile};
 use crate::config::{CleanSource, Config};
-use crate::observe::progress::{ms, BatchProgress, Phases};
 use crate::observe::Observers;
 use crate::pg::{connect_session, describe, Backoff, ErrorClass};
 use crate::sink::{BatchMeta, Claim, Committed, Loader, SinkError};
-use crate::{blocking, pause, registry};
+use crate::{blocking, lock, pause, registry};
+
+mod marker;
+mod report;
+pub(crate) use marker::from_history;
+use marker::{abandon, confirm, mark, plan};
+use report::report;
 
 /// Timeouts of one single-file batch before the stream stops.
 pub const TIMEOUTS: u32 = 3;
@@ -114,42 +119,18 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
     let mut backoff = Backoff::new(shared.config.max_backoff);
     let mut job = Job::default();
     while !stop.is_cancelled() {
-        if client.as_ref().is_none_or(Client::is_closed) {
-            match open_session(&shared.config).await {
-                Ok(c) => client = Some(c),
-                Err(e) => {
-                    let wait = backoff.step();
-                    if crate::pg::classify(&e) == ErrorClass::Fatal {
-                        let _ = shared
-                            .fatal
-                            .send(anyhow::anyhow!("loader {index} cannot open its session: {}", describe(&e)));
-                        return;
-                    }
-                    warn!(loader = index, error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "PostgreSQL is not reachable; waiting");
-                    if !pause(&stop, wait).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
+        match session(&shared, index, &stop, &mut client, &mut backoff).await {
+            Next::Go => {}
+            Next::Again => continue,
+            Next::Stop => return,
         }
         let Some(c) = client.as_mut() else { continue };
-        if job.files.is_none() && job.batch_id.is_none() {
-            let recovered = lock(&shared.recovered).pop_front();
-            if let Some(plan) = recovered {
-                info!(
-                    batch_id = plan.batch_id,
-                    files = plan.files.len(),
-                    "re-running a batch planned before a restart"
-                );
-                job = Job { batch_id: Some(plan.batch_id), files: Some(plan.files), recovered: true, ..Job::default() };
-            } else if shared.unclaimed_recoveries.load(std::sync::atomic::Ordering::Acquire) > 0 {
-                // Another loader is claiming a recovered batch's files.
-                if !pause(&stop, Duration::from_millis(20)).await {
-                    return;
-                }
-                continue;
+        if !pick_recovered(&shared, &mut job) {
+            // Another loader is claiming a recovered batch's files.
+            if !pause(&stop, Duration::from_millis(20)).await {
+                return;
             }
+            continue;
         }
         job.attempt += 1;
         let attempt = guarded(&shared, &stop, attempt(&shared, c, &mut job)).await;
@@ -204,8 +185,60 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// What a loader's loop does next.
+enum Next {
+    Go,
+    Again,
+    Stop,
+}
+
+/// Opens the loader's session when it has none, waiting with backoff while
+/// PostgreSQL cannot be reached; a fatal error stops the stream.
+async fn session(
+    shared: &Shared,
+    index: usize,
+    stop: &CancellationToken,
+    client: &mut Option<Client>,
+    backoff: &mut Backoff,
+) -> Next {
+    if client.as_ref().is_some_and(|c| !c.is_closed()) {
+        return Next::Go;
+    }
+    match open_session(&shared.config).await {
+        Ok(c) => {
+            *client = Some(c);
+            Next::Go
+        }
+        Err(e) => {
+            let wait = backoff.step();
+            if crate::pg::classify(&e) == ErrorClass::Fatal {
+                let _ = shared.fatal.send(anyhow::anyhow!("loader {index} cannot open its session: {}", describe(&e)));
+                return Next::Stop;
+            }
+            warn!(loader = index, error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "PostgreSQL is not reachable; waiting");
+            if pause(stop, wait).await {
+                Next::Again
+            } else {
+                Next::Stop
+            }
+        }
+    }
+}
+
+/// A free loader takes a batch planned before a restart, if one is left;
+/// `false` while another loader still claims a recovered batch's files
+/// (new claims wait for those).
+fn pick_recovered(shared: &Shared, job: &mut Job) -> bool {
+    if job.files.is_some() || job.batch_id.is_some() {
+        return true;
+    }
+    let recovered = lock(&shared.recovered).pop_front();
+    if let Some(plan) = recovered {
+        info!(batch_id = plan.batch_id, files = plan.files.len(), "re-running a batch planned before a restart");
+        *job = Job { batch_id: Some(plan.batch_id), files: Some(plan.files), recovered: true, ..Job::default() };
+        return true;
+    }
+    shared.unclaimed_recoveries.load(std::sync::atomic::Ordering::Acquire) == 0
 }
 
 async fn open_session(config: &Config) -> Result<Client, tokio_postgres::Error> {
@@ -317,6 +350,27 @@ async fn split(shared: &Shared, job: &mut Job) -> bool {
     }
 }
 
+/// The batch's description and what it claims: the files of its plan when
+/// it runs again, else the oldest pending files within the batch limits.
+fn what_to_claim(shared: &Shared, job: &Job) -> (BatchMeta, Claim) {
+    let config = &shared.config;
+    let meta = BatchMeta {
+        checkpoint_id: shared.checkpoint_id,
+        batch_id: job.batch_id.unwrap_or_default(),
+        source: config.source.clone(),
+        started_at: Utc::now(),
+        window_seconds: shared.window_seconds,
+    };
+    let claim = match &job.files {
+        Some(files) => Claim::Files(files.iter().map(|f| f.file_id).collect()),
+        None => Claim::Next {
+            files: config.max_files_per_batch.min(i32::MAX as usize) as i32,
+            bytes: config.max_bytes_per_batch.min(i64::MAX as u64) as i64,
+        },
+    };
+    (meta, claim)
+}
+
 /// One attempt at a batch, in one transaction.
 async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt {
     let discovering = Instant::now();
@@ -332,20 +386,7 @@ async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt
             Err(e) => return Attempt::Failed(SinkError::Query { what: e.what, source: e.source }),
         }
     }
-    let meta = BatchMeta {
-        checkpoint_id: shared.checkpoint_id,
-        batch_id: job.batch_id.unwrap_or_default(),
-        source: config.source.clone(),
-        started_at: Utc::now(),
-        window_seconds: shared.window_seconds,
-    };
-    let claim = match &job.files {
-        Some(files) => Claim::Files(files.iter().map(|f| f.file_id).collect()),
-        None => Claim::Next {
-            files: config.max_files_per_batch.min(i32::MAX as usize) as i32,
-            bytes: config.max_bytes_per_batch.min(i64::MAX as u64) as i64,
-        },
-    };
+    let (meta, claim) = what_to_claim(shared, job);
     let mut loader = match Loader::begin(client, meta, claim).await {
         Ok(loader) => loader,
         Err(e) => return Attempt::Failed(e),
@@ -410,27 +451,6 @@ pub fn to_move(clean: CleanSource, outcome: &FileOutcome) -> bool {
     }
 }
 
-/// Writes `offsets/N` (a new batch, or a batch run again with what is left
-/// of its files); returns N.
-async fn plan(shared: &Shared, job: &mut Job, files: Vec<PlannedFile>) -> anyhow::Result<u64> {
-    let checkpoint = shared.checkpoint.clone();
-    let (batch_id, same) = (job.batch_id, job.files.as_ref() == Some(&files));
-    let planned = files.clone();
-    let id = blocking(move || -> anyhow::Result<u64> {
-        let mut cp = lock(&checkpoint);
-        Ok(match batch_id {
-            Some(id) if same => id,
-            Some(id) => cp.replan(id, planned)?.batch_id,
-            None => cp.plan(planned)?.batch_id,
-        })
-    })
-    .await??;
-    // Only a plan on disk makes the batch the job's.
-    job.files = Some(files);
-    job.batch_id = Some(id);
-    Ok(id)
-}
-
 /// Reads the batch on a blocking thread while the chunks already read are
 /// staged: one chunk in the channel and one being read, so memory stays at
 /// a few chunks whatever the batch size.
@@ -464,156 +484,4 @@ async fn stage(
             format!("the batch reader panicked: {e}").into(),
         ))),
     }
-}
-
-/// Writes `commits/N`. The batch is in the database: until the marker is
-/// written nothing else happens here; if the streamer stops meanwhile the
-/// next start finds the batch in the database.
-async fn mark(shared: &Shared, batch_id: u64, committed: &Committed) -> anyhow::Result<()> {
-    let commit = Commit {
-        version: FORMAT_VERSION,
-        batch_id,
-        committed_at: Utc::now(),
-        abandoned: false,
-        files: committed
-            .files
-            .iter()
-            .map(|f| CommittedFile {
-                file: f.file.id.clone(),
-                status: status_of(&f.outcome),
-                reason: f.outcome.reason().map(str::to_owned),
-            })
-            .collect(),
-    };
-    write_marker(shared, commit).await
-}
-
-fn status_of(outcome: &FileOutcome) -> FileStatus {
-    match outcome {
-        FileOutcome::Rows { .. } => FileStatus::Loaded,
-        FileOutcome::Quarantine { .. } => FileStatus::Quarantined,
-        FileOutcome::Missing => FileStatus::Missing,
-        FileOutcome::Changed { .. } => FileStatus::Changed,
-    }
-}
-
-async fn write_marker(shared: &Shared, commit: Commit) -> anyhow::Result<()> {
-    let mut backoff = Backoff::new(shared.config.max_backoff);
-    loop {
-        let (checkpoint, attempt) = (shared.checkpoint.clone(), commit.clone());
-        let written = blocking(move || {
-            let mut cp = lock(&checkpoint);
-            cp.commit(&attempt)?;
-            if attempt.batch_id % 100 == 0 {
-                cp.compact()?;
-            }
-            Ok::<(), crate::checkpoint::CheckpointError>(())
-        })
-        .await?;
-        match written {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                let wait = backoff.step();
-                warn!(batch_id = commit.batch_id, error = %e, retry_in_ms = wait.as_millis() as u64, "batch committed but its marker cannot be written; retrying");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-}
-
-/// The batch is in the database already (a COMMIT whose answer was lost):
-/// only its marker is written, from the load history.
-async fn confirm(shared: &Shared, client: &Client, batch_id: u64) -> Attempt {
-    info!(batch_id, "the batch is in the database already; writing its commit marker");
-    let history = match crate::sink::committed_files(client, shared.checkpoint_id, batch_id).await {
-        Ok(h) => h,
-        Err(e) => return Attempt::Failed(e),
-    };
-    let commit = Commit {
-        version: FORMAT_VERSION,
-        batch_id,
-        committed_at: Utc::now(),
-        abandoned: false,
-        files: history
-            .into_iter()
-            .map(|h| CommittedFile {
-                file: crate::checkpoint::FileId { name: h.name, size: h.size, mtime_ns: h.mtime_micros * 1000 },
-                status: h.status.parse().unwrap_or(FileStatus::Loaded),
-                reason: h.reason,
-            })
-            .collect(),
-    };
-    if let Err(e) = write_marker(shared, commit).await {
-        let _ = shared.fatal.send(e);
-    }
-    shared.committed.notify_waiters();
-    Attempt::Confirmed
-}
-
-/// A batch planned before that will never commit: its files were taken by
-/// another streamer.
-async fn abandon(shared: &Shared, batch_id: u64) {
-    info!(batch_id, "the batch's files were loaded by another streamer meanwhile; its plan is closed");
-    let commit =
-        Commit { version: FORMAT_VERSION, batch_id, committed_at: Utc::now(), abandoned: true, files: Vec::new() };
-    if let Err(e) = write_marker(shared, commit).await {
-        let _ = shared.fatal.send(e);
-    }
-}
-
-/// Logs and counts a committed batch.
-fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead, discover: Duration) {
-    let total = c.load + c.commit + read.read.min(c.load) + discover;
-    let sum = |f: &dyn Fn(&crate::sink::FileLoad) -> u64| c.files.iter().map(f).sum::<u64>();
-    let count = |s: FileStatus| c.files.iter().filter(|f| status_of(&f.outcome) == s).count();
-    let input_rows = sum(&|f| f.rows_read);
-    let p = BatchProgress {
-        timestamp: Utc::now(),
-        batch_id: job.batch_id.unwrap_or_default(),
-        recovered: job.recovered,
-        files: c.files.len(),
-        files_quarantined: count(FileStatus::Quarantined),
-        files_missing: count(FileStatus::Missing) + count(FileStatus::Changed),
-        input_rows,
-        duplicates: sum(&|f| f.duplicates),
-        rejected: sum(&|f| f.rejected),
-        inserted: sum(&|f| f.inserted),
-        updated: sum(&|f| f.updated),
-        unchanged: sum(&|f| f.unchanged),
-        rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
-        phases: Phases {
-            discover_ms: ms(discover),
-            read_ms: ms(read.read),
-            dedup_ms: ms(read.dedup),
-            load_ms: ms(c.load),
-            commit_ms: ms(c.commit),
-            total_ms: ms(total),
-        },
-    };
-    for f in &c.files {
-        match &f.outcome {
-            FileOutcome::Quarantine { reason } => {
-                warn!(batch_id = p.batch_id, file = %f.file.id.name, reason, "file quarantined")
-            }
-            FileOutcome::Missing => {
-                warn!(batch_id = p.batch_id, file = %f.file.id.name, "file vanished before it was read")
-            }
-            FileOutcome::Changed { reason } => {
-                warn!(batch_id = p.batch_id, file = %f.file.id.name, reason, "file changed; its new contents are a new file")
-            }
-            FileOutcome::Rows { .. } if f.file.reingest => {
-                info!(batch_id = p.batch_id, file = %f.file.id.name, size = f.file.id.size, "file changed since it was loaded; loaded it again")
-            }
-            FileOutcome::Rows { .. } => {}
-        }
-    }
-    let now = Utc::now();
-    let latencies: Vec<Duration> = c
-        .files
-        .iter()
-        .filter(|f| matches!(f.outcome, FileOutcome::Rows { .. }))
-        .map(|f| (now - chrono::DateTime::from_timestamp_nanos(f.file.id.mtime_ns)).to_std().unwrap_or_default())
-        .collect();
-    shared.observers.batch_committed(&p, &latencies);
-    shared.committed.notify_waiters();
 }

@@ -1,0 +1,180 @@
+//! What a batch's transaction does after staging: the merge into `events`
+//! with each file's counts, then the files' new state in the registry, the
+//! load history and the batch's own row; and reading a committed batch's
+//! files back from the load history.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use super::{sql, BatchMeta, Claimed, FileLoad, SinkError};
+use crate::batch::{FileOutcome, FileSummary};
+use crate::checkpoint::FileStatus;
+use crate::pg::text;
+
+static MERGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(false));
+static MERGE_SEVERAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(true));
+
+/// Each claimed file with its outcome from the read (`read` in batch
+/// order; a file the read did not reach is missing) and its read counts.
+pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let outcome = read.get(i).map_or(FileOutcome::Missing, |r| r.outcome.clone());
+            let (rows_read, rejected, duplicates) = match outcome {
+                FileOutcome::Rows { rows_read, rejected, duplicates } => (rows_read, rejected, duplicates),
+                _ => (0, 0, 0),
+            };
+            FileLoad {
+                file: f.clone(),
+                outcome,
+                rows_read,
+                inserted: 0,
+                updated: 0,
+                unchanged: 0,
+                duplicates,
+                rejected,
+            }
+        })
+        .collect()
+}
+
+/// Merges the staged rows into `events` by source position and counts, per
+/// file, the rows inserted, updated, unchanged and lost to a newer row.
+pub(super) async fn merge(
+    tx: &Transaction<'_>,
+    batch_seq: i64,
+    chunks: i32,
+    staged: &[u64],
+    loads: &mut [FileLoad],
+) -> Result<(), SinkError> {
+    if chunks > 1 {
+        // Planner statistics for a stage too big to guess.
+        tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
+    }
+    let ids: Vec<i32> = loads.iter().map(|l| l.file.file_id).collect();
+    let mtimes: Vec<i64> = loads.iter().map(|l| l.file.id.mtime_ns).collect();
+    let merge = if chunks > 1 { &*MERGE_SEVERAL } else { &*MERGE_ONE };
+    let rows = tx
+        .query(merge.as_str(), &[&ids, &mtimes, &batch_seq])
+        .await
+        .map_err(SinkError::query("merging into events"))?;
+    let replaced: HashMap<i32, i64> = tx
+        .query(sql::REPLACED_PER_FILE, &[&batch_seq])
+        .await
+        .map_err(SinkError::query("counting the replaced rows"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for row in rows {
+        let (index, kept, inserted, over): (i32, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let Some(load) = loads.get_mut(index as usize) else { continue };
+        let (kept, inserted, over) = (kept as u64, inserted as u64, over as u64);
+        let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
+        load.inserted = inserted;
+        load.updated = updated;
+        load.unchanged = over - updated;
+        // Lost to a later chunk of the batch, or to a newer stored row.
+        load.duplicates += staged[index as usize].saturating_sub(kept) + kept.saturating_sub(inserted + over);
+    }
+    Ok(())
+}
+
+/// Settles the files in the registry, records their load history and the
+/// batch's own row.
+pub(super) async fn record(
+    tx: &Transaction<'_>,
+    meta: &BatchMeta,
+    batch_seq: i64,
+    loads: &[FileLoad],
+    to_move: impl Fn(&FileOutcome) -> bool,
+) -> Result<(), SinkError> {
+    let ids: Vec<i32> = loads.iter().map(|l| l.file.file_id).collect();
+    let states: Vec<&str> = loads.iter().map(|l| l.outcome.status()).collect();
+    let reasons: Vec<Option<String>> = loads.iter().map(|l| l.outcome.reason().map(|r| text(r).into_owned())).collect();
+    let moves: Vec<bool> = loads.iter().map(|l| to_move(&l.outcome)).collect();
+    tx.execute(sql::SETTLE, &[&batch_seq, &ids, &states, &reasons, &moves])
+        .await
+        .map_err(SinkError::query("settling the files in the registry"))?;
+
+    let col = |f: &dyn Fn(&FileLoad) -> i64| loads.iter().map(f).collect::<Vec<i64>>();
+    let names: Vec<&str> = loads.iter().map(|l| l.file.id.name.as_str()).collect();
+    let mtimes: Vec<DateTime<Utc>> = loads.iter().map(|l| DateTime::from_timestamp_nanos(l.file.id.mtime_ns)).collect();
+    let reingest: Vec<bool> = loads.iter().map(|l| l.file.reingest).collect();
+    tx.execute(
+        sql::HISTORY,
+        &[
+            &meta.checkpoint_id,
+            &(meta.batch_id as i64),
+            &names,
+            &col(&|l| l.file.id.size as i64),
+            &mtimes,
+            &states,
+            &reasons,
+            &col(&|l| l.rows_read as i64),
+            &col(&|l| l.inserted as i64),
+            &col(&|l| l.updated as i64),
+            &col(&|l| l.unchanged as i64),
+            &col(&|l| l.duplicates as i64),
+            &col(&|l| l.rejected as i64),
+            &reingest,
+            &batch_seq,
+            &meta.started_at,
+        ],
+    )
+    .await
+    .map_err(SinkError::query("recording the load history"))?;
+    tx.execute(
+        sql::BATCH,
+        &[
+            &batch_seq,
+            &meta.checkpoint_id,
+            &(meta.batch_id as i64),
+            &meta.source,
+            &(loads.len() as i32),
+            &meta.window_seconds,
+            &meta.started_at,
+        ],
+    )
+    .await
+    .map_err(SinkError::query("recording the batch"))?;
+    Ok(())
+}
+
+/// One file of a committed batch, as the load history has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryFile {
+    pub name: String,
+    pub size: u64,
+    pub mtime_micros: i64,
+    pub status: FileStatus,
+    pub reason: Option<String>,
+}
+
+/// The load-history rows of batch `batch_id` of checkpoint `id`: empty when
+/// the database does not have the batch.
+pub async fn committed_files(client: &Client, id: Uuid, batch_id: u64) -> Result<Vec<HistoryFile>, SinkError> {
+    let rows = client
+        .query(
+            "SELECT file_name, file_size, (extract(epoch FROM file_mtime) * 1000000)::int8, status, reason \
+             FROM load_history WHERE checkpoint_id = $1 AND batch_id = $2 ORDER BY load_id",
+            &[&id, &(batch_id as i64)],
+        )
+        .await
+        .map_err(SinkError::query("looking up the load history"))?;
+    Ok(rows
+        .iter()
+        .map(|r| HistoryFile {
+            name: r.get(0),
+            size: r.get::<_, i64>(1) as u64,
+            mtime_micros: r.get(2),
+            // load_history's CHECK allows the four statuses only.
+            status: r.get::<_, &str>(3).parse().unwrap_or(FileStatus::Loaded),
+            reason: r.get(4),
+        })
+        .collect())
+}
