@@ -193,7 +193,7 @@ def goals(r):
         rows.append(("a killed streamer's roles taken over (a new file committed) ≤ 10 s",
                      f"{so['takeover_s']['median']:.1f} s (max {x:.1f} s)", verdict(x <= 10)))
     rs = r["restart"]
-    x = rs.get("restart to first plan")
+    x = rs.get("restart to first claim")
     if x is not None:
         rows.append((f"start-up to the first batch ≤ 1 s after {k(rs['files'])} processed files", f"{x:.0f} ms",
                      verdict(x <= 1000)))
@@ -215,7 +215,8 @@ def headline(r):
     a, b = r["backlog"]["A"], r["backlog"]["B"]
     lat = r["latency"]
     lines = [
-        f"- **Throughput** (measured {r['machine']['date']} on {r['machine']['cores']} cores): with the default "
+        f"- **Throughput** (measured {(r.get('measured_again') or {}).get('backlog', r['machine']['date'])} on "
+        f"{r['machine']['cores']} cores): with the default "
         f"settings, analytics on, {ratio(a['ratio']['median'])} and {ratio(b['ratio']['median'])} the speed of "
         f"`psql \\copy` into the same indexed table (1 500-row and 200 000-row files), "
         f"{ratio(a['ratio_ingest_only']['median'])} and {ratio(b['ratio_ingest_only']['median'])} with the analytics "
@@ -234,8 +235,8 @@ def headline(r):
                      f"streamers on one folder {ratio(three['ratio_to_copy'])}; a killed streamer's work is taken "
                      f"over in {so['takeover_s']['median']:.1f} s.")
     rs = r.get("restart") or {}
-    if rs.get("restart to first plan") is not None:
-        lines.append(f"- **Start-up:** {rs['restart to first plan']:.0f} ms to the first batch after "
+    if rs.get("restart to first claim") is not None:
+        lines.append(f"- **Start-up:** {rs['restart to first claim']:.0f} ms to the first claim after "
                      f"{k(rs['files'])} processed files.")
     sp = r.get("spark") or {}
     if "backlog_A" in sp:
@@ -281,7 +282,9 @@ def markdown(r):
         f"Measured on {m['date']} by `scripts/bench.sh`"
         + (" in its **quick** variant (BENCH_QUICK=1: small sizes, not the figures to quote)" if r["quick"] else "")
         + f", {r['runs']} runs of each figure; a figure reads *median (min–max)*. "
-        f"The whole run took {r['duration_s'] / 60:.1f} minutes.",
+        f"The whole run took {r['duration_s'] / 60:.1f} minutes."
+        + "".join(f" The {name.replace('_', '-')} section was measured again on {at} (`BENCH_AGAIN`) with the "
+                  "code of that time (see the analysis at the end)." for name, at in (r.get("measured_again") or {}).items()),
         "",
         "## Goals",
         "",
@@ -389,8 +392,10 @@ def markdown(r):
         "",
         "Start-up was not measured in the quick variant." if not rs else
         f"Start-up after {k(rs['files'])} processed files, all still in the data folder (`cargo bench --bench restart`, "
-        f"median of 5): open the checkpoint {rs.get('open checkpoint', 0):.0f} ms, list and filter the folder "
-        f"{rs.get('list + filter folder', 0):.0f} ms, restart to the first plan {rs.get('restart to first plan', 0):.0f} ms.",
+        f"median of 5): open the checkpoint {rs.get('open checkpoint', 0):.1f} ms, list the folder "
+        f"{rs.get('list the folder', 0):.0f} ms, look the files up in the registry "
+        f"{rs.get('look {} files up in the registry'.format(rs['files']), 0):.0f} ms, "
+        f"restart to the first claim {rs.get('restart to first claim', 0):.0f} ms.",
         "",
         "![scaling](../images/bench_scaling.png)",
         "",

@@ -10,7 +10,9 @@
 #   BENCH_QUICK=1 BENCH_OUT=/tmp/b scripts/bench.sh    # small sizes, elsewhere
 #   SPARK=0 scripts/bench.sh                           # without the PySpark peer
 #
-# BENCH_RUNS (default 3) sets the runs per figure; BENCH_WORK keeps the
+# BENCH_RUNS (default 3) sets the runs per figure; BENCH_AGAIN=backlog,scale_out
+# (or latency, spark, restart, replay) measures those sections again into the last
+# run's docs/performance_metrics.json; BENCH_WORK keeps the
 # scratch folder (default: a temporary one, removed at the end); STREAMER and
 # GENERATOR point at binaries to use instead of building (CI's quick run
 # uses the test build).

@@ -8,7 +8,8 @@
 # Chromium, Debian's package installed when missing), the compose set-up on a
 # real Docker engine when one answers (scripts/compose-test.sh), then the
 # benchmark harness in its quick variant (scripts/bench.sh with BENCH_QUICK=1
-# and the test build; about a minute). Fails if any step fails.
+# and the test build; a few minutes), then that the README's figures are the
+# latest full run's (bench/report.py --check-readme). Fails if any step fails.
 #
 # Long variants (torture, benchmarks) are opt-in by environment variables
 # documented in the README.
@@ -68,6 +69,9 @@ for f in docs/performance_metrics.md images/bench_throughput.png images/bench_la
     [ -s "$bench_out/$f" ] || { echo "the quick benchmark did not write $f" >&2; exit 1; }
 done
 rm -rf "$bench_out"
+
+step "the README's figures are those of the latest benchmark run"
+python3 bench/report.py --check-readme README.md docs/performance_metrics.json
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings

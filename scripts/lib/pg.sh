@@ -119,6 +119,8 @@ ensure_postgres() {
         echo "$port" >"$dir/port"
         local opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=200"
         [ "$mode" = fast ] && opts="$opts -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        # More server settings for this cluster (a profile's extensions).
+        opts="$opts ${PG_EXTRA_OPTS:-}"
         rm -f "$data/postmaster.pid"
         as_pg "$bin/pg_ctl" -D "$data" -o "$opts" -l "$dir/server.log" -w -t 60 start >/dev/null \
             || { pg_log "the private cluster did not start; its log:"; tail -n 20 "$dir/server.log" >&2; return 1; }
