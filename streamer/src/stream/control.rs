@@ -262,12 +262,14 @@ impl Control {
         } else if config.once {
             // Whether the registrar has registered what is ready here: asked
             // of the registry for the files this streamer has not seen there.
-            let unseen: Vec<String> =
-                listing.ready.iter().filter(|c| !self.known.contains(&c.id)).map(|c| c.id.name.clone()).collect();
+            let unseen: Vec<&FileId> =
+                listing.ready.iter().map(|c| &c.id).filter(|id| !self.known.contains(id)).collect();
             if !unseen.is_empty() {
-                self.known.extend(registry::known(&self.client, source, &unseen).await?);
+                let names: Vec<String> = unseen.iter().map(|id| id.name.clone()).collect();
+                let found = registry::known(&self.client, source, &names).await?;
+                unregistered = unseen.iter().filter(|id| !found.contains(id)).count();
+                self.known.extend(found);
             }
-            unregistered = listing.ready.iter().filter(|c| !self.known.contains(&c.id)).count();
         }
         // Pending first: every batch committed before the count is disposed of below.
         let pending = registry::pending(&self.client, source).await?;
