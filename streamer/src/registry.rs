@@ -201,6 +201,17 @@ pub async fn has_batch(client: &Client, checkpoint_id: uuid::Uuid, batch_id: u64
     Ok(row.get(0))
 }
 
+/// How many of the files are still pending: a batch that could claim none
+/// of its files finds them held by another session's batch (which commits
+/// or rolls back, or whose session ends) when this is not zero.
+pub async fn count_pending(client: &Client, file_ids: &[i32]) -> Result<i64, RegistryError> {
+    let row = client
+        .query_one("SELECT count(*) FROM source_files WHERE file_id = ANY($1) AND state = 'pending'", &[&file_ids])
+        .await
+        .map_err(err("looking the batch's files up"))?;
+    Ok(row.get(0))
+}
+
 /// Group identities by name (a rewritten file has several).
 pub fn by_name(ids: &HashSet<FileId>) -> HashMap<&str, Vec<&FileId>> {
     let mut out: HashMap<&str, Vec<&FileId>> = HashMap::new();

@@ -28,7 +28,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, Notify};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::batch::{self, BatchRead, FileOutcome, ReadPlan, SourceFile};
 use crate::checkpoint::{Checkpoint, Offsets, PlannedFile};
@@ -46,6 +46,10 @@ use report::report;
 
 /// Timeouts of one single-file batch before the stream stops.
 pub const TIMEOUTS: u32 = 3;
+
+/// How long a planned batch whose files another session holds waits before
+/// it tries to claim them again.
+const HELD_WAIT: Duration = Duration::from_millis(50);
 
 /// What the loaders share.
 #[derive(Debug)]
@@ -102,6 +106,10 @@ enum Attempt {
     Committed(Committed, BatchRead, Duration),
     /// No file to claim.
     Nothing,
+    /// A planned batch's files are all held by another session's batch:
+    /// it waits for that one to end (a commit closes this plan, a rollback
+    /// or the end of a dead streamer's session gives the files back).
+    Held,
     /// A file must be settled unread: run again.
     Exclude(i32, FileOutcome),
     /// The plan cannot be written (the checkpoint folder is full or
@@ -155,6 +163,12 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
             }
             Attempt::Confirmed => {
                 job = Job::default();
+            }
+            Attempt::Held => {
+                debug!(batch_id = job.batch_id, "the batch's files are held by another session; waiting");
+                if !pause(&stop, HELD_WAIT).await {
+                    return;
+                }
             }
             Attempt::Unplanned(e) => {
                 let wait = backoff.step();
@@ -387,19 +401,27 @@ async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt
         }
     }
     let (meta, claim) = what_to_claim(shared, job);
-    let mut loader = match Loader::begin(client, meta, claim).await {
+    let mut loader = match Loader::begin(client, meta, claim.clone()).await {
         Ok(loader) => loader,
         Err(e) => return Attempt::Failed(e),
     };
-    job.mark_claimed(shared);
     if loader.files().is_empty() {
         let _ = loader.rollback().await;
-        if let Some(batch_id) = job.batch_id {
-            // Its files were taken by another streamer meanwhile.
-            abandon(shared, batch_id).await;
+        if let (Some(batch_id), Claim::Files(ids)) = (job.batch_id, claim) {
+            // Its files are another session's: held (that batch is in flight,
+            // or its streamer died and the session has not ended yet), or
+            // loaded by it meanwhile. Held, the plan waits (a recovered one
+            // keeps new claims waiting too); loaded, the plan is closed.
+            match registry::count_pending(client, &ids).await {
+                Ok(0) => abandon(shared, batch_id).await,
+                Ok(_) => return Attempt::Held,
+                Err(e) => return Attempt::Failed(SinkError::Query { what: e.what, source: e.source }),
+            }
         }
+        job.mark_claimed(shared);
         return Attempt::Nothing;
     }
+    job.mark_claimed(shared);
     let planned: Vec<PlannedFile> =
         loader.files().iter().map(|f| PlannedFile { file_id: f.file_id, id: f.id.clone() }).collect();
     let batch_id = match plan(shared, job, planned).await {

@@ -174,6 +174,48 @@ async fn replays_uncommitted_batch_after_crash_with_exactly_its_files() -> TestR
     Ok(())
 }
 
+/// A streamer killed mid-batch whose session the server has not ended yet
+/// still holds its files' claims when the next start re-runs the batch (a
+/// backend finishing a statement, a host cut off until its keepalives
+/// fail): the re-run waits for the claims instead of closing its plan, so
+/// batch 0 commits with its files and no batch id is left without rows.
+#[tokio::test]
+async fn a_rerun_batch_waits_for_claims_a_dead_session_still_holds() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, settings(14), 2);
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "2"];
+    let crashed = streamer_bin(&data, &cp, &db.url, &flags, &[("STREAMER_CRASH_AT", "before_commit")]).status()?;
+    assert!(!crashed.success(), "the crash point aborts the process");
+    assert!(cp.join("offsets/0").exists() && !cp.join("commits/0").exists());
+
+    // The dead streamer's session, still holding the claims.
+    let mut holder = db.client().await;
+    let held = holder.transaction().await?;
+    let rows = held.execute("SELECT 1 FROM source_files WHERE state = 'pending' FOR UPDATE", &[]).await?;
+    assert_eq!(rows, 2);
+    let mut rerun = streamer_bin(&data, &cp, &db.url, &["--once", "--loaders", "2"], &[]).spawn()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (waiting, open) = (rerun.try_wait()?.is_none(), !cp.join("commits/0").exists());
+    if !(waiting && open) {
+        let _ = rerun.kill(); // (it would wait for the held files for ever)
+    }
+    assert!(waiting, "the re-run waits while the claims are held");
+    assert!(open, "the plan is not closed while its files are held");
+    held.rollback().await?; // the session ends
+
+    assert!(rerun.wait()?.success());
+    let client = db.client().await;
+    let batches: Vec<i64> =
+        client.query("SELECT DISTINCT batch_id FROM load_history", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(batches, vec![0], "batch 0 committed its two files; no other batch id");
+    let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(cp.join("commits/0"))?)?;
+    assert_eq!(marker["abandoned"], serde_json::json!(false));
+    assert_eq!(table(&client).await, oracle(&files).0);
+    Ok(())
+}
+
 /// A crash after COMMIT, before `commits/N` (the real binary, aborted at
 /// the crash point): the next start writes only the marker.
 #[tokio::test]
