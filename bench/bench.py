@@ -377,10 +377,13 @@ def latency_run(label, files, rows, interval):
     streamer.send_signal(signal.SIGTERM)
     streamer.wait(timeout=60)
     streamer_log.close()
-    committed = {}
+    # Rows are queryable when the COMMIT returns (`committed_at`; a record
+    # of an older streamer has only `timestamp`, after the commit marker).
+    committed, batches = {}, {}
     for line in (cp / "progress/progress.jsonl").read_text().splitlines():
         b = json.loads(line)
-        committed[b["batch_id"]] = instant(b["timestamp"])
+        committed[b["batch_id"]] = instant(b.get("committed_at", b["timestamp"]))
+        batches[b["batch_id"]] = b
     lag = sorted(float(x) for x in psql(
         url, "SELECT 1000 * extract(epoch FROM applied_at - committed_at) FROM batches WHERE applied_at IS NOT NULL"
     ).split())
@@ -388,17 +391,36 @@ def latency_run(label, files, rows, interval):
     exact = derived_exact(url) if unapplied == 0 else False
     rows_ = psql(url, "SELECT file_name, batch_id FROM load_history WHERE status = 'loaded'").splitlines()
     latencies = []
+    # Where each file's latency went: before its batch began (the listing
+    # after the rename, the registration, the loader's wake-up), the claim and
+    # plan, reading, the staging and merge, the COMMIT; then the marker.
+    parts = {"before the batch": [], "claim and plan": [], "read": [], "stage and merge": [], "commit": [],
+             "then the marker": []}
     for r in rows_:
         name, batch = r.split("|")
         if name in published:
-            latencies.append((committed[int(batch)] - published[name]).total_seconds() * 1000)
+            total = (committed[int(batch)] - published[name]).total_seconds() * 1000
+            latencies.append(total)
+            b = batches[int(batch)]
+            ph = b["phases"]
+            # The record's total: claim and plan, the read up to the first
+            # staged chunk (at most the whole read), staging and merge, COMMIT.
+            parts["before the batch"].append(total - ph["total_ms"])
+            parts["claim and plan"].append(ph["discover_ms"])
+            parts["read"].append(min(ph["read_ms"], ph["load_ms"]))
+            parts["stage and merge"].append(ph["load_ms"])
+            parts["commit"].append(ph["commit_ms"])
+            if "committed_at" in b:
+                parts["then the marker"].append(
+                    (instant(b["timestamp"]) - instant(b["committed_at"])).total_seconds() * 1000)
     if not latencies:
         raise RuntimeError(f"latency {label}: no published file was found committed; see {WORK}/latency-streamer.log")
     latencies.sort()
     q = lambda p: latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))]
     result = {"files": len(latencies), "published": len(published), "rows_per_file": rows, "interval_s": interval,
               "p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "max_ms": latencies[-1],
-              "rss_max_mb": max(rss) / 1024, "hwm_mb": hwm / 1024, "ready_s": ready_s, "latencies_ms": latencies}
+              "rss_max_mb": max(rss) / 1024, "hwm_mb": hwm / 1024, "ready_s": ready_s, "latencies_ms": latencies,
+              "profile_p50_ms": {k_: sorted(v)[len(v) // 2] for k_, v in parts.items() if v}}
     if lag:
         ql = lambda p: lag[min(len(lag) - 1, int(round(p / 100 * (len(lag) - 1))))]
         result.update({"applier_lag_p50_ms": ql(50), "applier_lag_p99_ms": ql(99), "applier_lag_max_ms": lag[-1],
@@ -406,6 +428,7 @@ def latency_run(label, files, rows, interval):
         log(f"latency {label}: the derived tables followed each batch's commit by p50 {ql(50):.0f} ms, "
             f"p99 {ql(99):.0f} ms, max {lag[-1]:.0f} ms; exact at the end: {exact}")
     drop_database(db)
+    log(f"latency {label}: median parts " + ", ".join(f"{k_} {v:.1f} ms" for k_, v in result["profile_p50_ms"].items()))
     log(f"latency {label}: {len(latencies)} files, p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms, "
         f"p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms; RSS ≤ {result['rss_max_mb']:.0f} MB "
         f"(peak {result['hwm_mb']:.0f} MB); ready after {ready_s * 1000:.0f} ms")

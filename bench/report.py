@@ -327,7 +327,8 @@ def markdown(r):
     lines += [
         "",
         "Where the time goes, summed over the batches of a run (ms; read includes validation, dedup is Polars, "
-        "load is the binary COPY into the staging table and the upsert, commit is the COMMIT and the checkpoint):",
+        "load is the binary COPY into the staging table and the upsert, commit is the COMMIT; runs before "
+        "2026-12-01 17:40 UTC also counted the claim, the plan and the read of the first chunk in load):",
         "",
         "| data set | batches | read | dedup | load | commit | total wall |",
         "|---|---|---|---|---|---|---|",
@@ -344,7 +345,9 @@ def markdown(r):
         "",
         "The streamer runs idle (no `--once`); the generator publishes 1 500-row files (2 % duplicates) at a fixed "
         "interval. Latency is from the generator's `file published` log line (just after the rename) to the "
-        "streamer's progress record of the batch that committed the file (just after COMMIT and the checkpoint).",
+        "instant the COMMIT of the batch that loaded the file returned (`committed_at` in the streamer's progress "
+        "record; the rows are queryable from then; runs before 2026-12-01 16:30 UTC measured to the record itself, "
+        "written after the commit marker).",
         "",
         "| run | files | p50 | p95 | p99 | max | streamer RSS while running | peak RSS |",
         "|---|---|---|---|---|---|---|---|",
@@ -368,6 +371,22 @@ def markdown(r):
             if "applier_lag_p99_ms" in e:
                 lines.append(f"| {name} | {ms(e['applier_lag_p50_ms'])} ms | {ms(e['applier_lag_p99_ms'])} ms | "
                              f"{ms(e['applier_lag_max_ms'])} ms | {'yes' if e['derived_exact'] else '**no**'} |")
+    profiles = {name: e["profile_p50_ms"] for name, e in lat.items() if "profile_p50_ms" in e}
+    if profiles:
+        parts = list(next(iter(profiles.values())).keys())
+        lines += [
+            "",
+            "Where a file's latency goes, median of each part over the run's files (the progress record's phases: "
+            "*before the batch* is the rename to the claim — the registrar's listing, the registration and the "
+            "loader's wake-up; reading overlaps staging, so only the part before the first chunk is staged counts; "
+            "*then the marker* is after the rows are queryable and not in the latency):",
+            "",
+            "| part | " + " | ".join(profiles) + " |",
+            "|---|" + "---|" * len(profiles),
+        ]
+        for part in parts:
+            lines.append(f"| {part} | " + " | ".join(
+                f"{ms(p[part])} ms" if part in p else "—" for p in profiles.values()) + " |")
     lines += [
         "",
         f"From start to watching (checkpoint open, schema in place) on a fresh database: "

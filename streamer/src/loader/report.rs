@@ -22,6 +22,7 @@ pub(super) fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead
     let input_rows = sum(&|f| f.rows_read);
     let p = BatchProgress {
         timestamp: Utc::now(),
+        committed_at: c.committed_at,
         batch_id: job.batch_id.unwrap_or_default(),
         recovered: job.recovered,
         files: c.files.len(),

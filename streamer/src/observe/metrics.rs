@@ -305,6 +305,7 @@ mod tests {
     fn batch(recovered: bool) -> BatchProgress {
         BatchProgress {
             timestamp: Utc::now(),
+            committed_at: Utc::now(),
             batch_id: 0,
             recovered,
             files: 3,

@@ -35,7 +35,10 @@ pub fn ms(d: Duration) -> f64 {
 /// What one batch did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BatchProgress {
+    /// When the record was written: after the commit marker.
     pub timestamp: DateTime<Utc>,
+    /// When the batch's COMMIT returned (its rows queryable from then).
+    pub committed_at: DateTime<Utc>,
     pub batch_id: u64,
     /// True when the batch was planned by an earlier run and re-run now.
     pub recovered: bool,

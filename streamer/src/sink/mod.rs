@@ -123,6 +123,8 @@ pub struct Committed {
     /// Time from the first staged row to the merge's end, then committing.
     pub load: Duration,
     pub commit: Duration,
+    /// When the COMMIT returned: the batch's rows are queryable from then.
+    pub committed_at: DateTime<Utc>,
 }
 
 /// A batch being loaded: ONE transaction that its files are claimed in and
@@ -138,6 +140,7 @@ pub struct Loader<'a> {
     /// Rows staged per file.
     staged: Vec<u64>,
     started: Instant,
+    first_stage: bool,
 }
 
 const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
@@ -191,7 +194,7 @@ impl<'a> Loader<'a> {
             seq
         };
         let staged = vec![0; files.len()];
-        Ok(Loader { tx, meta, batch_seq, files, chunks: 0, staged, started: Instant::now() })
+        Ok(Loader { tx, meta, batch_seq, files, chunks: 0, staged, started: Instant::now(), first_stage: true })
     }
 
     /// The claimed files, oldest first.
@@ -216,6 +219,12 @@ impl<'a> Loader<'a> {
     /// Stages one chunk: its rows (batch schema, unique keys), its rejected
     /// rows and its deltas, each by binary COPY.
     pub async fn stage(&mut self, chunk: &Chunk) -> Result<(), SinkError> {
+        if self.first_stage {
+            // The load phase starts here: the claim, the plan and the read
+            // of the first chunk are phases of their own.
+            self.first_stage = false;
+            self.started = Instant::now();
+        }
         self.stage_rows(chunk).await?;
         self.reject(chunk).await?;
         self.record_deltas(chunk).await
@@ -343,7 +352,7 @@ impl<'a> Loader<'a> {
         read: &[FileSummary],
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
-        let Loader { tx, meta, batch_seq, files, chunks, staged, started } = self;
+        let Loader { tx, meta, batch_seq, files, chunks, staged, started, .. } = self;
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
             settle::merge(&tx, batch_seq, chunks, &staged, &mut loads).await?;
@@ -353,7 +362,7 @@ impl<'a> Loader<'a> {
 
         let committing = Instant::now();
         tx.commit().await.map_err(SinkError::query("committing the batch"))?;
-        Ok(Committed { batch_seq, files: loads, load, commit: committing.elapsed() })
+        Ok(Committed { batch_seq, files: loads, load, commit: committing.elapsed(), committed_at: Utc::now() })
     }
 }
 

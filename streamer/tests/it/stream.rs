@@ -53,6 +53,27 @@ async fn loads_generated_files_exactly_as_the_oracle_says() -> TestResult {
     assert!(cp.join("commits/2").exists() && cp.join("offsets/2").exists());
     let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
     assert_eq!(progress.lines().count(), 3);
+    // Each record says when its COMMIT returned: after the batch's last
+    // statement in the database, before the record itself.
+    for line in progress.lines() {
+        let record: serde_json::Value = serde_json::from_str(line)?;
+        let at = |k: &str| record[k].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let (committed, written) = (at("committed_at").ok_or("committed_at")?, at("timestamp").ok_or("timestamp")?);
+        let batch = client
+            .query_one(
+                "SELECT min(batch_started_at), max(committed_at) FROM load_history WHERE batch_id = $1",
+                &[&record["batch_id"].as_i64()],
+            )
+            .await?;
+        let (started, in_db): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            (batch.get(0), batch.get(1));
+        assert!(in_db <= committed && committed <= written, "{in_db} <= {committed} <= {written}");
+        // The phases (one chunk per batch here) add up to no more than the
+        // batch's time from its start to its COMMIT's return.
+        let wall_ms = (committed.with_timezone(&chrono::Utc) - started).num_microseconds().ok_or("µs")? as f64 / 1e3;
+        let total_ms = record["phases"]["total_ms"].as_f64().ok_or("total_ms")?;
+        assert!(total_ms <= wall_ms + 1.0, "phases {total_ms} ms within the batch's {wall_ms} ms");
+    }
     Ok(())
 }
 
