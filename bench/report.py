@@ -346,7 +346,7 @@ def markdown(r):
         "The streamer runs idle (no `--once`); the generator publishes 1 500-row files (2 % duplicates) at a fixed "
         "interval. Latency is from the generator's `file published` log line (just after the rename) to the "
         "instant the COMMIT of the batch that loaded the file returned (`committed_at` in the streamer's progress "
-        "record; the rows are queryable from then; runs before 2026-12-01 16:30 UTC measured to the record itself, "
+        "record; the rows are queryable from then; runs before 2026-12-01 17:40 UTC measured to the record itself, "
         "written after the commit marker).",
         "",
         "| run | files | p50 | p95 | p99 | max | streamer RSS while running | peak RSS |",
