@@ -401,17 +401,18 @@ async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt
         }
     }
     let (meta, claim) = what_to_claim(shared, job);
-    let mut loader = match Loader::begin(client, meta, claim.clone()).await {
+    let mut loader = match Loader::begin(client, meta, claim).await {
         Ok(loader) => loader,
         Err(e) => return Attempt::Failed(e),
     };
     if loader.files().is_empty() {
         let _ = loader.rollback().await;
-        if let (Some(batch_id), Claim::Files(ids)) = (job.batch_id, claim) {
+        if let (Some(batch_id), Some(files)) = (job.batch_id, job.files.as_ref()) {
             // Its files are another session's: held (that batch is in flight,
             // or its streamer died and the session has not ended yet), or
             // loaded by it meanwhile. Held, the plan waits (a recovered one
             // keeps new claims waiting too); loaded, the plan is closed.
+            let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
             match registry::count_pending(client, &ids).await {
                 Ok(0) => abandon(shared, batch_id).await,
                 Ok(_) => return Attempt::Held,

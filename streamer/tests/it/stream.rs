@@ -165,6 +165,17 @@ async fn a_rewritten_file_is_loaded_again_and_its_rows_upsert() -> TestResult {
     Ok(())
 }
 
+/// Runs the binary with one loader and batches of `files` until the crash
+/// point before COMMIT aborts it: batch 0 is planned and staged, not
+/// committed.
+fn crash_before_commit(data: &std::path::Path, cp: &std::path::Path, url: &str, files: u32) -> TestResult {
+    let files = files.to_string();
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", &files];
+    let crashed = streamer_bin(data, cp, url, &flags, &[("STREAMER_CRASH_AT", "before_commit")]).status()?;
+    assert!(!crashed.success(), "the crash point aborts the process");
+    Ok(())
+}
+
 /// A crash after `offsets/0` was written and the batch staged, before
 /// COMMIT (the real binary, aborted at the crash point): the next start runs
 /// batch 0 again with exactly its files.
@@ -174,9 +185,7 @@ async fn replays_uncommitted_batch_after_crash_with_exactly_its_files() -> TestR
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     let files = generate(&data, settings(4), 6);
-    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "3"];
-    let crashed = streamer_bin(&data, &cp, &db.url, &flags, &[("STREAMER_CRASH_AT", "before_commit")]).status()?;
-    assert!(!crashed.success(), "the crash point aborts the process");
+    crash_before_commit(&data, &cp, &db.url, 3)?;
     let plan: serde_json::Value = serde_json::from_slice(&std::fs::read(cp.join("offsets/0"))?)?;
     let planned: Vec<String> =
         plan["files"].as_array().ok_or("files")?.iter().filter_map(|f| f["name"].as_str().map(str::to_owned)).collect();
@@ -206,9 +215,7 @@ async fn a_rerun_batch_waits_for_claims_a_dead_session_still_holds() -> TestResu
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     let files = generate(&data, settings(14), 2);
-    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "2"];
-    let crashed = streamer_bin(&data, &cp, &db.url, &flags, &[("STREAMER_CRASH_AT", "before_commit")]).status()?;
-    assert!(!crashed.success(), "the crash point aborts the process");
+    crash_before_commit(&data, &cp, &db.url, 2)?;
     assert!(cp.join("offsets/0").exists() && !cp.join("commits/0").exists());
 
     // The dead streamer's session, still holding the claims.
