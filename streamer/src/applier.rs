@@ -17,6 +17,13 @@
 //! equals its `GROUP BY` over `events` as of that snapshot (see db/003).
 //! A new window width, or analytics turned on for a database that never had
 //! them, rebuilds the tables from `events` in one such round instead.
+//!
+//! On Citus a snapshot is one per node, and a COMMIT reaches the
+//! coordinator before the workers: the round takes its snapshots (one
+//! connection per node) under the exclusive [`lock::COMMIT_FENCE`], which
+//! every batch holds shared through its COMMIT, and goes on only when no
+//! worker holds a prepared transaction still in doubt (a worker that died
+//! mid-commit, until Citus's recovery settles it); otherwise it waits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,10 +74,14 @@ pub enum Round {
     Idle,
     /// Folded this many batches (and any edits by hand).
     Applied { batches: i64, rebuilt: bool },
+    /// On Citus: a worker holds a prepared transaction in doubt; the round
+    /// waits for Citus to settle it.
+    InDoubt { prepared: i64 },
 }
 
-/// One round (see the module docs).
-pub async fn round(client: &mut Client) -> Result<Round, tokio_postgres::Error> {
+/// One round (see the module docs); `citus`: the database is a Citus
+/// coordinator.
+pub async fn round(client: &mut Client, citus: bool) -> Result<Round, tokio_postgres::Error> {
     let waiting: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM batches WHERE applied_at IS NULL) \
@@ -83,8 +94,51 @@ pub async fn round(client: &mut Client) -> Result<Round, tokio_postgres::Error> 
     if !waiting {
         return Ok(Round::Idle);
     }
+    let (class, object) = lock::COMMIT_FENCE;
+    if !citus {
+        return fold(client, false, &mut false).await;
+    }
+    client.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object]).await?;
+    let mut fenced = true;
+    let folded = fold(client, true, &mut fenced).await;
+    if fenced && !client.is_closed() {
+        // The round failed before it let go (a session lock: the rollback keeps it).
+        let _ = client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await;
+    }
+    folded
+}
+
+/// The round's transaction; on Citus it takes its snapshots under the
+/// fence the caller took, and lets go of it (`fenced` false then).
+async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Round, tokio_postgres::Error> {
     let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
-    // The first statement fixes the snapshot.
+    if citus {
+        // One connection per worker for the whole round, each with its
+        // snapshot taken now, under the fence; then no prepared
+        // transaction may be in doubt on any worker.
+        tx.batch_execute(
+            "SET LOCAL citus.multi_shard_modify_mode = 'sequential'; \
+             SET LOCAL citus.max_adaptive_executor_pool_size = 1; \
+             SELECT count(*) FROM batches; SELECT count(*) FROM analytics_rows",
+        )
+        .await?;
+        let prepared: i64 = tx
+            .query_one(
+                "SELECT coalesce(sum(result::int8), 0)::int8 \
+                 FROM run_command_on_workers('SELECT count(*) FROM pg_prepared_xacts') WHERE success",
+                &[],
+            )
+            .await?
+            .get(0);
+        let (class, object) = lock::COMMIT_FENCE;
+        tx.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
+        *fenced = false;
+        if prepared > 0 {
+            return Ok(Round::InDoubt { prepared });
+        }
+    }
+    // The first statement fixes the snapshot (on Citus, the coordinator's
+    // was fixed above).
     let row = tx
         .query_one(
             "SELECT s.needs_rebuild, (SELECT count(*) FROM batches WHERE applied_at IS NULL), \
@@ -115,6 +169,8 @@ pub struct Applier {
     pub monitor: Arc<Monitor>,
     /// Notified by this streamer's commits.
     pub wake: Arc<Notify>,
+    /// The database is a Citus coordinator.
+    pub citus: bool,
 }
 
 impl Applier {
@@ -156,11 +212,18 @@ impl Applier {
                 }
             }
             let started = Instant::now();
-            match round(c).await {
+            match round(c, self.citus).await {
                 Ok(Round::Idle) => {
                     self.monitor.applier_lag(Lag::default());
                     backoff = Backoff::new(self.max_backoff);
                     if !self.idle(&stop, IDLE_POLL).await {
+                        return;
+                    }
+                }
+                Ok(Round::InDoubt { prepared }) => {
+                    let wait = backoff.step();
+                    warn!(prepared, retry_in_ms = wait.as_millis() as u64, "a Citus worker holds prepared transactions in doubt (it failed mid-commit); the analytics wait for Citus to recover them");
+                    if !pause(&stop, wait).await {
                         return;
                     }
                 }

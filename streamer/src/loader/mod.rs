@@ -70,6 +70,9 @@ pub struct Shared {
     pub unclaimed_recoveries: std::sync::atomic::AtomicUsize,
     /// The metrics window width the database uses.
     pub window_seconds: i32,
+    /// The database is a Citus coordinator: commits take the
+    /// [`crate::sink::lock::COMMIT_FENCE`].
+    pub citus: bool,
     /// A loader that cannot go on sends why here; the stream stops.
     pub fatal: mpsc::UnboundedSender<anyhow::Error>,
 }
@@ -374,6 +377,7 @@ fn what_to_claim(shared: &Shared, job: &Job) -> (BatchMeta, Claim) {
         source: config.source.clone(),
         started_at: Utc::now(),
         window_seconds: shared.window_seconds,
+        fence: shared.citus,
     };
     let claim = match &job.files {
         Some(files) => Claim::Files(files.iter().map(|f| f.file_id).collect()),
@@ -451,7 +455,11 @@ async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt
     }
     crate::crashpoint::hit("before_commit");
     let clean = config.clean_source;
-    match loader.finish(&read.files, |o| to_move(clean, o)).await {
+    let finished = loader.finish(&read.files, |o| to_move(clean, o)).await;
+    if shared.citus {
+        crate::sink::release_fence(client).await;
+    }
+    match finished {
         Ok(committed) => {
             crate::crashpoint::hit("after_commit");
             job.batch_id = Some(batch_id);

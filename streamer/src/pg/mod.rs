@@ -60,18 +60,25 @@ impl Session {
     /// streamer marks them (`synchronous_commit = on` whatever the server's
     /// default); JIT off (compiling the batch statements took about 200 ms a
     /// batch, a temporary table having no statistics); the timeouts above.
+    /// On a Citus coordinator, a worker that cannot be reached fails the
+    /// statement within half the statement timeout (a lost connection:
+    /// retried), rather than letting it time out (which would split the
+    /// batch as if its files were too big); elsewhere the `citus.` setting
+    /// is an unused placeholder.
     pub fn setup_sql(&self) -> String {
         let keepalive_idle = (self.idle_timeout.as_secs() / 3).max(1);
         let keepalive_interval = (self.idle_timeout.as_secs() / 9).max(1);
+        let node_connect = (self.statement_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(30));
         format!(
             "SET synchronous_commit = on; SET jit = off; SET statement_timeout = {}; \
              SET idle_in_transaction_session_timeout = {}; SET idle_session_timeout = {}; \
              SET tcp_keepalives_idle = {keepalive_idle}; SET tcp_keepalives_interval = {keepalive_interval}; \
-             SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}",
+             SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}; SET citus.node_connection_timeout = {}",
             self.statement_timeout.as_millis(),
             self.idle_timeout.as_millis(),
             self.idle_session_timeout.as_millis(),
             self.idle_timeout.as_millis(),
+            node_connect.as_millis(),
         )
     }
 
@@ -231,6 +238,11 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
     if e.is_closed() {
         return ErrorClass::Transient;
     }
+    if let Some(db) = e.as_db_error() {
+        if db.code().code() == "XX000" && lost_a_node(db.message()) {
+            return ErrorClass::Transient;
+        }
+    }
     if let Some(code) = e.code() {
         return classify_sqlstate(code.code());
     }
@@ -265,6 +277,24 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
         // Connect, I/O, a timeout waiting for the server, a protocol hiccup.
         _ => ErrorClass::Transient,
     }
+}
+
+/// Whether an internal error (XX000) is a Citus coordinator passing on that
+/// it lost its connection to a worker (the worker died or restarts): the
+/// same work succeeds once the worker is back. Citus reports these with
+/// libpq's own words rather than a connection SQLSTATE.
+pub fn lost_a_node(message: &str) -> bool {
+    const SIGNS: [&str; 8] = [
+        "server closed the connection unexpectedly",
+        "failure on connection marked as essential",
+        "SSL SYSCALL error",
+        "invalid socket",
+        "connection to the remote node",
+        "could not connect to server",
+        "terminating connection due to administrator command",
+        "lost connection",
+    ];
+    SIGNS.iter().any(|sign| message.contains(sign))
 }
 
 /// [`classify`] by SQLSTATE alone.
@@ -354,6 +384,22 @@ pub async fn text_rows(client: &Client, sql: &str) -> Result<TextRows, tokio_pos
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_citus_worker_lost_mid_statement_is_transient_and_other_internal_errors_are_not() {
+        use super::lost_a_node;
+        // As a coordinator said them when a worker was killed (chaos test).
+        assert!(lost_a_node("SSL SYSCALL error: EOF detected\ninvalid socket"));
+        assert!(lost_a_node(
+            "server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally"
+        ));
+        assert!(lost_a_node(
+            "connection to the remote node postgres@127.0.0.1:41849 failed with the following error: x"
+        ));
+        assert!(lost_a_node("failure on connection marked as essential: 127.0.0.1:32901"));
+        assert!(!lost_a_node("cannot execute a distributed query from a query on a shard"));
+        assert!(!lost_a_node("non-IMMUTABLE functions are not allowed in CASE or COALESCE statements"));
+    }
+
     use super::*;
 
     #[test]
@@ -409,7 +455,7 @@ mod tests {
             "SET synchronous_commit = on; SET jit = off; SET statement_timeout = 30000; \
              SET idle_in_transaction_session_timeout = 9000; SET idle_session_timeout = 20000; \
              SET tcp_keepalives_idle = 3; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3; \
-             SET tcp_user_timeout = 9000"
+             SET tcp_user_timeout = 9000; SET citus.node_connection_timeout = 15000"
         );
     }
 }

@@ -16,6 +16,12 @@ const CLASS: i32 = 0x7069_7065; // "pipe"
 pub const STREAMERS: (i32, i32) = (CLASS, 0);
 /// The analytics applier: one per database.
 pub const APPLIER: (i32, i32) = (CLASS, 1);
+/// On Citus, where a COMMIT reaches the coordinator first and the workers
+/// a moment later: held shared by a batch from just before its COMMIT until
+/// the COMMIT returned (every worker committed), and exclusively by the
+/// applier while it takes its snapshots, so that a round never sees a batch
+/// on the coordinator that a worker does not show yet (or the reverse).
+pub const COMMIT_FENCE: (i32, i32) = (CLASS, 2);
 /// Registration of new files of a source: one registrar per source.
 pub const REGISTRAR: i32 = CLASS + 1;
 /// Archive, delete and quarantine moves of a source: one disposer per source.

@@ -77,6 +77,9 @@ pub struct BatchMeta {
     pub started_at: DateTime<Utc>,
     /// The metrics window width the batch's deltas are cut by.
     pub window_seconds: i32,
+    /// Take the [`lock::COMMIT_FENCE`] for the COMMIT (on Citus); the
+    /// caller releases it with [`release_fence`] once `finish` returned.
+    pub fence: bool,
 }
 
 /// Which files a batch takes.
@@ -188,9 +191,15 @@ impl<'a> Loader<'a> {
                 .await
                 .map_err(SinkError::query("numbering the batch"))?
                 .get(0);
-            tx.execute("SELECT set_config('pipeline.batch_seq', $1, true)", &[&seq.to_string()])
-                .await
-                .map_err(SinkError::query("numbering the batch"))?;
+            // The trigger on events reads it. SET LOCAL (not set_config) so
+            // that Citus sends it on to the workers, where the trigger runs
+            // on the shards (on plain PostgreSQL the citus. setting is an
+            // unused placeholder).
+            tx.batch_execute(&format!(
+                "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pipeline.batch_seq = '{seq}'"
+            ))
+            .await
+            .map_err(SinkError::query("numbering the batch"))?;
             seq
         };
         let staged = vec![0; files.len()];
@@ -361,6 +370,12 @@ impl<'a> Loader<'a> {
         let load = started.elapsed();
 
         let committing = Instant::now();
+        if meta.fence {
+            let (class, object) = lock::COMMIT_FENCE;
+            tx.execute("SELECT pg_advisory_lock_shared($1, $2)", &[&class, &object])
+                .await
+                .map_err(SinkError::query("taking the commit fence"))?;
+        }
         tx.commit().await.map_err(SinkError::query("committing the batch"))?;
         Ok(Committed { batch_seq, files: loads, load, commit: committing.elapsed(), committed_at: Utc::now() })
     }
@@ -385,6 +400,18 @@ const STAGE_TYPES: [Type; 13] = [
 
 fn micros_to_utc(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// Releases the [`lock::COMMIT_FENCE`] a batch's COMMIT took (a session
+/// lock: a COMMIT or a rollback keeps it). Nothing to do when the session
+/// is gone (the lock went with it); a loader session holds no other
+/// advisory lock.
+pub async fn release_fence(client: &Client) {
+    if !client.is_closed() {
+        if let Err(e) = client.batch_execute("SELECT pg_advisory_unlock_all()").await {
+            tracing::debug!(error = %describe(&e), "releasing the commit fence");
+        }
+    }
 }
 
 /// Prepares a loader session: its staging table.

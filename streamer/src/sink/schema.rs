@@ -8,7 +8,11 @@
 //! - a database migrated by a newer streamer (a version this binary does
 //!   not know) is refused, never written to;
 //! - 001–004 predate the version table and are idempotent: on a database of
-//!   that release they are applied again (changing nothing) and recorded.
+//!   that release they are applied again (changing nothing) and recorded;
+//! - on a database with the citus extension, the Citus layout
+//!   (`db/citus_layout.sql`) follows the migrations, once, in a transaction
+//!   of its own: `events` and its co-located tables distributed by
+//!   `user_id`, the registry a reference table.
 
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::Client;
@@ -31,14 +35,19 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: [Migration; 6] = [
+pub const MIGRATIONS: [Migration; 7] = [
     migration!(1, "001_events.sql"),
     migration!(2, "002_load_history.sql"),
     migration!(3, "003_analytics.sql"),
     migration!(4, "004_reports.sql"),
     migration!(5, "005_registry.sql"),
     migration!(6, "006_rescued.sql"),
+    migration!(7, "007_file_order.sql"),
 ];
+
+/// The Citus layout, applied after the migrations when the database has
+/// the citus extension and `events` is not distributed yet.
+pub const CITUS_LAYOUT: &str = include_str!("../../../db/citus_layout.sql");
 
 /// The last migration written before the version table existed (they are
 /// idempotent; the later ones run once).
@@ -91,6 +100,10 @@ fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> SchemaErro
 pub struct Migrated {
     /// Versions applied now, in order.
     pub applied: Vec<i32>,
+    /// The database is a Citus cluster's coordinator (its citus version).
+    pub citus: Option<String>,
+    /// The Citus layout was applied now.
+    pub distributed: bool,
 }
 
 /// Brings the schema up to date; see the module docs.
@@ -135,7 +148,37 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, SchemaError> {
         out.applied.push(m.version);
     }
     tx.commit().await.map_err(query("committing the schema"))?;
+    distribute(client, &mut out).await?;
     Ok(out)
+}
+
+/// Applies the Citus layout when the database has the extension and
+/// `events` is not distributed yet (under the schema lock, so two streamers
+/// starting at once apply it once).
+async fn distribute(client: &mut Client, out: &mut Migrated) -> Result<(), SchemaError> {
+    out.citus = client
+        .query_opt("SELECT extversion FROM pg_extension WHERE extname = 'citus'", &[])
+        .await
+        .map_err(query("looking for the citus extension"))?
+        .map(|r| r.get(0));
+    if out.citus.is_none() {
+        return Ok(());
+    }
+    let tx = client.transaction().await.map_err(query("starting the Citus layout transaction"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::SCHEMA]).await.map_err(query("taking the schema lock"))?;
+    let distributed = tx
+        .query_opt("SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass", &[])
+        .await
+        .map_err(query("reading the Citus layout"))?
+        .is_some();
+    if !distributed {
+        tx.batch_execute(CITUS_LAYOUT)
+            .await
+            .map_err(|source| SchemaError::Apply { name: "citus_layout.sql", source })?;
+        tx.commit().await.map_err(query("committing the Citus layout"))?;
+        out.distributed = true;
+    }
+    Ok(())
 }
 
 /// The metrics window width of a database, and whether the applier must

@@ -58,9 +58,14 @@ pub(super) async fn merge(
     }
     let ids: Vec<i32> = loads.iter().map(|l| l.file.file_id).collect();
     let mtimes: Vec<i64> = loads.iter().map(|l| l.file.id.mtime_ns).collect();
+    // The file order between a batch's file and an older one of the same
+    // modification time, read here on the coordinator and passed in: the
+    // merge runs on the workers on Citus, where the registry is not.
+    let after: Vec<i64> =
+        tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0);
     let merge = if chunks > 1 { &*MERGE_SEVERAL } else { &*MERGE_ONE };
     let rows = tx
-        .query(merge.as_str(), &[&ids, &mtimes, &batch_seq])
+        .query(merge.as_str(), &[&ids, &mtimes, &batch_seq, &after])
         .await
         .map_err(SinkError::query("merging into events"))?;
     let replaced: HashMap<i32, i64> = tx

@@ -28,10 +28,22 @@ pub const REPLACED_PER_FILE: &str = "SELECT src_file, count(*) FROM analytics_ro
                                      WHERE batch_seq = $1 AND kind = 'replaced' GROUP BY src_file";
 
 /// Whether a new row's position is after the stored row's: file order
-/// (modification time, then name and registry id), then line.
+/// (modification time, then name and registry id), then line. Between two
+/// files of one modification time `$4` decides: the pairs (a batch's file,
+/// an older file of the same time) as `file_id << 32 | older_file_id`
+/// ([`SAME_TIME_OLDER`]).
 pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUDED.src_mtime > e.src_mtime \
                          WHEN EXCLUDED.src_file = e.src_file THEN EXCLUDED.src_line > e.src_line \
-                         ELSE source_file_after(EXCLUDED.src_file, e.src_file) END";
+                         ELSE ((EXCLUDED.src_file::int8 << 32) | e.src_file) = ANY($4::int8[]) END";
+
+/// For the batch's files (`$1`), every registered file of the same
+/// modification time that is older in the file order (by name, then
+/// registry id, as `source_file_after` of db/005 says), as the pairs
+/// [`NEWER`] takes. Usually none.
+pub const SAME_TIME_OLDER: &str = "SELECT coalesce(array_agg((n.file_id::int8 << 32) | o.file_id), '{}') \
+     FROM source_files n JOIN source_files o ON o.file_mtime_ns = n.file_mtime_ns \
+     AND (o.file_name COLLATE \"C\", o.file_id) < (n.file_name COLLATE \"C\", n.file_id) \
+     WHERE n.file_id = ANY($1)";
 
 /// The columns of a row the analytics depend on, in `analytics_rows` order.
 const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, product_category, product_price";
@@ -40,7 +52,8 @@ const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, produ
 /// - with several chunks the row of the latest chunk wins (`DISTINCT ON`;
 ///   each chunk is unique within itself);
 /// - `$1` are the batch's file ids and `$2` their modification times, by the
-///   file's index in the batch; `$3` is the batch's `batch_seq`;
+///   file's index in the batch; `$3` is the batch's `batch_seq`; `$4` the
+///   file order between files of one time ([`NEWER`]);
 /// - `INSERT … ON CONFLICT DO UPDATE … WHERE` the staged row's source
 ///   position is newer ([`NEWER`]), in key order for index locality;
 /// - every staged row that did not end up in `events` (a stored row was
@@ -131,6 +144,6 @@ mod tests {
     #[test]
     fn a_newer_position_is_decided_by_time_then_file_then_line() {
         assert!(NEWER.starts_with("CASE WHEN EXCLUDED.src_mtime <> e.src_mtime"));
-        assert!(NEWER.contains("source_file_after(EXCLUDED.src_file, e.src_file)"));
+        assert!(NEWER.contains("((EXCLUDED.src_file::int8 << 32) | e.src_file) = ANY($4::int8[])"));
     }
 }

@@ -29,6 +29,9 @@ pub(super) struct Control {
     notifications: mpsc::UnboundedReceiver<String>,
     checkpoint_id: Uuid,
     pub(super) window: schema::Window,
+    /// The database is a Citus coordinator (batches and the applier fence
+    /// their snapshots, see [`lock::COMMIT_FENCE`]).
+    pub(super) citus: bool,
     registrar: bool,
     disposer: bool,
     /// Identities of present files the registry holds (filled when this
@@ -70,13 +73,14 @@ impl Control {
             };
             let error = match result {
                 Ok(Ok((mut client, notifications))) => match Control::setup(config, &mut client, checkpoint_id).await {
-                    Ok(window) => {
+                    Ok((window, citus)) => {
                         info!(attempt, database = %config.database, "connected to PostgreSQL");
                         return Ok(Some(Control {
                             client,
                             notifications,
                             checkpoint_id,
                             window,
+                            citus,
                             registrar: false,
                             disposer: false,
                             known: HashSet::new(),
@@ -103,8 +107,12 @@ impl Control {
 
     /// The schema, the window width, the locks every streamer holds, and
     /// the notifications of new files.
-    async fn setup(config: &Config, client: &mut Client, checkpoint_id: Uuid) -> Result<schema::Window, SetupError> {
-        schema::migrate(client).await.map_err(|e| match &e {
+    async fn setup(
+        config: &Config,
+        client: &mut Client,
+        checkpoint_id: Uuid,
+    ) -> Result<(schema::Window, bool), SetupError> {
+        let migrated = schema::migrate(client).await.map_err(|e| match &e {
             SchemaError::Apply { source, .. } | SchemaError::Query { source, .. }
                 if classify(source) == ErrorClass::Transient =>
             {
@@ -112,6 +120,13 @@ impl Control {
             }
             _ => SetupError::Fatal(anyhow::Error::from(e).context("the database schema cannot be brought up to date")),
         })?;
+        if let Some(version) = &migrated.citus {
+            if migrated.distributed {
+                info!(citus = %version, "Citus found: events and its co-located tables are now distributed by user_id");
+            } else {
+                tracing::debug!(citus = %version, "Citus layout in place");
+            }
+        }
         let window = schema::set_window(client, config.metrics_window_secs).await.map_err(|e| match &e {
             WindowError::Query { source, .. } if classify(source) == ErrorClass::Transient => {
                 SetupError::Transient(e.to_string())
@@ -123,7 +138,30 @@ impl Control {
         })?;
         let (class, object) = lock::STREAMERS;
         client.execute("SELECT pg_advisory_lock_shared($1, $2)", &[&class, &object]).await?;
-        let alone: bool = client.query_one(&lock::keyed(lock::CHECKPOINT), &[&checkpoint_id.to_string()]).await?.get(0);
+        // This process holds the checkpoint folder's flock: a session holding
+        // the lock is a killed predecessor's (its backend ends once it
+        // notices: at once, or after the statement it runs, or within the
+        // session timeout when its host was cut off) or one of a copy of the
+        // folder (it stays).
+        let patience = config.session.idle_timeout + Duration::from_secs(5);
+        let waiting = std::time::Instant::now();
+        let mut said = false;
+        let alone = loop {
+            let taken: bool =
+                client.query_one(&lock::keyed(lock::CHECKPOINT), &[&checkpoint_id.to_string()]).await?.get(0);
+            if taken || waiting.elapsed() >= patience {
+                break taken;
+            }
+            if !said {
+                info!(
+                    %checkpoint_id,
+                    wait_up_to_secs = patience.as_secs(),
+                    "a session of this checkpoint is still open (a killed run's, until the server notices); waiting"
+                );
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         if !alone {
             return Err(SetupError::Fatal(anyhow::anyhow!(
                 "another streamer runs with checkpoint {checkpoint_id} on this database (a copied checkpoint folder?): \
@@ -131,7 +169,7 @@ impl Control {
             )));
         }
         client.batch_execute(&format!("LISTEN {}", registry::CHANNEL)).await?;
-        Ok(window)
+        Ok((window, migrated.citus.is_some()))
     }
 
     /// Connects again after the control session was lost (the roles went

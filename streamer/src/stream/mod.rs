@@ -103,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             unclaimed_recoveries: std::sync::atomic::AtomicUsize::new(recovered.len()),
             recovered: Mutex::new(recovered),
             window_seconds: control.window.seconds,
+            citus: control.citus,
             fatal,
         });
         let outcome = serve(&config, control, discovery, shared.clone(), &shutdown, fatal_rx).await;
@@ -149,6 +150,7 @@ async fn serve(
             max_backoff: config.max_backoff,
             monitor: shared.observers.monitor.clone(),
             wake: shared.committed.clone(),
+            citus: shared.citus,
         };
         tokio::spawn(applier.run(stop.clone()))
     });

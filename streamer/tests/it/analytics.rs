@@ -15,7 +15,7 @@ const CATEGORIES: [&str; 3] = ["Books", "Toys", "Garden"];
 /// A file of `rows` random rows over a small key space (15 users, 4 minutes
 /// of whole and half seconds), so later files overwrite earlier keys with
 /// other values; about one row in 40 is invalid.
-fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> PathBuf {
+pub fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> PathBuf {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut out = std::fs::File::create(&tmp).expect("test file");

@@ -9,8 +9,14 @@
 //! the oracle in file order, every file is settled once, every bad row is
 //! rejected once, and the derived tables equal their GROUP BY.
 //!
+//! The same chaos runs against a Citus cluster (a coordinator and two
+//! workers on loopback ports; skipped with a message when Citus is not
+//! installed), with one worker killed (`immediate`, as a power cut) while
+//! batches commit, instead of the server restart.
+//!
 //! `CHAOS_SECS` (default 25) sets how long the chaos lasts; `CHAOS_SEED`
-//! repeats a run (printed).
+//! repeats a run (printed). A streamer that stops on its own (an exit code,
+//! not a kill or a crash point) fails the run; its log is printed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -27,6 +33,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// One of the harness's streamers.
 struct Member {
     checkpoint: PathBuf,
+    log: PathBuf,
     analytics: bool,
     child: Option<Child>,
     frozen: bool,
@@ -40,10 +47,11 @@ impl Member {
         let mut flags = FLAGS.to_vec();
         flags.extend(["--analytics", if self.analytics { "true" } else { "false" }, "--max-files-per-batch", "4"]);
         let env: Vec<(&str, &str)> = crash_at.map(|c| ("STREAMER_CRASH_AT", c)).into_iter().collect();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         self.child = Some(
             streamer_bin(data, &self.checkpoint, url, &flags, &env)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(Stdio::from(log))
                 .spawn()?,
         );
         self.frozen = false;
@@ -67,10 +75,23 @@ impl Member {
         Ok(())
     }
 
-    /// Restarts it if it died (a crash point fired).
+    /// Restarts it if it died (a crash point fired); a streamer that
+    /// stopped on its own fails the run.
     fn revive(&mut self, data: &Path, url: &str) -> std::io::Result<bool> {
         let dead = match &mut self.child {
-            Some(child) => child.try_wait()?.is_some(),
+            Some(child) => match child.try_wait()? {
+                Some(status) => {
+                    let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    assert!(
+                        status.code().is_none(),
+                        "a streamer stopped on its own ({status}); the end of its log:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                    true
+                }
+                None => false,
+            },
             None => true,
         };
         if dead {
@@ -80,16 +101,74 @@ impl Member {
     }
 }
 
+/// What the chaos runs against.
+enum Target {
+    Plain(TempCluster),
+    Citus(CitusCluster),
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match self {
+            Target::Plain(c) => c.url("chaos"),
+            Target::Citus(c) => c.url(),
+        }
+    }
+
+    /// Once, halfway: the server restarted, or a Citus worker killed as by
+    /// a power cut in the middle of a commit (the moment it holds a
+    /// prepared transaction: phase one of Citus's two-phase commit done,
+    /// phase two not), and started again. Says what it did.
+    async fn disrupt(&self) -> String {
+        match self {
+            Target::Plain(c) => {
+                c.down("fast");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                c.up();
+                "server restarted".into()
+            }
+            Target::Citus(c) => {
+                let worker = &c.workers[0];
+                let watch = connect(&worker.url("chaos")).await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut prepared = 0;
+                while prepared == 0 && Instant::now() < deadline {
+                    prepared = count(&watch, "SELECT count(*) FROM pg_prepared_xacts").await;
+                }
+                drop(watch);
+                worker.down("immediate");
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                worker.up();
+                let in_doubt =
+                    count(&connect(&worker.url("chaos")).await, "SELECT count(*) FROM pg_prepared_xacts").await;
+                assert!(prepared > 0, "no commit was caught in its two-phase commit within 10 s");
+                format!(
+                    "worker killed holding {prepared} prepared transaction(s), {in_doubt} in doubt after its restart"
+                )
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_streamers_on_one_folder_survive_kills_freezes_and_a_server_restart() -> TestResult {
+    let cluster = TempCluster::start();
+    connect(&cluster.url("postgres")).await.batch_execute("CREATE DATABASE chaos").await?;
+    chaos(Target::Plain(cluster)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_streamers_on_a_citus_cluster_survive_kills_freezes_and_a_worker_killed_mid_commit() -> TestResult {
+    let Some(cluster) = CitusCluster::start("chaos", 2).await else { return Ok(()) };
+    chaos(Target::Citus(cluster)).await
+}
+
+async fn chaos(target: Target) -> TestResult {
     let seed = env_or("CHAOS_SEED", rand::random::<u64>() % 1_000_000);
     let secs = env_or("CHAOS_SECS", 25);
     println!("chaos seed {seed} (CHAOS_SEED={seed} repeats it), {secs} s");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let cluster = TempCluster::start();
-    let admin = connect(&cluster.url("postgres")).await;
-    admin.batch_execute("CREATE DATABASE chaos").await?;
-    let url = cluster.url("chaos");
+    let url = target.url();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
@@ -120,6 +199,7 @@ async fn three_streamers_on_one_folder_survive_kills_freezes_and_a_server_restar
     let mut members: Vec<Member> = (0..3)
         .map(|i| Member {
             checkpoint: dir.path().join(format!("cp{i}")),
+            log: dir.path().join(format!("streamer{i}.log")),
             analytics: i != 2,
             child: None,
             frozen: false,
@@ -130,7 +210,7 @@ async fn three_streamers_on_one_folder_survive_kills_freezes_and_a_server_restar
     }
 
     let started = Instant::now();
-    let (mut kills, mut crashes, mut freezes, mut restarted) = (0, 0, 0, false);
+    let (mut kills, mut crashes, mut freezes, mut disrupted) = (0, 0, 0, None);
     while started.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
         for m in &mut members {
@@ -160,11 +240,11 @@ async fn three_streamers_on_one_folder_survive_kills_freezes_and_a_server_restar
                 members[i].frozen = false;
                 freezes += 1;
             }
-            8 if !restarted && started.elapsed() > Duration::from_secs(secs / 2) => {
-                cluster.down("fast");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                cluster.up();
-                restarted = true;
+            8 if disrupted.is_none() && started.elapsed() > Duration::from_secs(secs / 2) => {
+                disrupted = Some(target.disrupt().await);
+            }
+            _ if disrupted.is_none() && started.elapsed() > Duration::from_secs(secs * 3 / 4) => {
+                disrupted = Some(target.disrupt().await);
             }
             _ => {}
         }
@@ -190,14 +270,35 @@ async fn three_streamers_on_one_folder_survive_kills_freezes_and_a_server_restar
     assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, files.len() as i64);
     assert_eq!(count(&client, "SELECT count(*) FROM rejected_rows").await, invalid as i64, "each bad row once");
     assert_analytics_exact(&client).await;
+    if let Target::Citus(_) = target {
+        let distributed =
+            count(&client, "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass").await;
+        assert_eq!(distributed, 1, "events is distributed");
+        let nodes = count(
+            &client,
+            "SELECT count(DISTINCT nodename || nodeport) FROM citus_shards WHERE table_name = 'events'::regclass",
+        )
+        .await;
+        assert_eq!(nodes, 2, "events' shards are on both workers");
+        let per_worker = client
+            .query(
+                "SELECT result FROM run_command_on_workers($$SELECT count(*) FROM pg_prepared_xacts$$) ORDER BY nodeport",
+                &[],
+            )
+            .await?;
+        let left: Vec<String> = per_worker.iter().map(|r| r.get(0)).collect();
+        println!("prepared transactions left on the workers: {left:?}");
+    }
     let streamers = count(&client, "SELECT count(DISTINCT checkpoint_id) FROM batches").await;
     println!(
         "files {}, keys {}, bad rows {invalid}; kills {kills}, crash points hit {crashes}, freezes {freezes}, \
-         server restarted {restarted}; {streamers} streamers committed batches; {:.1} s",
+         {}; {streamers} streamers committed batches; {:.1} s",
         files.len(),
         expected.len(),
+        disrupted.as_deref().unwrap_or("NOT DISRUPTED"),
         started.elapsed().as_secs_f64()
     );
+    assert!(disrupted.is_some(), "the server was restarted (a worker killed) once");
     assert!(streamers >= 2, "the work was shared");
     Ok(())
 }

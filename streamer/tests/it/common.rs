@@ -610,3 +610,82 @@ pub fn peak_rss(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
+
+/// A Citus cluster of the test's own: a coordinator and `workers` workers,
+/// each a [`TempCluster`] with `citus` preloaded, database `database` on
+/// each with the extension, the workers added. `None` (and a message) when
+/// the server has no citus.so (`../shared/tools/citus.sh` installs it here).
+pub struct CitusCluster {
+    pub coordinator: TempCluster,
+    pub workers: Vec<TempCluster>,
+    database: String,
+}
+
+impl CitusCluster {
+    /// Whether the servers of [`TempCluster`] can load Citus.
+    pub fn available() -> bool {
+        pg_bin_dir().parent().is_some_and(|v| v.join("lib/citus.so").exists())
+    }
+
+    /// Started, Citus enabled on the coordinator ([`CitusCluster::enable`]).
+    pub async fn start(database: &str, workers: usize) -> Option<CitusCluster> {
+        let cluster = CitusCluster::without_citus(database, workers).await?;
+        cluster.enable().await;
+        Some(cluster)
+    }
+
+    /// Started, the workers ready, but the coordinator's database a plain
+    /// PostgreSQL one (no extension yet): a database to move to Citus.
+    pub async fn without_citus(database: &str, workers: usize) -> Option<CitusCluster> {
+        if !CitusCluster::available() {
+            println!("SKIPPED: Citus is not installed for {} (../shared/tools/citus.sh)", pg_bin_dir().display());
+            return None;
+        }
+        let node = || {
+            let n = TempCluster::init();
+            // 2PC, in-doubt transactions of a worker that died recovered
+            // within a second, and room for the coordinator's connections
+            // to the workers (Citus opens several per session and node).
+            n.configure(
+                "shared_preload_libraries = 'citus'\nmax_prepared_transactions = 100\n\
+                 citus.recover_2pc_interval = '1s'\nmax_connections = 300",
+            );
+            n.up();
+            n
+        };
+        let cluster = CitusCluster {
+            coordinator: node(),
+            workers: (0..workers).map(|_| node()).collect(),
+            database: database.into(),
+        };
+        for n in std::iter::once(&cluster.coordinator).chain(&cluster.workers) {
+            connect(&n.url("postgres"))
+                .await
+                .batch_execute(&format!("CREATE DATABASE {database}"))
+                .await
+                .expect("database");
+        }
+        for w in &cluster.workers {
+            connect(&w.url(database)).await.batch_execute("CREATE EXTENSION citus").await.expect("citus");
+        }
+        Some(cluster)
+    }
+
+    /// What an operator does to make the coordinator's database a Citus
+    /// one: the extension, the coordinator's address, the workers.
+    pub async fn enable(&self) {
+        let c = connect(&self.url()).await;
+        c.batch_execute("CREATE EXTENSION citus").await.expect("citus");
+        c.execute("SELECT citus_set_coordinator_host('127.0.0.1', $1)", &[&i32::from(self.coordinator.port)])
+            .await
+            .expect("coordinator registered");
+        for w in &self.workers {
+            c.execute("SELECT citus_add_node('127.0.0.1', $1)", &[&i32::from(w.port)]).await.expect("worker added");
+        }
+    }
+
+    /// The coordinator's database: what the streamer connects to.
+    pub fn url(&self) -> String {
+        self.coordinator.url(&self.database)
+    }
+}

@@ -10,6 +10,7 @@ mod common;
 mod analytics;
 mod big_file;
 mod chaos;
+mod citus;
 mod cli;
 mod dashboard;
 mod deploy;

@@ -352,11 +352,51 @@ async fn a_second_streamer_on_one_checkpoint_is_refused() -> TestResult {
     let copy = dir.path().join("copy");
     std::fs::create_dir_all(&copy)?;
     std::fs::copy(cp.join("metadata"), copy.join("metadata"))?;
-    let (ok, stderr) = once(&data, &copy, &db.url, &[]);
+    let (ok, stderr) = once(&data, &copy, &db.url, &["--session-timeout", "1"]);
     assert!(!ok);
+    assert!(stderr.contains("a session of this checkpoint is still open"), "it waited first: {stderr}");
     assert!(stderr.contains("another streamer runs with checkpoint"), "{stderr}");
     first.kill()?;
     first.wait()?;
+    Ok(())
+}
+
+/// A streamer started again at once after a kill can find its checkpoint's
+/// lock still held by the killed run's session (the server ends it once it
+/// notices): it waits for it, then runs, instead of stopping.
+#[tokio::test]
+async fn a_restart_waits_for_the_killed_runs_session_to_end() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, generator::Settings { seed: 5, ..generator::Settings::default() }, 2);
+    let (ok, stderr) = once(&data, &cp, &db.url, &[]);
+    assert!(ok, "{stderr}");
+    let id = std::fs::read_to_string(cp.join("metadata"))?;
+    let id: serde_json::Value = serde_json::from_str(&id)?;
+    let id = id["id"].as_str().expect("checkpoint id").to_owned();
+    // The killed run's session, as the server still sees it.
+    let lingering = db.client().await;
+    let held: bool = lingering
+        .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&streamer::sink::lock::CHECKPOINT, &id])
+        .await?
+        .get(0);
+    assert!(held);
+    let more = generate(&dir.path().join("more"), generator::Settings { seed: 6, ..generator::Settings::default() }, 1);
+    let moved = data.join("later.csv");
+    std::fs::rename(&more[0], &moved)?;
+    let run = tokio::task::spawn_blocking({
+        let (data, cp, url) = (data.clone(), cp.clone(), db.url.clone());
+        move || once(&data, &cp, &url, &["--session-timeout", "20"])
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    drop(lingering); // the server notices: the session ends, the lock goes
+    let (ok, stderr) = run.await?;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("a session of this checkpoint is still open"), "{stderr}");
+    let mut all = files.clone();
+    all.push(moved);
+    assert_eq!(table(&db.client().await).await, oracle(&all).0, "every file loaded after the wait");
     Ok(())
 }
 

@@ -27,12 +27,16 @@ nets AS (
           SELECT window_start, product_category, user_id, sign FROM r) x
     GROUP BY 1, 2, 3
     HAVING sum(n) <> 0),
+present AS (
+    SELECT g.window_start, g.product_category, g.user_id, count(*) AS now
+    FROM nets g, s, events e
+    WHERE e.user_id = g.user_id AND e.event_time >= g.window_start AND e.event_time < g.window_start + s.width
+      AND e.product_category = g.product_category
+    GROUP BY 1, 2, 3),
 users AS (
-    SELECT g.window_start, g.product_category, sum((a.now > 0)::int - (a.now - g.net > 0)::int) AS users
-    FROM nets g, s,
-         LATERAL (SELECT count(*) AS now FROM events e
-                  WHERE e.user_id = g.user_id AND e.event_time >= g.window_start
-                    AND e.event_time < g.window_start + s.width AND e.product_category = g.product_category) a
+    SELECT g.window_start, g.product_category,
+           sum((coalesce(p.now, 0) > 0)::int - (coalesce(p.now, 0) - g.net > 0)::int) AS users
+    FROM nets g LEFT JOIN present p USING (window_start, product_category, user_id)
     GROUP BY 1, 2),
 changes AS (
     SELECT window_start, product_category, coalesce(c.views, 0) AS views, coalesce(c.purchases, 0) AS purchases,
