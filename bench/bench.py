@@ -20,6 +20,9 @@ It measures, on this machine and in one run:
   7. the peer: a PySpark Structured Streaming job (bench/spark_peer.py) on
      the same files and table, when SPARK_PYTHON names a Python with pyspark
      (scripts/bench.sh installs it; skipped with a message otherwise);
+  8. Citus as the sink: the scale-out data set into a coordinator and two
+     workers of its own on this machine, `psql \copy` and the streamer
+     (skipped with a message when Citus is not installed);
 and checks after every run with the analytics on that each derived table
 equals its GROUP BY over `events`. It writes docs/performance_metrics.md, its raw figures
 docs/performance_metrics.json and images/bench_*.png.
@@ -111,10 +114,12 @@ PG_PID = None
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def pg_cpu():
-    """CPU seconds of the whole PostgreSQL server so far: its live processes,
-    plus the children the postmaster has reaped (ended backends). None when
-    /proc of the server cannot be read."""
+def pg_cpu(pid=None):
+    """CPU seconds of the whole PostgreSQL server so far (the benchmark's, or
+    the one whose postmaster is `pid`): its live processes, plus the children
+    the postmaster has reaped (ended backends). None when /proc of the server
+    cannot be read."""
+    PG_PID = pid or globals()["PG_PID"]
     if PG_PID is None:
         return None
     total = 0
@@ -773,6 +778,133 @@ def spark_peer():
     return out
 
 
+# --- 8: Citus as the sink -----------------------------------------------------
+
+
+PG_BIN = Path(os.environ.get("PG_BIN_DIR") or
+              sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))[-1])
+CITUS_CONF = ("shared_preload_libraries = 'citus'\nmax_prepared_transactions = 100\n"
+              "citus.recover_2pc_interval = '1s'\n")
+
+
+def as_pg(cmd):
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CitusCluster:
+    """A coordinator and two workers of the run's own on loopback ports, with
+    the server's default settings plus what Citus needs (2PC)."""
+
+    def __init__(self):
+        # Outside WORK (private to this user): the servers run as postgres when root.
+        self.root = Path(tempfile.mkdtemp(prefix="bench-citus-"))
+        os.chmod(self.root, 0o777)
+        self.nodes = []
+        for i in range(3):
+            data, port = self.root / f"node{i}", free_port()
+            init = subprocess.run(as_pg([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                         "-E", "UTF8", "--locale=C"]), capture_output=True, text=True)
+            if init.returncode != 0:
+                raise RuntimeError(f"initdb for the Citus cluster failed:\n{init.stderr[-2000:]}")
+            with open(data / "postgresql.conf", "a") as conf:
+                conf.write(CITUS_CONF)
+            subprocess.run(as_pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(self.root / f"node{i}.log"),
+                                  "-o", f"-p {port} -k {self.root} -c listen_addresses=127.0.0.1", "start"]),
+                           check=True, capture_output=True)
+            self.nodes.append((data, port))
+
+    def url(self, port, db):
+        return f"postgres://postgres@127.0.0.1:{port}/{db}"
+
+    def fresh_database(self, name, events_only=False):
+        """A new database on every node with the extension, the workers
+        added; with events_only, db/001's table distributed as the streamer's
+        layout does (for the COPY limit). Returns the coordinator's URL."""
+        for _, port in self.nodes:
+            psql(self.url(port, "postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            psql(self.url(port, "postgres"), f"CREATE DATABASE {name}")
+            psql(self.url(port, name), "CREATE EXTENSION citus")
+        coordinator = self.url(self.nodes[0][1], name)
+        psql(coordinator, f"SELECT citus_set_coordinator_host('127.0.0.1', {self.nodes[0][1]})")
+        for _, port in self.nodes[1:]:
+            psql(coordinator, f"SELECT citus_add_node('127.0.0.1', {port})")
+        if events_only:
+            subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", coordinator,
+                            "-f", str(ROOT / "db/001_events.sql")], check=True, capture_output=True)
+            psql(coordinator, "ALTER TABLE events DROP CONSTRAINT events_pkey; "
+                              "ALTER TABLE events ADD PRIMARY KEY (user_id, event_id); "
+                              "SELECT create_distributed_table('events', 'user_id')")
+        return coordinator
+
+    def cpu(self):
+        """CPU seconds of all three servers so far."""
+        return sum(pg_cpu(int((data / "postmaster.pid").read_text().split()[0])) or 0.0 for data, _ in self.nodes)
+
+    def stop(self):
+        for data, _ in self.nodes:
+            subprocess.run(as_pg([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def citus():
+    """The scale-out data set into a Citus coordinator with two workers, all on
+    this machine, and into the benchmark's single server, in the same runs:
+    `psql \\copy` into the (distributed) table, the streamer with 1 and 2
+    loaders (ingest alone) and with the analytics on."""
+    if not (PG_BIN.parent / "lib/citus.so").exists():
+        why = f"Citus is not installed for {PG_BIN} (../shared/tools/citus.sh builds it here)"
+        log(f"citus: skipped ({why})")
+        return {"skipped": why}
+    files, rows = SCALE_OUT
+    data = WORK / "citus"
+    paths = generate(data, files, rows, 0.0, seed=31)
+    cluster = CitusCluster()
+    out = {"files": files, "rows_per_file": rows, "workers": 2}
+    variants = (("loaders_1", ["--loaders", "1", "--analytics", "false"]),
+                ("loaders_2", ["--loaders", "2", "--analytics", "false"]),
+                ("analytics_on", []))
+    try:
+        out["version"] = psql(cluster.fresh_database("bench_citus"),
+                              "SELECT extversion FROM pg_extension WHERE extname = 'citus'")
+        runs = {where: {name: [] for name in ("copy", *dict(variants))} for where in ("citus", "single")}
+        for run in range(RUNS):
+            url = cluster.fresh_database("bench_citus", events_only=True)
+            c0 = cluster.cpu()
+            m = copy_limit(paths, url)
+            m["servers_cpu_s"] = cluster.cpu() - c0
+            runs["citus"]["copy"].append(m)
+            url = fresh_database("bench_citus", schema=True)
+            runs["single"]["copy"].append(copy_limit(paths, url))
+            drop_database("bench_citus")
+            for name, flags in variants:
+                url = cluster.fresh_database("bench_citus")
+                c0 = cluster.cpu()
+                m = stream_once(data, url, "--max-files-per-batch", "4", *flags)
+                m["servers_cpu_s"] = cluster.cpu() - c0
+                runs["citus"][name].append(m)
+                url = fresh_database("bench_citus")
+                runs["single"][name].append(stream_once(data, url, "--max-files-per-batch", "4", *flags))
+                drop_database("bench_citus")
+            c, p = runs["citus"], runs["single"]
+            log(f"citus run {run + 1}: " + ", ".join(
+                f"{name} {c[name][-1]['rows_per_s']:,.0f} (single server {p[name][-1]['rows_per_s']:,.0f})"
+                for name in c) + f" rows/s; derived exact on Citus: {c['analytics_on'][-1].get('derived_exact')}")
+        for where, by_name in runs.items():
+            out[where] = {name: summarize(r) for name, r in by_name.items()}
+            out[f"{where}_runs"] = by_name
+    finally:
+        cluster.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return out
+
+
 # --- the machine -------------------------------------------------------------
 
 
@@ -808,7 +940,8 @@ def main():
         # (backlog again leaves the scaling section's default points, which
         # copy backlog A's figures, as they were.)
         sections = {"backlog": backlog, "latency": latency, "scale_out": scale_out, "spark": spark_peer,
-                    "restart": restart, "replay": replay}
+                    "restart": restart, "replay": replay,
+                    "citus": citus}
         for name in again:
             if name not in sections:
                 sys.exit(f"BENCH_AGAIN: {name} is not one of {', '.join(sections)}")
@@ -826,6 +959,7 @@ def main():
         results["spark"] = spark_peer()
         results["restart"] = restart()
         results["replay"] = replay()
+        results["citus"] = citus()
         results["duration_s"] = time.perf_counter() - started
     # The raw figures beside the page, so that report.py can redraw it
     # (after an edit of bench/analysis.md) without measuring again.

@@ -444,6 +444,39 @@ def markdown(r):
             "(its next listing, at most the rescan interval, 5 s, after the kill).",
             "",
         ]
+    ci = r.get("citus")
+    if ci:
+        lines += ["## Citus as the sink", ""]
+        if "skipped" in ci:
+            lines += [f"Not measured in this run: {ci['skipped']}.", ""]
+        else:
+            measured = r.get("measured_again", {}).get("citus")
+            lines += [
+                f"The scale-out data set ({ci['files']} files × {k(ci['rows_per_file'])} rows, four files per batch) "
+                f"into a Citus {ci['version']} coordinator with {ci['workers']} workers, all three servers on this "
+                f"machine's {r['machine']['cores']} cores (loopback, default settings plus two-phase commit), "
+                "`events` distributed by `user_id` by the streamer itself (the COPY into the same distributed "
+                "table), and in the same runs into the benchmark's single server"
+                + (f" (this section measured again {measured}, on the host of that day; compare within it)"
+                   if measured else "")
+                + ". *Servers' CPU* is the three Citus servers' together.",
+                "",
+                "| | Citus rows/s | servers' CPU | single server rows/s | Citus ÷ single |",
+                "|---|---|---|---|---|",
+            ]
+            labels = {"copy": "`psql \\copy`, one session", "loaders_1": "streamer, `--loaders 1`, ingest alone",
+                      "loaders_2": "streamer, `--loaders 2`, ingest alone",
+                      "analytics_on": "streamer, analytics on (default loaders)"}
+            for key, label in labels.items():
+                c, p = ci["citus"][key], ci["single"][key]
+                lines.append(f"| {label} | {spread(c['rows_per_s'])} | {spread(c['servers_cpu_s'], sec, ' s')} | "
+                             f"{spread(p['rows_per_s'])} | {ratio(c['rows_per_s']['median'] / p['rows_per_s']['median'])} |")
+            exact = ci["citus"]["analytics_on"].get("derived_exact")
+            if exact is not None:
+                lines += ["", "Every derived table equalled its GROUP BY over the distributed `events` after each run "
+                          "with the analytics on." if exact["min"] == 1 else
+                          "**A derived table differed from its GROUP BY after a run with the analytics on.**"]
+            lines += [""]
     sp = r.get("spark")
     if sp:
         lines += ["## The peer: PySpark Structured Streaming", ""]

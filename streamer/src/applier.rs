@@ -125,7 +125,8 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
         let prepared: i64 = tx
             .query_one(
                 "SELECT coalesce(sum(result::int8), 0)::int8 \
-                 FROM run_command_on_workers('SELECT count(*) FROM pg_prepared_xacts') WHERE success",
+                 FROM run_command_on_workers('SELECT count(*) FROM pg_prepared_xacts \
+                                              WHERE database = current_database()') WHERE success",
                 &[],
             )
             .await?
