@@ -16,7 +16,13 @@
 #     oracle holds (`streamer verify` compares events with the files);
 #   - `docker compose down -v` then `up`: the files still in ./data are
 #     loaded into the new database, and the streamer says why;
-# and the image's own layers on top of the base stay within 50 MB.
+# and the image's own layers on top of the base stay within 50 MB; then the
+# profile `citus` (a coordinator and two workers, citus-setup joining them):
+# the streamer distributes `events` over both workers itself, the
+# generator's files load, `streamer verify` agrees. The profile uses the
+# official citusdata/citus:13.2 image; with no registry (this workplace), a
+# local stand-in is built from the postgres:15 image and the host's Citus
+# build (../shared/tools/citus.sh), else that part is skipped with a message.
 #
 # Needs a Docker engine with Compose v2 (.ci/run prepares one with
 # ../shared/tools/docker-offline.sh). Every wait is bounded; on failure the
@@ -39,9 +45,9 @@ cleanup() {
     for p in "${projects[@]}"; do
         if [ "$status" -ne 0 ]; then
             echo "---- logs of $p ----" >&2
-            (cd "$work/$p" && docker compose -p "$p" logs --no-color --tail 80 >&2) || true
+            (cd "$work/$p" && docker compose -p "$p" --profile citus logs --no-color --tail 80 >&2) || true
         fi
-        (cd "$work/$p" && docker compose -p "$p" down -v --remove-orphans >/dev/null 2>&1) || true
+        (cd "$work/$p" && docker compose -p "$p" --profile citus down -v --remove-orphans >/dev/null 2>&1) || true
     done
     rm -rf "$work"
     exit "$status"
@@ -161,6 +167,76 @@ EOF
     say "owner $owner: passed ($files files)"
 }
 
+# A stand-in for citusdata/citus:13.2 when the registry cannot be reached:
+# postgres:15 with the host's PostgreSQL 15 server files (the minor version
+# the host's Citus build was made for) and its Citus, preloaded.
+citus_image() {
+    docker image inspect citusdata/citus:13.2 >/dev/null 2>&1 && return 0
+    local server=/usr/lib/postgresql/15 share=/usr/share/postgresql/15
+    [ -f "$server/lib/citus.so" ] && docker image inspect postgres:15 >/dev/null 2>&1 || return 1
+    local ctx="$work/citus-image"
+    mkdir -p "$ctx"
+    cp -a "$server" "$ctx/server"
+    cp -a "$share" "$ctx/share"
+    echo "shared_preload_libraries = 'citus'" >>"$ctx/share/postgresql.conf.sample"
+    # (HOME: the stand-in's entrypoint keeps root's, where libpq inside the
+    # server would look for client certificates; the official image's is the
+    # postgres user's.)
+    printf '%s\n' 'FROM postgres:15' 'COPY server/ /usr/lib/postgresql/15/' 'COPY share/ /usr/share/postgresql/15/' \
+        'ENV HOME=/var/lib/postgresql' >"$ctx/Dockerfile"
+    say "citus: no citusdata/citus:13.2 here; building a stand-in from postgres:15 and the host's PostgreSQL and Citus"
+    docker build --network host -q -t citusdata/citus:13.2 "$ctx" >/dev/null
+}
+
+run_citus() {
+    local p="pipe_citus_$$"
+    projects+=("$p")
+    local dir="$work/$p"
+    mkdir -p "$dir"
+    git -C "$repo" ls-files -z | tar -C "$repo" --null -T - -c | tar -C "$dir" -x
+    local pg_port http_port citus_port
+    pg_port=$(free_port); http_port=$(free_port); citus_port=$(free_port)
+    printf '%s\n' "POSTGRES_PORT=$pg_port" "HTTP_PORT=$http_port" "CITUS_PORT=$citus_port" \
+        DATABASE_HOST=citus-coordinator SLEEP_INTERVAL=0.5 MIN_EVENTS=50 MAX_EVENTS=300 DUPLICATE_RATE=0.1 \
+        >"$dir/.env"
+    cd "$dir"
+    local compose=(docker compose -p "$p" --profile citus)
+    local url="postgres://pipeline:pipeline@127.0.0.1:$citus_port/ecommerce"
+    sql() { psql "$url" -qtAX -c "$1"; }
+    files_in_data() { find data -maxdepth 1 -name '*.csv' | wc -l; }
+    healthy() { [ "$("${compose[@]}" ps --format '{{.Health}}' "$1" 2>/dev/null)" = healthy ]; }
+    loaded_at_least() { [ "$(sql 'SELECT count(*) FROM load_history' 2>/dev/null || echo 0)" -ge "$1" ]; }
+    all_loaded() {
+        local n; n=$(files_in_data)
+        [ "$(sql "SELECT count(*) FROM load_history WHERE status = 'loaded'" 2>/dev/null || echo -1)" -eq "$n" ]
+    }
+    say "citus: up (a coordinator, two workers, citus-setup, streamer, generator)"
+    "${compose[@]}" up -d --no-build citus-coordinator citus-worker-1 citus-worker-2 citus-setup postgres streamer \
+        generator >/dev/null 2>&1 || fail "compose --profile citus up"
+    wait_for 180 healthy streamer || fail "the streamer is not healthy on Citus"
+    wait_for 60 loaded_at_least 3 || fail "the generator's files are not in the distributed events"
+    grep -q 'now distributed by user_id' <<<"$("${compose[@]}" logs --no-color streamer)" \
+        || fail "the streamer did not say it distributed the tables"
+    [ "$(sql "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass")" = 1 ] \
+        || fail "events is not distributed"
+    [ "$(sql "SELECT count(DISTINCT nodename) FROM citus_shards WHERE table_name = 'events'::regclass")" = 2 ] \
+        || fail "events' shards are not on both workers"
+    "${compose[@]}" stop generator >/dev/null 2>&1
+    wait_for 60 all_loaded || fail "not every file was loaded into Citus ($(files_in_data) in data)"
+    "${compose[@]}" exec -T streamer streamer verify >"$work/verify-citus.txt" 2>&1 \
+        || { cat "$work/verify-citus.txt" >&2; fail "events on Citus differs from the files"; }
+    grep -q ' 0 differing, 0 missing' "$work/verify-citus.txt" || fail "verify: $(cat "$work/verify-citus.txt")"
+    local files; files=$(files_in_data)
+    "${compose[@]}" down -v >/dev/null 2>&1
+    cd "$repo"
+    say "citus: passed ($files files over two workers)"
+}
+
 run_as 1000
 run_as 0
+if citus_image; then
+    run_citus
+else
+    say "citus: skipped (no citusdata/citus:13.2 image, and no host Citus build for a stand-in: ../shared/tools/citus.sh)"
+fi
 say "compose test passed in $((SECONDS - started)) s"
