@@ -72,7 +72,11 @@ impl Control {
                 r = tokio::time::timeout(Duration::from_secs(15), connecting) => r,
             };
             let error = match result {
-                Ok(Ok((mut client, notifications))) => match Control::setup(config, &mut client, checkpoint_id).await {
+                Ok(Ok((mut client, notifications))) => match tokio::select! {
+                    // (The setup may wait for a killed run's session to end.)
+                    _ = shutdown.cancelled() => return Ok(None),
+                    r = Control::setup(config, &mut client, checkpoint_id) => r,
+                } {
                     Ok((window, citus)) => {
                         info!(attempt, database = %config.database, "connected to PostgreSQL");
                         return Ok(Some(Control {
