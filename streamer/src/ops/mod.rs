@@ -374,14 +374,23 @@ pub async fn reset(args: &ResetArgs) -> anyhow::Result<Reset> {
         _ => None,
     };
     if let Some(client) = &client {
-        let running: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-                &[&crate::pg::APPLICATION_NAME],
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(describe(&e)))?
-            .get(0);
+        // A streamer that has just stopped leaves its sessions for a moment
+        // (the server ends them once it notices): look again for up to 3 s.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let running = loop {
+            let running: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                    &[&crate::pg::APPLICATION_NAME],
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!(describe(&e)))?
+                .get(0);
+            if running == 0 || std::time::Instant::now() >= patience {
+                break running;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         if running > 0 {
             anyhow::bail!("a streamer is connected to this database ({running} session(s)); stop it first");
         }

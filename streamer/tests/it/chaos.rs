@@ -218,6 +218,11 @@ async fn chaos(target: Target) -> TestResult {
                 crashes += 1;
             }
         }
+        if disrupted.is_none() && started.elapsed() > Duration::from_secs(secs * 3 / 4) {
+            // Not drawn by now: once, for sure.
+            disrupted = Some(target.disrupt().await);
+            continue;
+        }
         let i = rng.random_range(0..members.len());
         match rng.random_range(0..10) {
             0..=3 => {
@@ -241,9 +246,6 @@ async fn chaos(target: Target) -> TestResult {
                 freezes += 1;
             }
             8 if disrupted.is_none() && started.elapsed() > Duration::from_secs(secs / 2) => {
-                disrupted = Some(target.disrupt().await);
-            }
-            _ if disrupted.is_none() && started.elapsed() > Duration::from_secs(secs * 3 / 4) => {
                 disrupted = Some(target.disrupt().await);
             }
             _ => {}
