@@ -109,6 +109,9 @@ pub struct Migrated {
 /// Brings the schema up to date; see the module docs.
 pub async fn migrate(client: &mut Client) -> Result<Migrated, SchemaError> {
     let tx = client.transaction().await.map_err(query("starting the schema transaction"))?;
+    // No statement timeout in the schema's transactions: waiting for another
+    // streamer's migration, or a migration of a big table, takes what it takes.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(query("starting the schema transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::SCHEMA]).await.map_err(query("taking the schema lock"))?;
     // "relation … already exists, skipping" is the expected case, not news.
     tx.batch_execute(
@@ -165,6 +168,10 @@ async fn distribute(client: &mut Client, out: &mut Migrated) -> Result<(), Schem
         return Ok(());
     }
     let tx = client.transaction().await.map_err(query("starting the Citus layout transaction"))?;
+    // Distributing a loaded table copies it into the shards: no timeout.
+    tx.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(query("starting the Citus layout transaction"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock::SCHEMA]).await.map_err(query("taking the schema lock"))?;
     let distributed = tx
         .query_opt("SELECT 1 FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass", &[])

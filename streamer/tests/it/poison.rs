@@ -500,3 +500,28 @@ async fn a_second_streamer_with_once_returns_while_the_first_registers() -> Test
     assert_eq!(table(&client).await, oracle(&files).0);
     Ok(())
 }
+
+/// A streamer starting while another holds the schema lock past the
+/// statement timeout (a long migration, the Citus layout copying a loaded
+/// table) waits for it instead of stopping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_waits_for_another_streamers_long_migration() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let files = generate(&data, generator::Settings { seed: 7, ..generator::Settings::default() }, 2);
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&streamer::sink::lock::SCHEMA]).await?;
+    let run = tokio::task::spawn_blocking({
+        let (data, cp, url) = (data.clone(), cp.clone(), db.url.clone());
+        move || once(&data, &cp, &url, &["--statement-timeout", "1"])
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(!run.is_finished(), "it waits for the lock");
+    tx.commit().await?;
+    let (ok, stderr) = run.await?;
+    assert!(ok, "{stderr}");
+    assert_eq!(table(&db.client().await).await, oracle(&files).0);
+    Ok(())
+}
