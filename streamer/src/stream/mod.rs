@@ -90,7 +90,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let Some(mut control) = Control::connect(&config, checkpoint_id, &shutdown).await? else {
             return Ok(None);
         };
-        let recovered = reconcile(&config, &mut control.client, &checkpoint, checkpoint_id).await?;
+        // A connection lost while reconciling (a server or Citus worker
+        // restarting, a session timed out) is retried on a new session.
+        let mut backoff = crate::pg::Backoff::new(config.max_backoff);
+        let recovered = loop {
+            match reconcile(&config, &mut control.client, &checkpoint, checkpoint_id).await {
+                Ok(recovered) => break recovered,
+                Err(e) if lost_connection(&e) => {
+                    let wait = backoff.step();
+                    warn!(error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "reconciling with the database failed; retrying");
+                    if !crate::pause(&shutdown, wait).await || !control.reconnect(&config, &shutdown).await? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         monitor.ready();
         let (fatal, fatal_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -201,6 +216,13 @@ async fn wait_for_analytics(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
+}
+
+/// Whether an error comes from PostgreSQL and retrying can help.
+fn lost_connection(e: &anyhow::Error) -> bool {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .is_some_and(|pg| crate::pg::classify(pg) == crate::pg::ErrorClass::Transient)
 }
 
 /// Confirms or queues the batches planned before a restart, re-bases a

@@ -113,7 +113,9 @@ async fn reprocess_loads_a_file_again_and_the_load_history_says_so() -> TestResu
     Ok(())
 }
 
-#[tokio::test]
+// Multi-threaded: the in-process runs' sessions finish closing while the
+// test waits for the binary (reset refuses while a streamer's session is open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_needs_yes_forgets_the_checkpoint_and_can_empty_the_tables() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
