@@ -119,14 +119,14 @@ def pg_cpu(pid=None):
     the one whose postmaster is `pid`): its live processes, plus the children
     the postmaster has reaped (ended backends). None when /proc of the server
     cannot be read."""
-    PG_PID = pid or globals()["PG_PID"]
-    if PG_PID is None:
+    pid = pid or PG_PID
+    if pid is None:
         return None
     total = 0
     try:
-        fields = Path(f"/proc/{PG_PID}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        for child in Path(f"/proc/{PG_PID}/task/{PG_PID}/children").read_text().split():
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             try:
                 f = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
                 total += int(f[11]) + int(f[12])

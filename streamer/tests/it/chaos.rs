@@ -273,15 +273,7 @@ async fn chaos(target: Target) -> TestResult {
     assert_eq!(count(&client, "SELECT count(*) FROM rejected_rows").await, invalid as i64, "each bad row once");
     assert_analytics_exact(&client).await;
     if let Target::Citus(_) = target {
-        let distributed =
-            count(&client, "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass").await;
-        assert_eq!(distributed, 1, "events is distributed");
-        let nodes = count(
-            &client,
-            "SELECT count(DISTINCT nodename || nodeport) FROM citus_shards WHERE table_name = 'events'::regclass",
-        )
-        .await;
-        assert_eq!(nodes, 2, "events' shards are on both workers");
+        assert_events_on_workers(&client, 2).await;
         let per_worker = client
             .query(
                 "SELECT result FROM run_command_on_workers($$SELECT count(*) FROM pg_prepared_xacts$$) ORDER BY nodeport",

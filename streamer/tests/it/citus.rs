@@ -87,12 +87,7 @@ async fn a_database_moves_to_citus_and_every_round_after_is_exact() -> TestResul
     let colocated =
         count(&client, "SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE partmethod = 'h'").await;
     assert_eq!(colocated, 1, "the distributed tables are co-located");
-    let workers = count(
-        &client,
-        "SELECT count(DISTINCT nodeport) FROM citus_shards WHERE table_name = 'events'::regclass AND shard_size >= 0",
-    )
-    .await;
-    assert_eq!(workers, 2, "events' shards are on both workers");
+    assert_events_on_workers(&client, 2).await;
     let updated = count(&client, "SELECT sum(rows_updated)::int8 FROM load_history").await;
     assert!(updated > 20, "only {updated} rows were updated: the test lost its point");
     let lost = count(&client, "SELECT sum(rows_duplicate)::int8 FROM load_history").await;

@@ -689,3 +689,16 @@ impl CitusCluster {
         self.coordinator.url(&self.database)
     }
 }
+
+/// Asserts that `events` is distributed and its shards are on `workers` nodes.
+pub async fn assert_events_on_workers(client: &Client, workers: i64) {
+    let distributed =
+        count(client, "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'events'::regclass").await;
+    assert_eq!(distributed, 1, "events is distributed");
+    let nodes = count(
+        client,
+        "SELECT count(DISTINCT nodename || nodeport) FROM citus_shards WHERE table_name = 'events'::regclass",
+    )
+    .await;
+    assert_eq!(nodes, workers, "events' shards are on every worker");
+}
