@@ -34,8 +34,8 @@ use crate::batch::{self, BatchRead, FileOutcome, ReadPlan, SourceFile};
 use crate::checkpoint::{Checkpoint, Offsets, PlannedFile};
 use crate::config::{CleanSource, Config};
 use crate::observe::Observers;
-use crate::pg::{connect_session, describe, Backoff, ErrorClass};
-use crate::sink::{BatchMeta, Claim, Committed, Loader, SinkError};
+use crate::pg::{connect_session, Backoff, ErrorClass};
+use crate::sink::{BatchMeta, Claim, Committed, Loader, SinkError, Stage};
 use crate::{blocking, lock, pause, registry};
 
 mod marker;
@@ -126,7 +126,7 @@ enum Attempt {
 /// Runs one loader until `stop` fires (the batch in flight gets the grace
 /// period first).
 pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
-    let mut client: Option<Client> = None;
+    let mut client: Option<(Client, Stage)> = None;
     let mut backoff = Backoff::new(shared.config.max_backoff);
     let mut job = Job::default();
     while !stop.is_cancelled() {
@@ -135,7 +135,7 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
             Next::Again => continue,
             Next::Stop => return,
         }
-        let Some(c) = client.as_mut() else { continue };
+        let Some((c, stage)) = client.as_mut() else { continue };
         if !pick_recovered(&shared, &mut job) {
             // Another loader is claiming a recovered batch's files.
             if !pause(&stop, Duration::from_millis(20)).await {
@@ -144,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
             continue;
         }
         job.attempt += 1;
-        let attempt = guarded(&shared, &stop, attempt(&shared, c, &mut job)).await;
+        let attempt = guarded(&shared, &stop, attempt(&shared, c, stage, &mut job)).await;
         let Some(attempt) = attempt else { return };
         match attempt {
             Attempt::Nothing => {
@@ -215,24 +215,29 @@ async fn session(
     shared: &Shared,
     index: usize,
     stop: &CancellationToken,
-    client: &mut Option<Client>,
+    client: &mut Option<(Client, Stage)>,
     backoff: &mut Backoff,
 ) -> Next {
-    if client.as_ref().is_some_and(|c| !c.is_closed()) {
+    if client.as_ref().is_some_and(|(c, _)| !c.is_closed()) {
         return Next::Go;
     }
-    match open_session(&shared.config).await {
+    match open_session(&shared.config, shared.citus).await {
         Ok(c) => {
             *client = Some(c);
             Next::Go
         }
         Err(e) => {
             let wait = backoff.step();
-            if crate::pg::classify(&e) == ErrorClass::Fatal {
-                let _ = shared.fatal.send(anyhow::anyhow!("loader {index} cannot open its session: {}", describe(&e)));
+            if e.class() == ErrorClass::Fatal {
+                let _ = shared.fatal.send(anyhow::anyhow!("loader {index} cannot open its session: {e}"));
                 return Next::Stop;
             }
-            warn!(loader = index, error = %describe(&e), retry_in_ms = wait.as_millis() as u64, "PostgreSQL is not reachable; waiting");
+            let why = if e.pg().is_some() {
+                "PostgreSQL is not reachable; waiting"
+            } else {
+                "no stage slot is free; waiting"
+            };
+            warn!(loader = index, error = %e, retry_in_ms = wait.as_millis() as u64, "{why}");
             if pause(stop, wait).await {
                 Next::Again
             } else {
@@ -258,13 +263,12 @@ fn pick_recovered(shared: &Shared, job: &mut Job) -> bool {
     shared.unclaimed_recoveries.load(std::sync::atomic::Ordering::Acquire) == 0
 }
 
-async fn open_session(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, _) = connect_session(&config.database, crate::pg::APPLICATION_NAME, &config.session).await?;
-    crate::sink::prepare_loader_session(&client).await.map_err(|e| match e {
-        SinkError::Query { source, .. } => source,
-        SinkError::Frame(_) => unreachable!("preparing a session stages no frame"),
-    })?;
-    Ok(client)
+async fn open_session(config: &Config, citus: bool) -> Result<(Client, Stage), SinkError> {
+    let (client, _) = connect_session(&config.database, crate::pg::APPLICATION_NAME, &config.session)
+        .await
+        .map_err(SinkError::query("opening the loader session"))?;
+    let stage = crate::sink::prepare_loader_session(&client, citus).await?;
+    Ok((client, stage))
 }
 
 /// Runs `work`; once `stop` fires it gets the grace period to finish, then
@@ -390,7 +394,7 @@ fn what_to_claim(shared: &Shared, job: &Job) -> (BatchMeta, Claim) {
 }
 
 /// One attempt at a batch, in one transaction.
-async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt {
+async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job: &mut Job) -> Attempt {
     let discovering = Instant::now();
     let config = &shared.config;
     // After a failure the lost COMMIT may have gone through.
@@ -405,7 +409,7 @@ async fn attempt(shared: &Shared, client: &mut Client, job: &mut Job) -> Attempt
         }
     }
     let (meta, claim) = what_to_claim(shared, job);
-    let mut loader = match Loader::begin(client, meta, claim).await {
+    let mut loader = match Loader::begin(client, stage_table, meta, claim).await {
         Ok(loader) => loader,
         Err(e) => return Attempt::Failed(e),
     };

@@ -28,6 +28,9 @@ pub const REGISTRAR: i32 = CLASS + 1;
 pub const DISPOSER: i32 = CLASS + 2;
 /// One process per checkpoint id (a copied checkpoint folder is refused).
 pub const CHECKPOINT: i32 = CLASS + 3;
+/// On Citus, a loader session's stage slot (object: the slot): its
+/// distributed staging table `events_stage_<slot>` is the holder's alone.
+pub const STAGE_SLOT: i32 = CLASS + 4;
 
 /// `SELECT pg_try_advisory_lock(class, hashtext($1))`: true when taken.
 pub fn keyed(class: i32) -> String {

@@ -38,6 +38,8 @@ pub enum SinkError {
     Query { what: &'static str, source: tokio_postgres::Error },
     #[error("the batch frame does not have the batch schema: {0}")]
     Frame(#[from] polars::error::PolarsError),
+    #[error("all {0} stage slots of the Citus database are held by other loader sessions")]
+    Slots(i32),
 }
 
 impl SinkError {
@@ -48,14 +50,17 @@ impl SinkError {
     pub fn pg(&self) -> Option<&tokio_postgres::Error> {
         match self {
             SinkError::Query { source, .. } => Some(source),
-            SinkError::Frame(_) => None,
+            SinkError::Frame(_) | SinkError::Slots(_) => None,
         }
     }
 
     /// What the error tells the caller to do (a frame that does not match
-    /// is a bug: fatal).
+    /// is a bug: fatal; every stage slot held: try later, sessions end).
     pub fn class(&self) -> ErrorClass {
-        self.pg().map_or(ErrorClass::Fatal, classify)
+        match self {
+            SinkError::Slots(_) => ErrorClass::Transient,
+            _ => self.pg().map_or(ErrorClass::Fatal, classify),
+        }
     }
 
     /// True when this batch is in the database already: a COMMIT that went
@@ -130,12 +135,47 @@ pub struct Committed {
     pub committed_at: DateTime<Utc>,
 }
 
+/// A loader session's staging table: its own TEMP table on PostgreSQL; on
+/// Citus a distributed table co-located with `events` (TEMP tables cannot
+/// be distributed), one per stage slot, which the session holds by the
+/// advisory lock [`lock::STAGE_SLOT`] for its lifetime.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    table: String,
+    distributed: bool,
+    copy: String,
+    merge_one: String,
+    merge_several: String,
+    lost: String,
+}
+
+impl Stage {
+    fn temp() -> Stage {
+        Stage::new("events_stage".into(), false)
+    }
+
+    fn new(table: String, distributed: bool) -> Stage {
+        let (merge_one, merge_several, lost) = if distributed {
+            (sql::citus_merge_sql(&table, false), sql::citus_merge_sql(&table, true), sql::citus_lost_sql(&table))
+        } else {
+            (sql::merge_sql(false), sql::merge_sql(true), String::new())
+        };
+        Stage { copy: sql::stage_copy(&table), table, distributed, merge_one, merge_several, lost }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
 /// A batch being loaded: ONE transaction that its files are claimed in and
 /// its chunks staged into, then merged, recorded and committed by
 /// [`Loader::finish`]. Dropped before that, it rolls back.
 #[allow(missing_debug_implementations)] // a Transaction has no Debug
 pub struct Loader<'a> {
     tx: Transaction<'a>,
+    stage: &'a Stage,
     meta: BatchMeta,
     batch_seq: i64,
     files: Vec<Claimed>,
@@ -153,7 +193,13 @@ const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_n
 impl<'a> Loader<'a> {
     /// Begins the batch's transaction and claims its files (possibly none:
     /// then [`Loader::files`] is empty and the caller rolls back).
-    pub async fn begin(client: &'a mut Client, meta: BatchMeta, claim: Claim) -> Result<Loader<'a>, SinkError> {
+    /// `stage` is the session's ([`prepare_loader_session`]).
+    pub async fn begin(
+        client: &'a mut Client,
+        stage: &'a Stage,
+        meta: BatchMeta,
+        claim: Claim,
+    ) -> Result<Loader<'a>, SinkError> {
         let tx = client.transaction().await.map_err(SinkError::query("starting the batch transaction"))?;
         let rows = match &claim {
             Claim::Next { files, bytes } => {
@@ -203,7 +249,7 @@ impl<'a> Loader<'a> {
             seq
         };
         let staged = vec![0; files.len()];
-        Ok(Loader { tx, meta, batch_seq, files, chunks: 0, staged, started: Instant::now(), first_stage: true })
+        Ok(Loader { tx, stage, meta, batch_seq, files, chunks: 0, staged, started: Instant::now(), first_stage: true })
     }
 
     /// The claimed files, oldest first.
@@ -247,7 +293,7 @@ impl<'a> Loader<'a> {
         let n = self.chunks;
         self.chunks += 1;
         let what = "staging the rows";
-        let sink = self.tx.copy_in(sql::STAGE_COPY).await.map_err(SinkError::query(what))?;
+        let sink = self.tx.copy_in(self.stage.copy.as_str()).await.map_err(SinkError::query(what))?;
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
         for i in 0..view.len() {
@@ -361,10 +407,10 @@ impl<'a> Loader<'a> {
         read: &[FileSummary],
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
-        let Loader { tx, meta, batch_seq, files, chunks, staged, started, .. } = self;
+        let Loader { tx, stage, meta, batch_seq, files, chunks, staged, started, .. } = self;
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
-            settle::merge(&tx, batch_seq, chunks, &staged, &mut loads).await?;
+            settle::merge(&tx, stage, batch_seq, chunks, &staged, &mut loads).await?;
         }
         settle::record(&tx, &meta, batch_seq, &loads, to_move).await?;
         let load = started.elapsed();
@@ -381,7 +427,7 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// Column types of `events_stage`, in order.
+/// Column types of the staging table, in order.
 const STAGE_TYPES: [Type; 13] = [
     Type::INT4,
     Type::INT4,
@@ -403,18 +449,56 @@ fn micros_to_utc(micros: i64) -> DateTime<Utc> {
 }
 
 /// Releases the [`lock::COMMIT_FENCE`] a batch's COMMIT took (a session
-/// lock: a COMMIT or a rollback keeps it). Nothing to do when the session
-/// is gone (the lock went with it); a loader session holds no other
-/// advisory lock.
+/// lock: a COMMIT or a rollback keeps it; the batch took it once). Nothing
+/// to do when the session is gone (the lock went with it).
 pub async fn release_fence(client: &Client) {
     if !client.is_closed() {
-        if let Err(e) = client.batch_execute("SELECT pg_advisory_unlock_all()").await {
+        let (class, object) = lock::COMMIT_FENCE;
+        if let Err(e) = client.execute("SELECT pg_advisory_unlock_shared($1, $2)", &[&class, &object]).await {
             tracing::debug!(error = %describe(&e), "releasing the commit fence");
         }
     }
 }
 
-/// Prepares a loader session: its staging table.
-pub async fn prepare_loader_session(client: &Client) -> Result<(), SinkError> {
-    client.batch_execute(sql::STAGE_DDL).await.map_err(SinkError::query("preparing the loader session"))
+/// How many stage slots a Citus database offers (loader sessions at once).
+pub const STAGE_SLOTS: i32 = 256;
+
+/// A Citus loader session's connections per worker.
+const CITUS_POOL: u32 = 4;
+
+/// Prepares a loader session: its staging table (`citus`: the database is
+/// a Citus coordinator; the session takes the first free stage slot and
+/// creates its table if no session did before).
+pub async fn prepare_loader_session(client: &Client, citus: bool) -> Result<Stage, SinkError> {
+    let what = "preparing the loader session";
+    if !citus {
+        client.batch_execute(sql::STAGE_DDL).await.map_err(SinkError::query(what))?;
+        return Ok(Stage::temp());
+    }
+    let class = lock::STAGE_SLOT;
+    for slot in 0..STAGE_SLOTS {
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &slot])
+            .await
+            .map_err(SinkError::query(what))?
+            .get(0);
+        if !taken {
+            continue;
+        }
+        let table = format!("events_stage_{slot}");
+        // A transaction without a statement timeout, as the schema's (a
+        // worker may be slow to answer the DDL). Then the session's
+        // connections to the workers: 4 per worker, kept between batches
+        // (Citus's default keeps one, and a batch that opens the rest again
+        // pays for it in every statement and in its two-phase commit).
+        let ddl = format!(
+            "BEGIN; SET LOCAL statement_timeout = 0; {} COMMIT; \
+             SET citus.max_adaptive_executor_pool_size = {CITUS_POOL}; \
+             SET citus.max_cached_conns_per_worker = {CITUS_POOL};",
+            sql::CITUS_STAGE_DDL.replace("events_stage_SLOT", &table)
+        );
+        client.batch_execute(&ddl).await.map_err(SinkError::query(what))?;
+        return Ok(Stage::new(table, true));
+    }
+    Err(SinkError::Slots(STAGE_SLOTS))
 }

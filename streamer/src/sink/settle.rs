@@ -9,13 +9,10 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use super::{sql, BatchMeta, Claimed, FileLoad, SinkError};
+use super::{sql, BatchMeta, Claimed, FileLoad, SinkError, Stage};
 use crate::batch::{FileOutcome, FileSummary};
 use crate::checkpoint::FileStatus;
 use crate::pg::text;
-
-static MERGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(false));
-static MERGE_SEVERAL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| sql::merge_sql(true));
 
 /// Each claimed file with its outcome from the read (`read` in batch
 /// order; a file the read did not reach is missing) and its read counts.
@@ -47,12 +44,13 @@ pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
 /// file, the rows inserted, updated, unchanged and lost to a newer row.
 pub(super) async fn merge(
     tx: &Transaction<'_>,
+    stage: &Stage,
     batch_seq: i64,
     chunks: i32,
     staged: &[u64],
     loads: &mut [FileLoad],
 ) -> Result<(), SinkError> {
-    if chunks > 1 {
+    if chunks > 1 && !stage.distributed {
         // Planner statistics for a stage too big to guess.
         tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
     }
@@ -63,11 +61,39 @@ pub(super) async fn merge(
     // merge runs on the workers on Citus, where the registry is not.
     let after: Vec<i64> =
         tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0);
-    let merge = if chunks > 1 { &*MERGE_SEVERAL } else { &*MERGE_ONE };
-    let rows = tx
-        .query(merge.as_str(), &[&ids, &mtimes, &batch_seq, &after])
-        .await
-        .map_err(SinkError::query("merging into events"))?;
+    let merge = if chunks > 1 { &stage.merge_several } else { &stage.merge_one };
+    let rows = if stage.distributed {
+        tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await
+    } else {
+        tx.query(merge.as_str(), &[&ids, &mtimes, &batch_seq, &after]).await
+    }
+    .map_err(SinkError::query("merging into events"))?;
+    // Per file index: rows inserted, rows written over a stored row.
+    let mut written: HashMap<i32, (u64, u64)> = HashMap::new();
+    if stage.distributed {
+        for row in rows {
+            let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            if let Some(index) = loads.iter().position(|l| l.file.file_id == file_id) {
+                written.insert(index as i32, (inserted as u64, over as u64));
+            }
+        }
+        // Usually every staged row won (a chunk is unique within itself):
+        // then there is no lost row to look for.
+        let won: u64 = written.values().map(|(inserted, over)| inserted + over).sum();
+        if staged.iter().sum::<u64>() > won {
+            tx.execute(stage.lost.as_str(), &[&ids, &batch_seq])
+                .await
+                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
+        }
+        tx.batch_execute(&format!("DELETE FROM {}", stage.table))
+            .await
+            .map_err(SinkError::query("emptying the stage"))?;
+    } else {
+        for row in rows {
+            let (index, inserted, over): (i32, i64, i64) = (row.get(0), row.get(2), row.get(3));
+            written.insert(index, (inserted as u64, over as u64));
+        }
+    }
     let replaced: HashMap<i32, i64> = tx
         .query(sql::REPLACED_PER_FILE, &[&batch_seq])
         .await
@@ -75,16 +101,14 @@ pub(super) async fn merge(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for row in rows {
-        let (index, kept, inserted, over): (i32, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
-        let Some(load) = loads.get_mut(index as usize) else { continue };
-        let (kept, inserted, over) = (kept as u64, inserted as u64, over as u64);
+    for (index, load) in loads.iter_mut().enumerate() {
+        let (inserted, over) = written.get(&(index as i32)).copied().unwrap_or_default();
         let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
         load.inserted = inserted;
         load.updated = updated;
         load.unchanged = over - updated;
         // Lost to a later chunk of the batch, or to a newer stored row.
-        load.duplicates += staged[index as usize].saturating_sub(kept) + kept.saturating_sub(inserted + over);
+        load.duplicates += staged.get(index).copied().unwrap_or_default().saturating_sub(inserted + over);
     }
     Ok(())
 }

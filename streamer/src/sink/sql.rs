@@ -7,6 +7,8 @@ use contract::COLUMNS;
 
 /// The loader session's staging table.
 pub const STAGE_DDL: &str = include_str!("sql/stage.sql");
+/// A loader session's staging table on Citus, `SLOT` standing for its slot.
+pub const CITUS_STAGE_DDL: &str = include_str!("sql/citus_stage.sql");
 /// The load history of a batch's files.
 pub const HISTORY: &str = include_str!("sql/history.sql");
 /// The registry's state of a batch's files.
@@ -14,7 +16,12 @@ pub const SETTLE: &str = include_str!("sql/settle.sql");
 /// The batch's own row.
 pub const BATCH: &str = include_str!("sql/batch.sql");
 
-pub const STAGE_COPY: &str = "COPY events_stage FROM STDIN (FORMAT binary)";
+/// The binary COPY into staging table `table`, its columns in `stage.sql`
+/// order (a Citus stage draws `event_id` itself).
+pub fn stage_copy(table: &str) -> String {
+    let cols = ["chunk", "file_index", "line"].iter().chain(&COLUMNS).copied().collect::<Vec<_>>().join(", ");
+    format!("COPY {table} ({cols}, _rescued) FROM STDIN (FORMAT binary)")
+}
 pub const REJECTED_COPY: &str =
     "COPY rejected_rows (checkpoint_id, batch_id, file_name, line_number, raw_line, reason) FROM STDIN (FORMAT binary)";
 pub const METRICS_COPY: &str = "COPY metrics_delta (batch_seq, window_start, product_category, views, purchases, \
@@ -63,13 +70,7 @@ const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, produ
 ///   over a stored row (whether or not its values changed).
 pub fn merge_sql(several_chunks: bool) -> String {
     let cols = COLUMNS.join(", ");
-    let others: Vec<&str> = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time")).collect();
-    let set: Vec<String> = others
-        .iter()
-        .chain(&["src_mtime", "src_file", "src_line", "_rescued"])
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect();
-    let set = set.join(", ");
+    let set = upsert_set();
     let (latest, source, cross_chunk) = if several_chunks {
         (
             "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
@@ -98,6 +99,62 @@ pub fn merge_sql(several_chunks: bool) -> String {
          SELECT file_index, count(*), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
          FROM counted GROUP BY file_index"
     )
+}
+
+/// The merge on Citus, from the loader's distributed stage `table`
+/// (co-located with `events`), so that Citus pushes the upsert down whole to
+/// the shards: each worker upserts its shards from its own stage shards, in
+/// parallel, and sends back only what the `RETURNING` counts need. The
+/// upsert is [`merge_sql`]'s, with its parameters but the batch's number
+/// (the file order is `$3`), and the `event_id` the stage drew on the
+/// coordinator (no sequence on the workers); it
+/// returns per file id (not index) the rows inserted and the rows written
+/// over a stored row.
+/// The rows that did not end up in `events` are [`citus_lost_sql`]'s.
+pub fn citus_merge_sql(table: &str, several_chunks: bool) -> String {
+    let cols = COLUMNS.join(", ");
+    let source = if several_chunks {
+        format!("(SELECT DISTINCT ON (user_id, event_time) * FROM {table} ORDER BY user_id, event_time, chunk DESC)")
+    } else {
+        table.to_owned()
+    };
+    format!(
+        "WITH merged AS (INSERT INTO events AS e (event_id, {cols}, src_mtime, src_file, src_line, _rescued) \
+         SELECT s.event_id, {cols}, ($2::int8[])[s.file_index + 1], ($1::int4[])[s.file_index + 1], s.line, \
+         s._rescued::jsonb FROM {source} s ORDER BY s.user_id, s.event_time \
+         ON CONFLICT (user_id, event_time) DO UPDATE SET {} WHERE {} \
+         RETURNING e.src_file, (e.xmax = 0) AS inserted) \
+         SELECT src_file, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
+         FROM merged GROUP BY src_file",
+        upsert_set(),
+        NEWER.replace("$4", "$3")
+    )
+}
+
+/// On Citus, after [`citus_merge_sql`]: every staged row whose key in
+/// `events` does not hold its position (a stored row was newer, or a later
+/// chunk had its key) goes to `analytics_rows` as `lost`; `$1` are the
+/// batch's file ids by index, `$2` its `batch_seq`. A join of co-located
+/// tables on the distribution column: it runs on the workers.
+pub fn citus_lost_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
+         SELECT $2::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM {table} s \
+         LEFT JOIN events e ON e.user_id = s.user_id AND e.event_time = s.event_time \
+         AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line \
+         WHERE e.user_id IS NULL",
+        ANALYTICS_COLS.replace(", ", ", s.")
+    )
+}
+
+/// `ON CONFLICT DO UPDATE SET`: every column but the key, from the new row.
+fn upsert_set() -> String {
+    let others = COLUMNS.iter().copied().filter(|c| !matches!(*c, "user_id" | "event_time"));
+    let set: Vec<String> = others
+        .chain(["src_mtime", "src_file", "src_line", "_rescued"])
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    set.join(", ")
 }
 
 #[cfg(test)]
@@ -139,6 +196,29 @@ mod tests {
                      WHERE NOT EXISTS (SELECT 1 FROM latest l WHERE l.user_id = s.user_id AND l.event_time = s.event_time \
                      AND l.chunk = s.chunk)";
         assert_eq!(squash(&merge_sql(true)), squash(&format!("WITH {latest}{}{cross}){tail}", body("latest"))));
+    }
+
+    #[test]
+    fn the_citus_merge_reads_the_distributed_stage_and_draws_no_sequence() {
+        let one = citus_merge_sql("events_stage_3", false);
+        assert!(one.contains("INSERT INTO events AS e (event_id, user_id,"), "{one}");
+        assert!(one.contains("SELECT s.event_id, user_id,"), "{one}");
+        assert!(one.contains("FROM events_stage_3 s ORDER BY s.user_id, s.event_time ON CONFLICT"), "{one}");
+        let newer = NEWER.replace("ANY($4", "ANY($3");
+        assert!(one.contains(&format!("WHERE {newer} RETURNING e.src_file, (e.xmax = 0) AS inserted")), "{one}");
+        let several = citus_merge_sql("events_stage_3", true);
+        assert!(several.contains(
+            "FROM (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage_3 \
+             ORDER BY user_id, event_time, chunk DESC) s"
+        ));
+        let lost = citus_lost_sql("events_stage_3");
+        assert!(lost.contains("FROM events_stage_3 s LEFT JOIN events e ON e.user_id = s.user_id"), "{lost}");
+        assert!(lost.contains("AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line"), "{lost}");
+        assert_eq!(
+            stage_copy("events_stage_3"),
+            "COPY events_stage_3 (chunk, file_index, line, user_id, user_name, user_email, event_type, product_id, \
+             product_name, product_category, product_price, event_time, _rescued) FROM STDIN (FORMAT binary)"
+        );
     }
 
     #[test]
