@@ -282,7 +282,7 @@ def markdown(r):
         f"Measured on {m['date']} by `scripts/bench.sh`"
         + (" in its **quick** variant (BENCH_QUICK=1: small sizes, not the figures to quote)" if r["quick"] else "")
         + f", {r['runs']} runs of each figure; a figure reads *median (min–max)*. "
-        f"The whole run took {r['duration_s'] / 60:.1f} minutes."
+        f"Measuring took {r['duration_s'] / 60:.1f} minutes in all (the sections measured again included)."
         + "".join(f" The {name.replace('_', '-')} section was measured again on {at} (`BENCH_AGAIN`) with the "
                   "code of that time (see the analysis at the end)." for name, at in (r.get("measured_again") or {}).items()),
         "",
