@@ -961,6 +961,12 @@ def main():
         results["replay"] = replay()
         results["citus"] = citus()
         results["duration_s"] = time.perf_counter() - started
+    # The streamer's data set A figures beside which the PySpark peer was
+    # measured (on the same host), kept with it: a later BENCH_AGAIN=backlog,
+    # maybe on another host, does not change that comparison.
+    sp = results.get("spark") or {}
+    if "backlog_A" in sp and (not again or "spark" in again or "streamer_A" not in sp):
+        sp["streamer_A"] = results["backlog"]["A"]["streamer"]
     # The raw figures beside the page, so that report.py can redraw it
     # (after an edit of bench/analysis.md) without measuring again.
     raw.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ pub struct RunArgs {
 
     /// Bytes of input read, deduplicated and staged at a time: a batch (or one big file) is
     /// loaded in chunks of about this size inside its one transaction, so memory stays bounded.
-    #[arg(long, env = "CHUNK_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "BYTES")]
+    #[arg(long, env = "CHUNK_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "BYTES")]
     pub chunk_bytes: u64,
 
     /// More rows than this breaking the contract in one file quarantine the file (0: no limit).
