@@ -83,8 +83,10 @@ def with_database(url, name):
 def psql(url, sql, *extra):
     out = subprocess.run(
         ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql, *extra],
-        check=True, capture_output=True, text=True,
+        capture_output=True, text=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"psql -c {sql[:200]!r} failed: {out.stderr.strip()[-2000:]}")
     return out.stdout.strip()
 
 
@@ -106,7 +108,7 @@ def postmaster_pid():
     try:
         data_dir = psql(ADMIN_URL, "SHOW data_directory")
         return int(Path(data_dir, "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, subprocess.CalledProcessError):
+    except (OSError, ValueError, RuntimeError):
         return None
 
 
@@ -828,7 +830,18 @@ class CitusCluster:
         added; with events_only, db/001's table distributed as the streamer's
         layout does (for the COPY limit). Returns the coordinator's URL."""
         for _, port in self.nodes:
-            psql(self.url(port, "postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            # Citus's maintenance daemon of a database just made can still be
+            # connected to it (DROP … FORCE ends sessions, not that worker):
+            # a few tries.
+            for attempt in range(10):
+                try:
+                    psql(self.url(port, "postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                    break
+                except RuntimeError as e:
+                    if attempt == 9:
+                        raise
+                    log(f"citus: {e}; trying again")
+                    time.sleep(1)
             psql(self.url(port, "postgres"), f"CREATE DATABASE {name}")
             psql(self.url(port, name), "CREATE EXTENSION citus")
         coordinator = self.url(self.nodes[0][1], name)
