@@ -445,7 +445,9 @@ async fn a_statement_that_times_out_every_time_stops_with_a_message_naming_the_s
     clean_file(&data, "a.csv", 1, 20);
     clean_file(&data, "b.csv", 100, 20);
     let started = std::time::Instant::now();
-    let (ok, stderr) = once(&data, &cp, &db.url, &["--statement-timeout", "1"]);
+    // One loader: two would each claim one of the files (SKIP LOCKED), and
+    // there would be no batch of two to split.
+    let (ok, stderr) = once(&data, &cp, &db.url, &["--statement-timeout", "1", "--loaders", "1"]);
     assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("timed out 3 times with one file") && stderr.contains("STATEMENT_TIMEOUT_SECS"),
