@@ -139,7 +139,7 @@ pub struct Committed {
 /// Citus a distributed table co-located with `events` (TEMP tables cannot
 /// be distributed), one per stage slot, which the session holds by the
 /// advisory lock [`lock::STAGE_SLOT`] for its lifetime.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Stage {
     table: String,
     distributed: bool,
@@ -161,11 +161,6 @@ impl Stage {
             (sql::merge_sql(false), sql::merge_sql(true), String::new())
         };
         Stage { copy: sql::stage_copy(&table), table, distributed, merge_one, merge_several, lost }
-    }
-
-    /// The table's name.
-    pub fn table(&self) -> &str {
-        &self.table
     }
 }
 
@@ -471,8 +466,9 @@ const CITUS_POOL: u32 = 4;
 /// creates its table if no session did before).
 pub async fn prepare_loader_session(client: &Client, citus: bool) -> Result<Stage, SinkError> {
     let what = "preparing the loader session";
+    // On Citus too: its stage takes the TEMP stage's columns.
+    client.batch_execute(sql::STAGE_DDL).await.map_err(SinkError::query(what))?;
     if !citus {
-        client.batch_execute(sql::STAGE_DDL).await.map_err(SinkError::query(what))?;
         return Ok(Stage::temp());
     }
     let class = lock::STAGE_SLOT;
