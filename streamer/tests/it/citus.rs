@@ -267,3 +267,38 @@ async fn explain(
     let rows = client.query(&format!("EXPLAIN (COSTS OFF) {statement}"), params).await.expect("explain");
     rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
 }
+
+/// Every stage slot held (by the test's own session here): a loader cannot
+/// stage, says so and waits — the stream does not stop — and loads once a
+/// slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_stage_slot_held_a_loader_waits_and_then_loads() -> TestResult {
+    let Some(cluster) = CitusCluster::start("slots", 2).await else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let files = vec![random_file(&data, "a.csv", 100, &mut rng)];
+    let holder = connect(&cluster.url()).await;
+    holder
+        .execute(
+            "SELECT count(pg_advisory_lock($1, g)) FROM generate_series(0, $2 - 1) g",
+            &[&streamer::sink::lock::STAGE_SLOT, &streamer::sink::STAGE_SLOTS],
+        )
+        .await?;
+    let run = streamer_bin(&data, &cp, &cluster.url(), &["--once", "--loaders", "1"], &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let client = connect(&cluster.url()).await;
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 0, "nothing staged without a slot");
+    drop(holder);
+    let out = tokio::task::spawn_blocking(move || run.wait_with_output()).await??;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("no stage slot is free; waiting"), "{log}");
+    assert!(log.contains("all 256 stage slots of the Citus database are held"), "{log}");
+    assert!(table(&client).await == oracle(&files).0);
+    assert_analytics_exact(&client).await;
+    Ok(())
+}
