@@ -155,18 +155,22 @@ impl Stage {
     }
 
     fn new(table: String, distributed: bool) -> Stage {
-        let (merge_one, merge_several, lost) = if distributed {
-            (sql::citus_merge_sql(&table, false), sql::citus_merge_sql(&table, true), sql::citus_lost_sql(&table))
-        } else {
-            (sql::merge_sql(false), sql::merge_sql(true), String::new())
-        };
-        Stage { copy: sql::stage_copy(&table), table, distributed, merge_one, merge_several, lost }
+        Stage {
+            copy: sql::stage_copy(&table),
+            merge_one: sql::merge_sql(&table, distributed, false),
+            merge_several: sql::merge_sql(&table, distributed, true),
+            lost: sql::lost_sql(&table),
+            table,
+            distributed,
+        }
     }
 }
 
 /// A batch being loaded: ONE transaction that its files are claimed in and
-/// its chunks staged into, then merged, recorded and committed by
-/// [`Loader::finish`]. Dropped before that, it rolls back.
+/// its chunks staged into and merged (on PostgreSQL each chunk as soon as
+/// it is staged, so that the server's merge of one chunk overlaps the read
+/// of the next; on Citus the whole batch at the end), then recorded and
+/// committed by [`Loader::finish`]. Dropped before that, it rolls back.
 #[allow(missing_debug_implementations)] // a Transaction has no Debug
 pub struct Loader<'a> {
     tx: Transaction<'a>,
@@ -174,9 +178,19 @@ pub struct Loader<'a> {
     meta: BatchMeta,
     batch_seq: i64,
     files: Vec<Claimed>,
+    /// The files' registry ids and modification times, by index: the
+    /// merge's `$1` and `$2`.
+    ids: Vec<i32>,
+    mtimes: Vec<i64>,
+    /// The file order between files of one time ([`sql::SAME_TIME_OLDER`]),
+    /// read before the first merge.
+    after: Option<Vec<i64>>,
     chunks: i32,
     /// Rows staged per file.
     staged: Vec<u64>,
+    /// Rows inserted and rows written over a stored row, per file, by the
+    /// merges so far.
+    written: Vec<(u64, u64)>,
     started: Instant,
     first_stage: bool,
 }
@@ -243,8 +257,32 @@ impl<'a> Loader<'a> {
             .map_err(SinkError::query("numbering the batch"))?;
             seq
         };
-        let staged = vec![0; files.len()];
-        Ok(Loader { tx, stage, meta, batch_seq, files, chunks: 0, staged, started: Instant::now(), first_stage: true })
+        let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
+        let mtimes = files.iter().map(|f| f.id.mtime_ns).collect();
+        if !files.is_empty() {
+            // The trigger on events tells a row this batch wrote itself (and
+            // a later chunk writes over) by its file.
+            let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+            tx.batch_execute(&format!("SET LOCAL pipeline.batch_files = '{{{list}}}'"))
+                .await
+                .map_err(SinkError::query("numbering the batch"))?;
+        }
+        let (staged, written) = (vec![0; files.len()], vec![(0, 0); files.len()]);
+        Ok(Loader {
+            tx,
+            stage,
+            meta,
+            batch_seq,
+            files,
+            ids,
+            mtimes,
+            after: None,
+            chunks: 0,
+            staged,
+            written,
+            started: Instant::now(),
+            first_stage: true,
+        })
     }
 
     /// The claimed files, oldest first.
@@ -287,6 +325,10 @@ impl<'a> Loader<'a> {
         }
         let n = self.chunks;
         self.chunks += 1;
+        if n > 0 && !self.stage.distributed {
+            // The last chunk is merged: its rows are in events.
+            self.tx.batch_execute("TRUNCATE events_stage").await.map_err(SinkError::query("emptying the stage"))?;
+        }
         let what = "staging the rows";
         let sink = self.tx.copy_in(self.stage.copy.as_str()).await.map_err(SinkError::query(what))?;
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
@@ -320,6 +362,34 @@ impl<'a> Loader<'a> {
             writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
         }
         writer.finish().await.map_err(SinkError::query(what))?;
+        if !self.stage.distributed {
+            self.merge_chunk(view.len() as u64).await?;
+        }
+        Ok(())
+    }
+
+    /// Merges the chunk just staged (`rows` rows, unique keys) into
+    /// `events` and counts what it wrote, per file.
+    async fn merge_chunk(&mut self, rows: u64) -> Result<(), SinkError> {
+        let after = match self.after.take() {
+            Some(after) => after,
+            None => settle::file_order(&self.tx, &self.ids).await?,
+        };
+        let merged = self
+            .tx
+            .query(self.stage.merge_one.as_str(), &[&self.ids, &self.mtimes, &after])
+            .await
+            .map_err(SinkError::query("merging into events"));
+        self.after = Some(after);
+        let won = settle::add_written(&self.ids, &merged?, &mut self.written);
+        if won < rows {
+            // Some rows lost to newer stored ones: the applier takes their
+            // Polars deltas back.
+            self.tx
+                .execute(self.stage.lost.as_str(), &[&self.ids, &self.batch_seq])
+                .await
+                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
+        }
         Ok(())
     }
 
@@ -402,10 +472,15 @@ impl<'a> Loader<'a> {
         read: &[FileSummary],
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
-        let Loader { tx, stage, meta, batch_seq, files, chunks, staged, started, .. } = self;
+        let Loader { tx, stage, meta, batch_seq, files, ids, mtimes, chunks, staged, mut written, started, .. } = self;
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
-            settle::merge(&tx, stage, batch_seq, chunks, &staged, &mut loads).await?;
+            if stage.distributed {
+                settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?;
+            } else if chunks > 1 {
+                settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
+            }
+            settle::count(&tx, batch_seq, &staged, &written, &mut loads).await?;
         }
         settle::record(&tx, &meta, batch_seq, &loads, to_move).await?;
         let load = started.elapsed();

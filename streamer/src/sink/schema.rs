@@ -35,7 +35,7 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: [Migration; 7] = [
+pub const MIGRATIONS: [Migration; 8] = [
     migration!(1, "001_events.sql"),
     migration!(2, "002_load_history.sql"),
     migration!(3, "003_analytics.sql"),
@@ -43,6 +43,7 @@ pub const MIGRATIONS: [Migration; 7] = [
     migration!(5, "005_registry.sql"),
     migration!(6, "006_rescued.sql"),
     migration!(7, "007_file_order.sql"),
+    migration!(8, "008_superseded.sql"),
 ];
 
 /// The Citus layout, applied after the migrations when the database has

@@ -1,12 +1,12 @@
-//! What a batch's transaction does after staging: the merge into `events`
-//! with each file's counts, then the files' new state in the registry, the
+//! What a batch's transaction does besides staging: the merge's file order
+//! and counts (on Citus the whole batch's merge), each file's counts, then the files' new state in the registry, the
 //! load history and the batch's own row; and reading a committed batch's
 //! files back from the load history.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
 use super::{sql, BatchMeta, Claimed, FileLoad, SinkError, Stage};
@@ -40,60 +40,90 @@ pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
         .collect()
 }
 
-/// Merges the staged rows into `events` by source position and counts, per
-/// file, the rows inserted, updated, unchanged and lost to a newer row.
-pub(super) async fn merge(
+/// The file order between a batch's file and an older one of the same
+/// modification time, read on the coordinator and passed to the merge (on
+/// Citus the merge runs on the workers, where the registry is not).
+pub(super) async fn file_order(tx: &Transaction<'_>, ids: &[i32]) -> Result<Vec<i64>, SinkError> {
+    Ok(tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0))
+}
+
+/// Adds a merge's rows (per file id: inserted, written over) to `written`
+/// (per file index); returns how many rows won.
+pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)]) -> u64 {
+    let mut won = 0;
+    for row in rows {
+        let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if let Some(w) = ids.iter().position(|&id| id == file_id).and_then(|i| written.get_mut(i)) {
+            w.0 += inserted as u64;
+            w.1 += over as u64;
+        }
+        won += (inserted + over) as u64;
+    }
+    won
+}
+
+/// On Citus: merges the whole batch from the loader's distributed stage
+/// (the latest chunk's row of a key), records the rows that lost, and
+/// empties the stage.
+#[allow(clippy::too_many_arguments)] // the batch's parts, each used once
+pub(super) async fn merge_batch(
     tx: &Transaction<'_>,
     stage: &Stage,
     batch_seq: i64,
     chunks: i32,
+    ids: &[i32],
+    mtimes: &[i64],
     staged: &[u64],
+    written: &mut [(u64, u64)],
+) -> Result<(), SinkError> {
+    let after = file_order(tx, ids).await?;
+    let merge = if chunks > 1 { &stage.merge_several } else { &stage.merge_one };
+    let rows =
+        tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await.map_err(SinkError::query("merging into events"))?;
+    // Usually every staged row won (a chunk is unique within itself): then
+    // there is no lost row to look for.
+    if staged.iter().sum::<u64>() > add_written(ids, &rows, written) {
+        tx.execute(stage.lost.as_str(), &[&ids, &batch_seq])
+            .await
+            .map_err(SinkError::query("recording the rows lost to newer ones"))?;
+    }
+    tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
+    Ok(())
+}
+
+/// After a batch merged chunk by chunk: makes `written` what merging its
+/// chunks together would have written ([`sql::RECONCILE`]).
+pub(super) async fn reconcile(
+    tx: &Transaction<'_>,
+    batch_seq: i64,
+    ids: &[i32],
+    written: &mut [(u64, u64)],
+) -> Result<(), SinkError> {
+    let rows = tx
+        .query(sql::RECONCILE, &[&batch_seq])
+        .await
+        .map_err(SinkError::query("counting the rows a later chunk wrote over"))?;
+    for row in rows {
+        let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if let Some(w) = ids.iter().position(|&id| id == file_id).and_then(|i| written.get_mut(i)) {
+            w.0 = w.0.saturating_add_signed(inserted);
+            w.1 = w.1.saturating_add_signed(over);
+        }
+    }
+    Ok(())
+}
+
+/// Each file's counts from what the merges wrote (`written`, per file
+/// index: inserted, written over) and the rows it staged: rows written over
+/// are updated (the trigger logged a replaced row) or unchanged; the rest
+/// lost to a later row of the same key or to a newer stored row.
+pub(super) async fn count(
+    tx: &Transaction<'_>,
+    batch_seq: i64,
+    staged: &[u64],
+    written: &[(u64, u64)],
     loads: &mut [FileLoad],
 ) -> Result<(), SinkError> {
-    if chunks > 1 && !stage.distributed {
-        // Planner statistics for a stage too big to guess.
-        tx.batch_execute("ANALYZE events_stage").await.map_err(SinkError::query("analyzing the stage"))?;
-    }
-    let ids: Vec<i32> = loads.iter().map(|l| l.file.file_id).collect();
-    let mtimes: Vec<i64> = loads.iter().map(|l| l.file.id.mtime_ns).collect();
-    // The file order between a batch's file and an older one of the same
-    // modification time, read here on the coordinator and passed in: the
-    // merge runs on the workers on Citus, where the registry is not.
-    let after: Vec<i64> =
-        tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0);
-    let merge = if chunks > 1 { &stage.merge_several } else { &stage.merge_one };
-    let rows = if stage.distributed {
-        tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await
-    } else {
-        tx.query(merge.as_str(), &[&ids, &mtimes, &batch_seq, &after]).await
-    }
-    .map_err(SinkError::query("merging into events"))?;
-    // Per file index: rows inserted, rows written over a stored row.
-    let mut written: HashMap<i32, (u64, u64)> = HashMap::new();
-    if stage.distributed {
-        for row in rows {
-            let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
-            if let Some(index) = loads.iter().position(|l| l.file.file_id == file_id) {
-                written.insert(index as i32, (inserted as u64, over as u64));
-            }
-        }
-        // Usually every staged row won (a chunk is unique within itself):
-        // then there is no lost row to look for.
-        let won: u64 = written.values().map(|(inserted, over)| inserted + over).sum();
-        if staged.iter().sum::<u64>() > won {
-            tx.execute(stage.lost.as_str(), &[&ids, &batch_seq])
-                .await
-                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
-        }
-        tx.batch_execute(&format!("DELETE FROM {}", stage.table))
-            .await
-            .map_err(SinkError::query("emptying the stage"))?;
-    } else {
-        for row in rows {
-            let (index, inserted, over): (i32, i64, i64) = (row.get(0), row.get(2), row.get(3));
-            written.insert(index, (inserted as u64, over as u64));
-        }
-    }
     let replaced: HashMap<i32, i64> = tx
         .query(sql::REPLACED_PER_FILE, &[&batch_seq])
         .await
@@ -102,7 +132,7 @@ pub(super) async fn merge(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     for (index, load) in loads.iter_mut().enumerate() {
-        let (inserted, over) = written.get(&(index as i32)).copied().unwrap_or_default();
+        let (inserted, over) = written.get(index).copied().unwrap_or_default();
         let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
         load.inserted = inserted;
         load.updated = updated;

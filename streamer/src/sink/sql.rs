@@ -55,72 +55,40 @@ pub const SAME_TIME_OLDER: &str = "SELECT coalesce(array_agg((n.file_id::int8 <<
 /// The columns of a row the analytics depend on, in `analytics_rows` order.
 const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, product_category, product_price";
 
-/// The merge of the staged rows into `events`, in one statement:
-/// - with several chunks the row of the latest chunk wins (`DISTINCT ON`;
-///   each chunk is unique within itself);
+/// After a batch merged in several chunks: the changes to its files' counts
+/// that make it count as if its chunks had been deduplicated together
+/// (`$1` its `batch_seq`), from the rows the trigger logged as superseded.
+pub const RECONCILE: &str = include_str!("sql/reconcile.sql");
+
+/// The upsert of the staged rows in `table` into `events`:
 /// - `$1` are the batch's file ids and `$2` their modification times, by the
-///   file's index in the batch; `$3` is the batch's `batch_seq`; `$4` the
-///   file order between files of one time ([`NEWER`]);
+///   file's index in the batch; `$3` the file order between files of one
+///   time ([`NEWER`], where it is `$4`);
 /// - `INSERT … ON CONFLICT DO UPDATE … WHERE` the staged row's source
 ///   position is newer ([`NEWER`]), in key order for index locality;
-/// - every staged row that did not end up in `events` (a stored row was
-///   newer, or a later chunk had its key) goes to `analytics_rows` as
-///   `lost`, so that the batch's Polars deltas can be corrected;
-/// - returns per file: rows kept after deduplication, inserted, and written
-///   over a stored row (whether or not its values changed).
-pub fn merge_sql(several_chunks: bool) -> String {
-    let cols = COLUMNS.join(", ");
-    let set = upsert_set();
-    let (latest, source, cross_chunk) = if several_chunks {
-        (
-            "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
-             ORDER BY user_id, event_time, chunk DESC), ",
-            "latest",
-            format!(
-                " UNION ALL SELECT $3::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM events_stage s \
-                 WHERE NOT EXISTS (SELECT 1 FROM latest l WHERE l.user_id = s.user_id AND l.event_time = s.event_time \
-                 AND l.chunk = s.chunk)",
-                ANALYTICS_COLS.replace(", ", ", s.")
-            ),
-        )
-    } else {
-        ("", "events_stage", String::new())
-    };
-    format!(
-        "WITH {latest}src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, \
-         ($2::int8[])[s.file_index + 1] AS src_mtime FROM {source} s), \
-         merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line, _rescued) \
-         SELECT {cols}, src_mtime, src_file, line, _rescued::jsonb FROM src ORDER BY user_id, event_time \
-         ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
-         RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
-         counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \
-         lost AS (INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
-         SELECT $3::int8, 'lost', -1, src_file, {ANALYTICS_COLS} FROM counted WHERE inserted IS NULL{cross_chunk}) \
-         SELECT file_index, count(*), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
-         FROM counted GROUP BY file_index"
-    )
-}
-
-/// The merge on Citus, from the loader's distributed stage `table`
-/// (co-located with `events`), so that Citus pushes the upsert down whole to
-/// the shards: each worker upserts its shards from its own stage shards, in
-/// parallel, and sends back only what the `RETURNING` counts need. The
-/// upsert is [`merge_sql`]'s, with its parameters but the batch's number
-/// (the file order is `$3`), and the `event_id` the stage drew on the
-/// coordinator (no sequence on the workers); it
-/// returns per file id (not index) the rows inserted and the rows written
-/// over a stored row.
-/// The rows that did not end up in `events` are [`citus_lost_sql`]'s.
-pub fn citus_merge_sql(table: &str, several_chunks: bool) -> String {
+/// - returns per file id the rows inserted and the rows written over a
+///   stored row (whether or not its values changed).
+///
+/// On PostgreSQL `table` is the loader's TEMP stage holding one chunk
+/// (unique keys), merged as soon as it is staged; a later chunk's row of the
+/// same key writes over it (the trigger logs that as `superseded`, and
+/// [`RECONCILE`] counts it). On Citus (`distributed`) it is the loader's
+/// distributed stage, co-located with `events`, holding the whole batch
+/// (`several_chunks`: the latest chunk's row of a key is merged), so that
+/// Citus pushes the upsert down whole to the shards; its rows carry the
+/// `event_id` the coordinator drew (no sequence on the workers).
+/// The staged rows that did not end up in `events` are [`lost_sql`]'s.
+pub fn merge_sql(table: &str, distributed: bool, several_chunks: bool) -> String {
     let cols = COLUMNS.join(", ");
     let source = if several_chunks {
         format!("(SELECT DISTINCT ON (user_id, event_time) * FROM {table} ORDER BY user_id, event_time, chunk DESC)")
     } else {
         table.to_owned()
     };
+    let (id_col, id_val) = if distributed { ("event_id, ", "s.event_id, ") } else { ("", "") };
     format!(
-        "WITH merged AS (INSERT INTO events AS e (event_id, {cols}, src_mtime, src_file, src_line, _rescued) \
-         SELECT s.event_id, {cols}, ($2::int8[])[s.file_index + 1], ($1::int4[])[s.file_index + 1], s.line, \
+        "WITH merged AS (INSERT INTO events AS e ({id_col}{cols}, src_mtime, src_file, src_line, _rescued) \
+         SELECT {id_val}{cols}, ($2::int8[])[s.file_index + 1], ($1::int4[])[s.file_index + 1], s.line, \
          s._rescued::jsonb FROM {source} s ORDER BY s.user_id, s.event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {} WHERE {} \
          RETURNING e.src_file, (e.xmax = 0) AS inserted) \
@@ -131,12 +99,13 @@ pub fn citus_merge_sql(table: &str, several_chunks: bool) -> String {
     )
 }
 
-/// On Citus, after [`citus_merge_sql`]: every staged row whose key in
-/// `events` does not hold its position (a stored row was newer, or a later
-/// chunk had its key) goes to `analytics_rows` as `lost`; `$1` are the
-/// batch's file ids by index, `$2` its `batch_seq`. A join of co-located
-/// tables on the distribution column: it runs on the workers.
-pub fn citus_lost_sql(table: &str) -> String {
+/// After [`merge_sql`], when fewer rows won than were staged: every staged
+/// row whose key in `events` does not hold its position (a stored row was
+/// newer, or, on Citus, a later chunk had its key) goes to `analytics_rows`
+/// as `lost`; `$1` are the batch's file ids by index, `$2` its `batch_seq`.
+/// On Citus a join of co-located tables on the distribution column: it runs
+/// on the workers.
+pub fn lost_sql(table: &str) -> String {
     format!(
         "INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
          SELECT $2::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM {table} s \
@@ -171,47 +140,45 @@ mod tests {
                    product_category = EXCLUDED.product_category, product_price = EXCLUDED.product_price, \
                    src_mtime = EXCLUDED.src_mtime, src_file = EXCLUDED.src_file, src_line = EXCLUDED.src_line, \
                    _rescued = EXCLUDED._rescued";
-        let body = |source: &str| {
-            format!(
-                "src AS (SELECT s.*, ($1::int4[])[s.file_index + 1] AS src_file, ($2::int8[])[s.file_index + 1] AS src_mtime \
-                 FROM {source} s), \
-                 merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line, _rescued) \
-                 SELECT {cols}, src_mtime, src_file, line, _rescued::jsonb FROM src ORDER BY user_id, event_time \
-                 ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {NEWER} \
-                 RETURNING e.user_id, e.event_time, (e.xmax = 0) AS inserted), \
-                 counted AS (SELECT s.*, m.inserted FROM src s LEFT JOIN merged m USING (user_id, event_time)), \
-                 lost AS (INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
-                 SELECT $3::int8, 'lost', -1, src_file, {ANALYTICS_COLS} FROM counted WHERE inserted IS NULL"
-            )
-        };
-        let tail =
-            " SELECT file_index, count(*), count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
-                    FROM counted GROUP BY file_index";
+        let newer = NEWER.replace("ANY($4", "ANY($3");
+        let expected = format!(
+            "WITH merged AS (INSERT INTO events AS e ({cols}, src_mtime, src_file, src_line, _rescued) \
+             SELECT {cols}, ($2::int8[])[s.file_index + 1], ($1::int4[])[s.file_index + 1], s.line, \
+             s._rescued::jsonb FROM events_stage s ORDER BY s.user_id, s.event_time \
+             ON CONFLICT (user_id, event_time) DO UPDATE SET {set} WHERE {newer} \
+             RETURNING e.src_file, (e.xmax = 0) AS inserted) \
+             SELECT src_file, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
+             FROM merged GROUP BY src_file"
+        );
         let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(squash(&merge_sql(false)), squash(&format!("WITH {}){tail}", body("events_stage"))));
-        let latest = "latest AS (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage \
-                      ORDER BY user_id, event_time, chunk DESC), ";
-        let cross = " UNION ALL SELECT $3::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.user_id, s.event_time, \
-                     s.event_type, s.product_id, s.product_category, s.product_price FROM events_stage s \
-                     WHERE NOT EXISTS (SELECT 1 FROM latest l WHERE l.user_id = s.user_id AND l.event_time = s.event_time \
-                     AND l.chunk = s.chunk)";
-        assert_eq!(squash(&merge_sql(true)), squash(&format!("WITH {latest}{}{cross}){tail}", body("latest"))));
+        assert_eq!(squash(&merge_sql("events_stage", false, false)), squash(&expected));
+        assert_eq!(
+            squash(&lost_sql("events_stage")),
+            squash(
+                "INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, user_id, event_time, event_type, \
+                 product_id, product_category, product_price) SELECT $2::int8, 'lost', -1, \
+                 ($1::int4[])[s.file_index + 1], s.user_id, s.event_time, s.event_type, s.product_id, \
+                 s.product_category, s.product_price FROM events_stage s LEFT JOIN events e \
+                 ON e.user_id = s.user_id AND e.event_time = s.event_time \
+                 AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line WHERE e.user_id IS NULL"
+            )
+        );
     }
 
     #[test]
     fn the_citus_merge_reads_the_distributed_stage_and_draws_no_sequence() {
-        let one = citus_merge_sql("events_stage_3", false);
+        let one = merge_sql("events_stage_3", true, false);
         assert!(one.contains("INSERT INTO events AS e (event_id, user_id,"), "{one}");
         assert!(one.contains("SELECT s.event_id, user_id,"), "{one}");
         assert!(one.contains("FROM events_stage_3 s ORDER BY s.user_id, s.event_time ON CONFLICT"), "{one}");
         let newer = NEWER.replace("ANY($4", "ANY($3");
         assert!(one.contains(&format!("WHERE {newer} RETURNING e.src_file, (e.xmax = 0) AS inserted")), "{one}");
-        let several = citus_merge_sql("events_stage_3", true);
+        let several = merge_sql("events_stage_3", true, true);
         assert!(several.contains(
             "FROM (SELECT DISTINCT ON (user_id, event_time) * FROM events_stage_3 \
              ORDER BY user_id, event_time, chunk DESC) s"
         ));
-        let lost = citus_lost_sql("events_stage_3");
+        let lost = lost_sql("events_stage_3");
         assert!(lost.contains("FROM events_stage_3 s LEFT JOIN events e ON e.user_id = s.user_id"), "{lost}");
         assert!(lost.contains("AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line"), "{lost}");
         assert_eq!(

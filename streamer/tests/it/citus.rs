@@ -181,13 +181,13 @@ async fn the_merge_runs_on_the_workers_and_counts_as_on_postgresql() -> TestResu
     let mtimes: Vec<i64> = vec![1];
     let after: Vec<i64> = Vec::new();
     for several in [false, true] {
-        let merge = streamer::sink::sql::citus_merge_sql("events_stage_0", several);
+        let merge = streamer::sink::sql::merge_sql("events_stage_0", true, several);
         let plan = explain(&client, &merge, &[&ids, &mtimes, &after]).await;
         assert!(!plan.contains("INSERT/SELECT method"), "{plan}");
         assert!(plan.contains("Task Count: 32") && plan.contains("Insert on events_"), "{plan}");
         assert!(plan.contains("Seq Scan on events_stage_0_"), "{plan}");
     }
-    let lost = streamer::sink::sql::citus_lost_sql("events_stage_0");
+    let lost = streamer::sink::sql::lost_sql("events_stage_0");
     let plan = explain(&client, &lost, &[&ids, &1i64]).await;
     assert!(!plan.contains("INSERT/SELECT method"), "{plan}");
     assert!(plan.contains("Task Count: 32") && plan.contains("Insert on analytics_rows_"), "{plan}");

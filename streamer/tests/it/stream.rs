@@ -107,6 +107,90 @@ async fn a_batch_in_many_chunks_equals_the_batch_in_one() -> TestResult {
     Ok(())
 }
 
+/// The same, over rows stored before the batch: a batch of random upserts
+/// merged chunk by chunk (keys written by one chunk and written over by a
+/// later one) counts per file exactly as the batch merged in one chunk —
+/// inserted, updated, unchanged (a file copied again), lost to a later row
+/// or to a newer stored row (a file older than the stored rows) — and the
+/// derived tables stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_many_chunks_counts_as_one_over_stored_rows() -> TestResult {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CHUNKS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("seed {seed} (CHUNKS_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let dir = tempfile::tempdir()?;
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first)?;
+    std::fs::create_dir_all(&second)?;
+    let base = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    let at = |path: &std::path::Path, secs: u64| -> std::io::Result<()> {
+        std::fs::File::options().write(true).open(path)?.set_modified(base + Duration::from_secs(secs))
+    };
+    // Stored first: three files. Then one batch of five: an old file (its
+    // rows lose to the stored ones of its keys), a copy of a stored file
+    // (its rows find their keys holding their values), three new files.
+    let mut stored = Vec::new();
+    for k in 0..3 {
+        let path = crate::analytics::random_file(&first, &format!("a{k}.csv"), 300, &mut rng);
+        at(&path, 100 + k)?;
+        stored.push(path);
+    }
+    let old = crate::analytics::random_file(&second, "b_old.csv", 300, &mut rng);
+    at(&old, 10)?;
+    let copy = second.join("b_copy.csv");
+    std::fs::copy(&stored[1], &copy)?;
+    at(&copy, 200)?;
+    let mut batch = vec![old.clone(), copy.clone()];
+    for k in 0..3 {
+        let path = crate::analytics::random_file(&second, &format!("c{k}.csv"), 300, &mut rng);
+        at(&path, 300 + k)?;
+        batch.push(path);
+    }
+    let history = "SELECT file_name, rows_read, rows_inserted, rows_updated, rows_unchanged, rows_duplicate, \
+                   rows_rejected FROM load_history ORDER BY file_name";
+    let mut results = Vec::new();
+    for chunk in ["2048", "33554432"] {
+        let db = TestDb::new().await;
+        let data = dir.path().join(format!("data{chunk}"));
+        let cp = dir.path().join(format!("cp{chunk}"));
+        copy_dir(&first, &data);
+        let flags = ["--once", "--loaders", "1", "--chunk-bytes", chunk, "--analytics", "false"];
+        run_once(args(&data, &cp, &db.url, &flags)).await;
+        copy_dir(&second, &data);
+        let summary = run_once(args(&data, &cp, &db.url, &flags)).await;
+        assert_eq!(summary.totals.batches, 1, "the second round is one batch");
+        let client = db.client().await;
+        let superseded = count(&client, "SELECT count(*) FROM analytics_rows WHERE kind = 'superseded'").await;
+        // The applier folds what the batch logged.
+        run_once(args(&data, &cp, &db.url, &["--once", "--loaders", "1"])).await;
+        let rows: Vec<(String, Vec<i64>)> = client
+            .query(history, &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (1..7).map(|c| r.get::<_, i64>(c)).collect()))
+            .collect();
+        let mut in_order = vec![old.clone()];
+        in_order.extend(stored.iter().cloned());
+        in_order.extend(batch.iter().skip(1).cloned());
+        assert!(table(&client).await == oracle(&in_order).0, "chunks of {chunk} bytes: events differs from the oracle");
+        assert_analytics_exact(&client).await;
+        results.push((rows, superseded));
+    }
+    let ((many, superseded), (one, none)) = (&results[0], &results[1]);
+    assert!(
+        *superseded > 0 && *none == 0,
+        "small chunks wrote over their own rows {superseded} times, one chunk {none}"
+    );
+    assert_eq!(many, one, "the same counts per file");
+    let col = |name: &str, c: usize| one.iter().find(|(f, _)| f == name).map_or(0, |(_, v)| v[c]);
+    assert!(col("b_old.csv", 4) > 0, "rows of the old file lost to newer stored rows");
+    assert!(col("b_copy.csv", 3) > 0, "rows of the copied file found their values stored");
+    let sum = |c: usize| one.iter().map(|(_, v)| v[c]).sum::<i64>();
+    assert!(sum(1) > 0 && sum(2) > 0 && sum(4) > 0 && sum(5) > 0, "inserted, updated, duplicate, rejected: {one:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn running_again_over_processed_files_changes_nothing() -> TestResult {
     let db = TestDb::new().await;
