@@ -238,6 +238,8 @@ impl<'a> Loader<'a> {
                 reingest: r.get(4),
             })
             .collect();
+        let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
+        let mtimes = files.iter().map(|f| f.id.mtime_ns).collect();
         let batch_seq: i64 = if files.is_empty() {
             0
         } else {
@@ -246,27 +248,21 @@ impl<'a> Loader<'a> {
                 .await
                 .map_err(SinkError::query("numbering the batch"))?
                 .get(0);
-            // The trigger on events reads it. SET LOCAL (not set_config) so
-            // that Citus sends it on to the workers, where the trigger runs
-            // on the shards (on plain PostgreSQL the citus. setting is an
-            // unused placeholder).
+            // The trigger on events reads them: the batch, and its files (a
+            // row one of them wrote is the batch's own, which a later chunk
+            // writes over). SET LOCAL (not set_config) so that Citus sends
+            // them on to the workers, where the trigger runs on the shards
+            // (on plain PostgreSQL the citus. setting is an unused
+            // placeholder). Numbers only: nothing to quote.
+            let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
             tx.batch_execute(&format!(
-                "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pipeline.batch_seq = '{seq}'"
+                "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pipeline.batch_seq = '{seq}'; \
+                 SET LOCAL pipeline.batch_files = '{{{list}}}'"
             ))
             .await
             .map_err(SinkError::query("numbering the batch"))?;
             seq
         };
-        let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
-        let mtimes = files.iter().map(|f| f.id.mtime_ns).collect();
-        if !files.is_empty() {
-            // The trigger on events tells a row this batch wrote itself (and
-            // a later chunk writes over) by its file.
-            let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-            tx.batch_execute(&format!("SET LOCAL pipeline.batch_files = '{{{list}}}'"))
-                .await
-                .map_err(SinkError::query("numbering the batch"))?;
-        }
         let (staged, written) = (vec![0; files.len()], vec![(0, 0); files.len()]);
         Ok(Loader {
             tx,
