@@ -91,8 +91,12 @@ pub struct BatchRead {
     pub excluded: Option<(usize, FileOutcome)>,
     /// Chunks handed on that held rows.
     pub chunks: u32,
+    /// Reading and validating, without the time spent deduplicating and
+    /// waiting for the loader to take a chunk.
     pub read: Duration,
     pub dedup: Duration,
+    /// Time `emit` took: waiting for the loader to take a chunk.
+    pub handoff: Duration,
 }
 
 /// What to read and how.
@@ -119,6 +123,7 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
         chunks: 0,
         read: Duration::ZERO,
         dedup: Duration::ZERO,
+        handoff: Duration::ZERO,
     };
     let mut frames: Vec<DataFrame> = Vec::new();
     let mut rejected: Vec<Rejected> = Vec::new();
@@ -139,7 +144,10 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
         if deduped.frame.height() > 0 {
             out.chunks += 1;
         }
-        PolarsResult::Ok(emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected), deltas }))
+        let handing = Instant::now();
+        let go_on = emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected), deltas });
+        out.handoff += handing.elapsed();
+        PolarsResult::Ok(go_on)
     };
 
     for (index, source) in plan.sources.iter().enumerate() {
@@ -259,7 +267,7 @@ fn changed_while_read(probe: std::io::Result<std::fs::File>, source: &SourceFile
 }
 
 fn finish(mut out: BatchRead, started: Instant) -> PolarsResult<Option<BatchRead>> {
-    out.read = started.elapsed().saturating_sub(out.dedup);
+    out.read = started.elapsed().saturating_sub(out.dedup + out.handoff);
     Ok(Some(out))
 }
 

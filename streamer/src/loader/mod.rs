@@ -487,8 +487,10 @@ pub fn to_move(clean: CleanSource, outcome: &FileOutcome) -> bool {
 }
 
 /// Reads the batch on a blocking thread while the chunks already read are
-/// staged: one chunk in the channel and one being read, so memory stays at
-/// a few chunks whatever the batch size.
+/// staged and merged: at most two chunks in flight (the one being staged,
+/// and the next, being read or ready), so memory stays at two chunks per
+/// loader whatever the batch size, and the read of the next chunk overlaps
+/// the server's work on the last.
 async fn stage(
     shared: &Shared,
     loader: &mut Loader<'_>,
@@ -496,6 +498,9 @@ async fn stage(
     forced: Vec<Option<FileOutcome>>,
 ) -> Result<BatchRead, SinkError> {
     let (tx, mut rx) = mpsc::channel::<batch::Chunk>(1);
+    // The loader's word that it is done with a chunk: the reader hands on
+    // the next one only then.
+    let (staged_tx, staged_rx) = std::sync::mpsc::channel::<()>();
     let config = &shared.config;
     let (chunk_bytes, max_rejects, window_micros) =
         (config.chunk_bytes, config.max_rejects_per_file, config.window_micros().max(1));
@@ -503,10 +508,20 @@ async fn stage(
         if shared.window_seconds > 0 { i64::from(shared.window_seconds) * 1_000_000 } else { window_micros };
     let reader = tokio::task::spawn_blocking(move || {
         let plan = ReadPlan { sources: &sources, forced: &forced, chunk_bytes, max_rejects, window_micros };
-        batch::read_batch(plan, |chunk| tx.blocking_send(chunk).is_ok())
+        let mut handed = 0u64;
+        batch::read_batch(plan, |chunk| {
+            // A closed channel: the loader stopped (its error is the batch's).
+            if handed > 0 && staged_rx.recv().is_err() {
+                return false;
+            }
+            handed += 1;
+            tx.blocking_send(chunk).is_ok()
+        })
     });
     while let Some(chunk) = rx.recv().await {
         loader.stage(&chunk).await?;
+        drop(chunk);
+        let _ = staged_tx.send(());
         crate::crashpoint::hit("after_stage");
     }
     match reader.await {
