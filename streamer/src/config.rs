@@ -185,7 +185,9 @@ pub struct RunArgs {
     pub max_files_per_batch: usize,
 
     /// A batch takes files until their sizes reach this many bytes (the file that crosses it is its last).
-    #[arg(long, env = "MAX_BYTES_PER_BATCH", default_value_t = 256 * 1024 * 1024, value_name = "BYTES")]
+    /// Memory is bounded by chunks, not by batches: smaller batches spread a backlog of big files over
+    /// the loaders.
+    #[arg(long, env = "MAX_BYTES_PER_BATCH", default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
     pub max_bytes_per_batch: u64,
 
     /// Bytes of input read, deduplicated and staged at a time: a batch (or one big file) is
