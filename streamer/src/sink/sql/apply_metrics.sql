@@ -2,8 +2,9 @@
 -- the batches' Polars deltas (metrics_delta) plus the rows to take back or add
 -- (analytics_rows). Distinct users of a cell change by, per user with rows
 -- added or taken away there: [has rows in events now] - [had before], where
--- "before" is "now" minus the user's net change (one probe of the
--- (user_id, event_time) index per touched user and cell).
+-- "before" is "now" minus the user's net change ("now" counted by one join
+-- of the touched users and cells with events, which the planner runs as
+-- index probes or, while events is small, one scan).
 WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings),
 r AS (
     SELECT date_bin(s.width, a.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, a.product_category,
@@ -28,16 +29,15 @@ nets AS (
     GROUP BY 1, 2, 3
     HAVING sum(n) <> 0),
 present AS (
-    SELECT g.window_start, g.product_category, g.user_id, count(*) AS now
-    FROM nets g, s, events e
-    WHERE e.user_id = g.user_id AND e.event_time >= g.window_start AND e.event_time < g.window_start + s.width
-      AND e.product_category = g.product_category
-    GROUP BY 1, 2, 3),
+    SELECT g.window_start, g.product_category, g.net, count(e.user_id) AS now
+    FROM nets g LEFT JOIN events e
+      ON e.user_id = g.user_id AND e.event_time >= g.window_start
+     AND e.event_time < g.window_start + (SELECT make_interval(secs => window_seconds) FROM analytics_settings)
+     AND e.product_category = g.product_category
+    GROUP BY g.window_start, g.product_category, g.user_id, g.net),
 users AS (
-    SELECT g.window_start, g.product_category,
-           sum((coalesce(p.now, 0) > 0)::int - (coalesce(p.now, 0) - g.net > 0)::int) AS users
-    FROM nets g LEFT JOIN present p USING (window_start, product_category, user_id)
-    GROUP BY 1, 2),
+    SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
+    FROM present GROUP BY 1, 2),
 changes AS (
     SELECT window_start, product_category, coalesce(c.views, 0) AS views, coalesce(c.purchases, 0) AS purchases,
            coalesce(u.users, 0) AS users, coalesce(c.revenue, 0) AS revenue
