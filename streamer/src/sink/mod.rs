@@ -378,7 +378,7 @@ impl<'a> Loader<'a> {
             .map_err(SinkError::query("merging into events"));
         self.after = Some(after);
         let won = settle::add_written(&self.ids, &merged?, &mut self.written);
-        if won < rows {
+        if won < rows as i64 {
             // Some rows lost to newer stored ones: the applier takes their
             // Polars deltas back.
             self.tx

@@ -1,7 +1,7 @@
 //! What a batch's transaction does besides staging: the merge's file order
-//! and counts (on Citus the whole batch's merge), each file's counts, then the files' new state in the registry, the
-//! load history and the batch's own row; and reading a committed batch's
-//! files back from the load history.
+//! (on Citus the whole batch's merge), each file's counts, then the files'
+//! new state in the registry, the load history and the batch's own row; and
+//! reading a committed batch's files back from the load history.
 
 use std::collections::HashMap;
 
@@ -47,19 +47,20 @@ pub(super) async fn file_order(tx: &Transaction<'_>, ids: &[i32]) -> Result<Vec<
     Ok(tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0))
 }
 
-/// Adds a merge's rows (per file id: inserted, written over) to `written`
-/// (per file index); returns how many rows won.
-pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)]) -> u64 {
-    let mut won = 0;
+/// Adds rows of (file id, inserted, written over) — a merge's counts, or
+/// [`sql::RECONCILE`]'s changes to them — to `written` (per file index);
+/// returns their sum.
+pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)]) -> i64 {
+    let mut sum = 0;
     for row in rows {
         let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
         if let Some(w) = ids.iter().position(|&id| id == file_id).and_then(|i| written.get_mut(i)) {
-            w.0 += inserted as u64;
-            w.1 += over as u64;
+            w.0 = w.0.saturating_add_signed(inserted);
+            w.1 = w.1.saturating_add_signed(over);
         }
-        won += (inserted + over) as u64;
+        sum += inserted + over;
     }
-    won
+    sum
 }
 
 /// On Citus: merges the whole batch from the loader's distributed stage
@@ -82,7 +83,7 @@ pub(super) async fn merge_batch(
         tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await.map_err(SinkError::query("merging into events"))?;
     // Usually every staged row won (a chunk is unique within itself): then
     // there is no lost row to look for.
-    if staged.iter().sum::<u64>() > add_written(ids, &rows, written) {
+    if staged.iter().sum::<u64>() as i64 > add_written(ids, &rows, written) {
         tx.execute(stage.lost.as_str(), &[&ids, &batch_seq])
             .await
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
@@ -103,13 +104,7 @@ pub(super) async fn reconcile(
         .query(sql::RECONCILE, &[&batch_seq])
         .await
         .map_err(SinkError::query("counting the rows a later chunk wrote over"))?;
-    for row in rows {
-        let (file_id, inserted, over): (i32, i64, i64) = (row.get(0), row.get(1), row.get(2));
-        if let Some(w) = ids.iter().position(|&id| id == file_id).and_then(|i| written.get_mut(i)) {
-            w.0 = w.0.saturating_add_signed(inserted);
-            w.1 = w.1.saturating_add_signed(over);
-        }
-    }
+    add_written(ids, &rows, written);
     Ok(())
 }
 
