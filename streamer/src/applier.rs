@@ -153,6 +153,13 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
     if rebuilt {
         tx.batch_execute(REBUILD).await?;
     } else {
+        // metrics_delta is filled and emptied all the time, so its
+        // statistics are stale: with them the planner takes a round of one
+        // small batch for a big one and counts its distinct users by a scan
+        // of all of events (measured: 860 ms at 600 000 rows, against 20 ms
+        // by index probes once the table was analyzed). Cheap on a small
+        // table; on Citus the table is the coordinator's own.
+        tx.batch_execute("ANALYZE metrics_delta").await?;
         tx.batch_execute(APPLY_METRICS).await?;
         tx.batch_execute(APPLY_COUNTERS).await?;
     }
