@@ -145,7 +145,9 @@ pub struct Stage {
     distributed: bool,
     copy: String,
     merge_one: String,
-    merge_several: String,
+    /// On Citus, the merge of a batch of several chunks at once (PostgreSQL
+    /// merges each chunk as it is staged).
+    merge_several: Option<String>,
     lost: String,
 }
 
@@ -158,7 +160,7 @@ impl Stage {
         Stage {
             copy: sql::stage_copy(&table),
             merge_one: sql::merge_sql(&table, distributed, false),
-            merge_several: sql::merge_sql(&table, distributed, true),
+            merge_several: distributed.then(|| sql::merge_sql(&table, true, true)),
             lost: sql::lost_sql(&table),
             table,
             distributed,

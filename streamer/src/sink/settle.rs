@@ -78,7 +78,7 @@ pub(super) async fn merge_batch(
     written: &mut [(u64, u64)],
 ) -> Result<(), SinkError> {
     let after = file_order(tx, ids).await?;
-    let merge = if chunks > 1 { &stage.merge_several } else { &stage.merge_one };
+    let merge = stage.merge_several.as_ref().filter(|_| chunks > 1).unwrap_or(&stage.merge_one);
     let rows =
         tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await.map_err(SinkError::query("merging into events"))?;
     // Usually every staged row won (a chunk is unique within itself): then

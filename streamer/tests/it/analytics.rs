@@ -44,9 +44,7 @@ pub fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> P
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_upserts() -> TestResult {
-    let seed: u64 = std::env::var("ANALYTICS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (ANALYTICS_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng("ANALYTICS_SEED");
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));

@@ -26,9 +26,7 @@ fn load_once(data: &std::path::Path, cp: &std::path::Path, url: &str, per_batch:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_moves_to_citus_and_every_round_after_is_exact() -> TestResult {
     let Some(cluster) = CitusCluster::without_citus("moved", 2).await else { return Ok(()) };
-    let seed: u64 = std::env::var("CITUS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (CITUS_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng("CITUS_SEED");
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
@@ -131,9 +129,7 @@ async fn a_database_moves_to_citus_and_every_round_after_is_exact() -> TestResul
 async fn the_merge_runs_on_the_workers_and_counts_as_on_postgresql() -> TestResult {
     let Some(cluster) = CitusCluster::start("pushed", 2).await else { return Ok(()) };
     let plain = TestDb::new().await;
-    let seed: u64 = std::env::var("CITUS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (CITUS_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng("CITUS_SEED");
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;

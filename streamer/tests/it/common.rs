@@ -199,6 +199,16 @@ pub struct Event {
 
 pub type Table = BTreeMap<(i32, i64), Event>;
 
+/// A random generator for a randomised test: seeded from the environment
+/// variable `var` when it is set (to repeat a run), else at random; the seed
+/// is printed either way.
+pub fn seeded_rng(var: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    println!("seed {seed} ({var}={seed} repeats it)");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 /// The oracle (docs/architecture.md): for each (user_id, event_time) the last valid row
 /// in (file order, line order) over `files`; and the count of invalid rows.
 pub fn oracle(files: &[PathBuf]) -> (Table, usize) {

@@ -115,10 +115,7 @@ async fn a_batch_in_many_chunks_equals_the_batch_in_one() -> TestResult {
 /// derived tables stay exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_in_many_chunks_counts_as_one_over_stored_rows() -> TestResult {
-    use rand::SeedableRng;
-    let seed: u64 = std::env::var("CHUNKS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    println!("seed {seed} (CHUNKS_SEED={seed} repeats it)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut rng = seeded_rng("CHUNKS_SEED");
     let dir = tempfile::tempdir()?;
     let (first, second) = (dir.path().join("first"), dir.path().join("second"));
     std::fs::create_dir_all(&first)?;
