@@ -11,7 +11,8 @@
 #   SPARK=0 scripts/bench.sh                           # without the PySpark peer
 #
 # BENCH_RUNS (default 3) sets the runs per figure; BENCH_AGAIN=backlog,scale_out
-# (or latency, spark, restart, replay, citus) measures those sections again into the last
+# (or latency, spark, restart, replay, citus, table_size: the rows-already-in-the-table part
+# of the scaling section) measures those sections again into the last
 # run's docs/performance_metrics.json; BENCH_WORK keeps the
 # scratch folder (default: a temporary one, removed at the end); STREAMER and
 # GENERATOR point at binaries to use instead of building (CI's quick run
