@@ -49,8 +49,8 @@ async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_ups
 
 /// The same with every join of the database's sessions hashed, as the
 /// planner does for a backlog's big rounds (the small rounds above probe
-/// indexes): the applier's distinct-user count then matches touched users
-/// to their rows by a hash of (user, window) over a scan of `events`.
+/// indexes): the applier's distinct-user count then matches the touched
+/// users and cells to their rows by a hash join over a scan of `events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_when_the_applier_hashes_its_joins() -> TestResult {
     random_batches_equal_their_group_by(true).await
