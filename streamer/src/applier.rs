@@ -38,6 +38,7 @@ use crate::pg::{classify, connect_session, describe, Backoff, ErrorClass, Sessio
 use crate::sink::lock;
 
 const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
+const PRESENT_SCAN: &str = include_str!("sink/sql/present_scan.sql");
 const APPLY_COUNTERS: &str = include_str!("sink/sql/apply_counters.sql");
 const APPLY_DONE: &str = include_str!("sink/sql/apply_done.sql");
 const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
@@ -55,6 +56,52 @@ const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
 /// against 1.4 s by the hash join it picks with room; the applier's one
 /// session, for its transaction only).
 const ROUND_SETUP: &str = "SET LOCAL work_mem = '64MB'; ANALYZE metrics_delta (window_start, product_category)";
+
+/// A round counts its distinct users by one scan of `events` (instead of
+/// one index probe per touched user and cell) when its deltas hold at least
+/// one user entry per this many bytes of the table. Measured on this
+/// project's 2-core host: a probe costs about 8 µs an entry, the scan about
+/// 0.25 µs a row (130–170 bytes), so the scan wins above one entry per
+/// 32 rows. A backlog's round of 600 000 rows: 1.36 s probing, 1.45 s
+/// scanning; its next round of 150 000 against 600 000 stored: 1.8 s
+/// against 0.74 s; one batch of 150 000 into 5.3 M rows: 1.17 s against
+/// 1.9 s. The planner cannot tell these apart itself: it does not know how
+/// many users a round's arrays hold.
+const SCAN_BYTES_PER_ENTRY: i64 = 4096;
+
+/// How the round counts the distinct users (`pipeline.applier_join` set on
+/// the database overrides the choice: `probe` or `scan`).
+async fn users_by_scan(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT (SELECT coalesce(sum(cardinality(user_ids)), 0) FROM metrics_delta)::int8 \
+                    + (SELECT count(*) FROM analytics_rows), \
+                    pg_relation_size('events'), coalesce(current_setting('pipeline.applier_join', true), '')",
+            &[],
+        )
+        .await?;
+    let (entries, heap, forced): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
+    Ok(match forced.as_str() {
+        "probe" => false,
+        "scan" => true,
+        _ => entries.saturating_mul(SCAN_BYTES_PER_ENTRY) >= heap,
+    })
+}
+
+/// apply_metrics.sql with present_scan.sql between its `<present>` markers.
+fn metrics_by_scan() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let (start, end) = ("-- <present>\n", "-- </present>\n");
+        match (APPLY_METRICS.find(start), APPLY_METRICS.find(end)) {
+            (Some(a), Some(b)) if a < b => {
+                format!("{}{PRESENT_SCAN}{}", &APPLY_METRICS[..a], &APPLY_METRICS[b + end.len()..])
+            }
+            // Pinned by a unit test: not reached.
+            _ => APPLY_METRICS.to_owned(),
+        }
+    })
+}
 
 /// How long an idle applier waits before looking again (it is also woken
 /// by this streamer's commits).
@@ -168,7 +215,11 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
     if rebuilt {
         tx.batch_execute(REBUILD).await?;
     } else {
-        tx.batch_execute(APPLY_METRICS).await?;
+        // On Citus `events` is the coordinator's empty shell: the probes,
+        // which Citus runs on the workers.
+        let by_scan = !citus && users_by_scan(&tx).await?;
+        tracing::debug!(by_scan, "distinct users counted");
+        tx.batch_execute(if by_scan { metrics_by_scan() } else { APPLY_METRICS }).await?;
         tx.batch_execute(APPLY_COUNTERS).await?;
     }
     tx.batch_execute(APPLY_DONE).await?;
@@ -310,5 +361,24 @@ pub async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scan_variant_swaps_the_present_part_and_nothing_else() {
+        let scan = metrics_by_scan();
+        assert!(scan.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"));
+        assert!(!scan.contains("count(e.user_id) AS now"));
+        assert!(APPLY_METRICS.contains("count(e.user_id) AS now"));
+        let (start, end) = ("-- <present>\n", "-- </present>\n");
+        let a = APPLY_METRICS.find(start).expect("start marker");
+        let b = APPLY_METRICS.find(end).expect("end marker") + end.len();
+        assert!(scan.starts_with(&APPLY_METRICS[..a]));
+        assert!(scan.ends_with(&APPLY_METRICS[b..]));
+        assert_eq!(scan.len(), a + PRESENT_SCAN.len() + APPLY_METRICS.len() - b);
     }
 }

@@ -44,7 +44,7 @@ pub fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> P
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_upserts() -> TestResult {
-    random_batches_equal_their_group_by(false).await
+    random_batches_equal_their_group_by("probe", false).await
 }
 
 /// The same with every join of the database's sessions hashed, as the
@@ -53,23 +53,36 @@ async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_ups
 /// users and cells to their rows by a hash join over a scan of `events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_when_the_applier_hashes_its_joins() -> TestResult {
-    random_batches_equal_their_group_by(true).await
+    random_batches_equal_their_group_by("probe", true).await
 }
 
-async fn random_batches_equal_their_group_by(hash_joins: bool) -> TestResult {
+/// The same with the distinct users counted once per touched (user,
+/// window), the form a round that touches a big part of `events` takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_counters_equal_their_group_by_when_the_applier_counts_users_by_one_scan() -> TestResult {
+    random_batches_equal_their_group_by("scan", false).await
+}
+
+/// `join`: the applier's distinct-user count (`pipeline.applier_join`);
+/// `hash_joins`: every join of the database's sessions hashed.
+async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool) -> TestResult {
     let mut rng = seeded_rng("ANALYTICS_SEED");
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let client = db.client().await;
+    // New sessions (the streamer's) take the database's settings.
+    let mut settings = vec![format!("pipeline.applier_join = '{join}'")];
     if hash_joins {
-        // New sessions (the streamer's) take the database's settings.
+        settings.extend(["enable_nestloop = off".to_owned(), "enable_mergejoin = off".to_owned()]);
+    }
+    for setting in settings {
         client
-            .batch_execute(
-                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET enable_nestloop = off', current_database()); \
-                 EXECUTE format('ALTER DATABASE %I SET enable_mergejoin = off', current_database()); END $$",
-            )
+            .batch_execute(&format!(
+                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {}', current_database()); END $$",
+                setting.replace('\'', "''")
+            ))
             .await?;
     }
     let mut files = Vec::new();

@@ -2,9 +2,9 @@
 -- the batches' Polars deltas (metrics_delta) plus the rows to take back or add
 -- (analytics_rows). Distinct users of a cell change by, per user with rows
 -- added or taken away there: [has rows in events now] - [had before], where
--- "before" is "now" minus the user's net change ("now" counted by one join
--- of the touched users and cells with events, which the planner runs as
--- index probes or, while events is small, one scan).
+-- "before" is "now" minus the user's net change ("now" counted by one index
+-- probe of events per touched user and cell; for a round that touches a big
+-- part of events the applier swaps in present_scan.sql between the markers).
 WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings),
 r AS (
     SELECT date_bin(s.width, a.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, a.product_category,
@@ -28,6 +28,7 @@ nets AS (
           SELECT window_start, product_category, user_id, sign FROM r) x
     GROUP BY 1, 2, 3
     HAVING sum(n) <> 0),
+-- <present>
 present AS (
     SELECT g.window_start, g.product_category, g.net, count(e.user_id) AS now
     FROM nets g LEFT JOIN events e
@@ -35,6 +36,7 @@ present AS (
      AND e.event_time < g.window_start + (SELECT make_interval(secs => window_seconds) FROM analytics_settings)
      AND e.product_category = g.product_category
     GROUP BY g.window_start, g.product_category, g.user_id, g.net),
+-- </present>
 users AS (
     SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
     FROM present GROUP BY 1, 2),

@@ -1,0 +1,17 @@
+-- The distinct users' "now" for a round that touches a big part of events (a
+-- backlog's): counted once per touched (user, window), for all its categories
+-- at once, by an equi-join on (user, window) that the planner hashes over one
+-- scan of events (the width a scalar subquery, a constant for the join). For
+-- a small round into a big table that scan is the wrong plan, and the
+-- applier keeps apply_metrics.sql's index probes (see applier.rs).
+touched AS (SELECT DISTINCT window_start, user_id FROM nets),
+have AS (
+    SELECT t.window_start, e.product_category, t.user_id, count(*) AS now
+    FROM touched t JOIN events e
+      ON e.user_id = t.user_id AND e.event_time >= t.window_start
+     AND e.event_time < t.window_start + (SELECT width FROM s)
+     AND date_bin((SELECT width FROM s), e.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') = t.window_start
+    GROUP BY 1, 2, 3),
+present AS (
+    SELECT g.window_start, g.product_category, g.net, coalesce(h.now, 0) AS now
+    FROM nets g LEFT JOIN have h USING (window_start, product_category, user_id)),
