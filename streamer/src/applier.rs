@@ -80,12 +80,17 @@ async fn users_by_scan(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tok
             &[],
         )
         .await?;
-    let (entries, heap, forced): (i64, i64, String) = (row.get(0), row.get(1), row.get(2));
-    Ok(match forced.as_str() {
+    Ok(scan_pays(row.get(0), row.get(1), row.get(2)))
+}
+
+/// The choice itself: `entries` user entries in the round's deltas,
+/// `heap` bytes of `events`, `forced` the database's override.
+fn scan_pays(entries: i64, heap: i64, forced: &str) -> bool {
+    match forced {
         "probe" => false,
         "scan" => true,
         _ => entries.saturating_mul(SCAN_BYTES_PER_ENTRY) >= heap,
-    })
+    }
 }
 
 /// apply_metrics.sql with present_scan.sql between its `<present>` markers.
@@ -367,6 +372,20 @@ pub async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_round_scans_when_it_touches_a_big_part_of_events_unless_told_otherwise() {
+        // Measured cases (see SCAN_BYTES_PER_ENTRY): a backlog's round of
+        // 473 736 entries against 101 MB; one batch of 122 693 entries into
+        // 5.3 M rows (690 MB); a 1 500-row file into 100 MB.
+        assert!(scan_pays(473_736, 101_130_240, ""));
+        assert!(!scan_pays(122_693, 690_000_000, ""));
+        assert!(!scan_pays(1_500, 100_000_000, ""));
+        assert!(scan_pays(1, 0, ""), "an empty table is scanned");
+        assert!(!scan_pays(473_736, 1, "probe"));
+        assert!(scan_pays(1, i64::MAX, "scan"));
+        assert!(scan_pays(i64::MAX, i64::MAX, ""), "no overflow");
+    }
 
     #[test]
     fn the_scan_variant_swaps_the_present_part_and_nothing_else() {
