@@ -57,39 +57,71 @@ const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
 /// session, for its transaction only).
 const ROUND_SETUP: &str = "SET LOCAL work_mem = '64MB'; ANALYZE metrics_delta (window_start, product_category)";
 
-/// A round counts its distinct users by one scan of `events` (instead of
-/// one index probe per touched user and cell) when its deltas hold at least
-/// one user entry per this many bytes of the table. Measured on this
-/// project's 2-core host: a probe costs about 8 µs an entry, the scan about
-/// 0.25 µs a row (130–170 bytes), so the scan wins above one entry per
-/// 32 rows. A backlog's round of 600 000 rows: 1.36 s probing, 1.45 s
-/// scanning; its next round of 150 000 against 600 000 stored: 1.8 s
-/// against 0.74 s; one batch of 150 000 into 5.3 M rows: 1.17 s against
-/// 1.9 s. The planner cannot tell these apart itself: it does not know how
-/// many users a round's arrays hold.
-const SCAN_BYTES_PER_ENTRY: i64 = 4096;
+/// A round counts its distinct users by one scan of the part of `events`
+/// its windows cover (instead of one index probe per touched user and cell)
+/// when its deltas hold at least one user entry per this many rows of that
+/// part. Measured on this project's 2-core host: a probe costs about 8 µs
+/// an entry, the scan about 0.25 µs a row. A backlog's round of 600 000
+/// rows: 1.36 s probing, 1.45 s scanning; its next round of 150 000 against
+/// 600 000 stored: 1.8 s against 0.74 s; one batch of 150 000 into 5.3 M
+/// rows: 1.17 s probing, 1.9 s scanning all of `events`. The planner cannot
+/// tell these apart itself: it does not know how many users a round's
+/// arrays hold.
+const SCAN_ROWS_PER_ENTRY: f64 = 32.0;
 
 /// How the round counts the distinct users (`pipeline.applier_join` set on
-/// the database overrides the choice: `probe` or `scan`).
+/// the database overrides the choice: `probe` or `scan`). Sets the round's
+/// time range, the windows its deltas touch, as `pipeline.round_from` and
+/// `pipeline.round_to` (transaction-local): the scan reads only that part
+/// of `events`, by its `event_time` index when the part is small, and its
+/// size is the planner's estimate of the rows in it (EXPLAIN: statistics,
+/// no scan).
 async fn users_by_scan(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
-    let row = tx
-        .query_one(
-            "SELECT (SELECT coalesce(sum(cardinality(user_ids)), 0) FROM metrics_delta)::int8 \
-                    + (SELECT count(*) FROM analytics_rows), \
-                    pg_relation_size('events'), coalesce(current_setting('pipeline.applier_join', true), '')",
-            &[],
-        )
-        .await?;
-    Ok(scan_pays(row.get(0), row.get(1), row.get(2)))
+    let row = tx.query_one(ROUND_RANGE, &[]).await?;
+    let (entries, forced): (i64, String) = (row.get(0), row.get(1));
+    if !forced.is_empty() {
+        return Ok(scan_pays(entries, 0.0, &forced));
+    }
+    let rows = tx.simple_query(RANGE_ROWS).await?.into_iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(plan_rows),
+        _ => None,
+    });
+    Ok(scan_pays(entries, rows.flatten().unwrap_or(f64::INFINITY), ""))
+}
+
+/// The round's user entries and the override; sets the round's time range
+/// (empty when the round has no deltas).
+const ROUND_RANGE: &str = "\
+    WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings), \
+    d AS (SELECT coalesce(sum(cardinality(user_ids)), 0) AS n, min(window_start) AS lo, max(window_start) AS hi \
+          FROM metrics_delta), \
+    a AS (SELECT count(*) AS n, min(event_time) AS lo, max(event_time) AS hi FROM analytics_rows) \
+    SELECT (d.n + a.n)::int8, coalesce(current_setting('pipeline.applier_join', true), ''), \
+           set_config('pipeline.round_from', coalesce(least(d.lo, date_bin(s.width, a.lo, \
+               TIMESTAMPTZ '2000-01-01 00:00:00+00')), 'infinity')::text, true), \
+           set_config('pipeline.round_to', coalesce(greatest(d.hi, date_bin(s.width, a.hi, \
+               TIMESTAMPTZ '2000-01-01 00:00:00+00')) + s.width, '-infinity')::text, true) \
+    FROM s, d, a";
+
+/// The planner's estimate of the rows of `events` in the round's range.
+const RANGE_ROWS: &str = "EXPLAIN (FORMAT JSON) SELECT 1 FROM events \
+    WHERE event_time >= current_setting('pipeline.round_from')::timestamptz \
+      AND event_time < current_setting('pipeline.round_to')::timestamptz";
+
+/// "Plan Rows" of the top node of an `EXPLAIN (FORMAT JSON)`.
+fn plan_rows(explain: &str) -> Option<f64> {
+    let plan: serde_json::Value = serde_json::from_str(explain).ok()?;
+    plan.get(0)?.get("Plan")?.get("Plan Rows")?.as_f64()
 }
 
 /// The choice itself: `entries` user entries in the round's deltas,
-/// `heap` bytes of `events`, `forced` the database's override.
-fn scan_pays(entries: i64, heap: i64, forced: &str) -> bool {
+/// `rows` the rows of `events` in the round's range, `forced` the
+/// database's override.
+fn scan_pays(entries: i64, rows: f64, forced: &str) -> bool {
     match forced {
         "probe" => false,
         "scan" => true,
-        _ => entries.saturating_mul(SCAN_BYTES_PER_ENTRY) >= heap,
+        _ => entries as f64 * SCAN_ROWS_PER_ENTRY >= rows,
     }
 }
 
@@ -375,16 +407,28 @@ mod tests {
 
     #[test]
     fn a_round_scans_when_it_touches_a_big_part_of_events_unless_told_otherwise() {
-        // Measured cases (see SCAN_BYTES_PER_ENTRY): a backlog's round of
-        // 473 736 entries against 101 MB; one batch of 122 693 entries into
-        // 5.3 M rows (690 MB); a 1 500-row file into 100 MB.
-        assert!(scan_pays(473_736, 101_130_240, ""));
-        assert!(!scan_pays(122_693, 690_000_000, ""));
-        assert!(!scan_pays(1_500, 100_000_000, ""));
-        assert!(scan_pays(1, 0, ""), "an empty table is scanned");
-        assert!(!scan_pays(473_736, 1, "probe"));
-        assert!(scan_pays(1, i64::MAX, "scan"));
-        assert!(scan_pays(i64::MAX, i64::MAX, ""), "no overflow");
+        // Measured cases (see SCAN_ROWS_PER_ENTRY): a backlog's round of
+        // 473 736 entries against 600 000 rows; one batch of 122 693
+        // entries into 5.3 M rows when its range is all of them (late data
+        // over the years the table holds) and when it is the batch's own
+        // day (150 000 rows); a 1 500-row file against a range of 600 000.
+        assert!(scan_pays(473_736, 600_000.0, ""));
+        assert!(!scan_pays(122_693, 5_300_000.0, ""));
+        assert!(scan_pays(122_693, 150_000.0, ""));
+        assert!(!scan_pays(1_500, 600_000.0, ""));
+        assert!(scan_pays(1, 0.0, ""), "an empty range is scanned");
+        assert!(!scan_pays(1, f64::INFINITY, ""), "no estimate: probes");
+        assert!(!scan_pays(473_736, 1.0, "probe"));
+        assert!(scan_pays(1, f64::MAX, "scan"));
+        assert!(scan_pays(i64::MAX, 1e18, ""), "no overflow");
+    }
+
+    #[test]
+    fn the_estimate_is_the_top_plan_nodes_rows() {
+        let explain = r#"[{"Plan": {"Node Type": "Index Only Scan", "Plan Rows": 1234, "Plans": [{"Plan Rows": 9}]}}]"#;
+        assert_eq!(plan_rows(explain), Some(1234.0));
+        assert_eq!(plan_rows("[]"), None);
+        assert_eq!(plan_rows("not json"), None);
     }
 
     #[test]

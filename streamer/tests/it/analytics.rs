@@ -111,6 +111,28 @@ async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool) -> Te
     assert!(updated > 50, "only {updated} rows were updated: the test lost its point");
     let windows = count(&client, "SELECT count(DISTINCT window_start) FROM event_metrics_minute").await;
     assert_eq!(windows, 4, "four minutes of data make four one-minute windows");
+
+    // A round whose windows are apart: rows deleted by hand in the first
+    // minute (the users keep other rows there) and a file in the last. The
+    // scan form reads only the round's time range: it must span both.
+    let deleted = client
+        .execute(
+            "DELETE FROM events WHERE event_id IN (SELECT min(event_id) FROM events \
+             WHERE event_time < '2026-03-01T12:01:00Z' GROUP BY user_id, product_category HAVING count(*) > 1)",
+            &[],
+        )
+        .await?;
+    assert!(deleted > 0, "the first minute has users with several rows in a category");
+    let last = data.join("last_minute.csv");
+    let mut lines = vec![contract::COLUMNS.join(",")];
+    lines.extend((1..=5).map(|u| {
+        format!("{u},User {u},u{u}@example.com,view,1,Product 1,{},9.99,2026-03-01T12:03:59.{u}75Z", CATEGORIES[0])
+    }));
+    std::fs::write(data.join(".last.tmp"), lines.join("\n") + "\n")?;
+    std::fs::rename(data.join(".last.tmp"), &last)?;
+    streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
+    assert_eq!(count(&client, "SELECT count(*) FROM events WHERE to_char(event_time, 'MS') LIKE '_75'").await, 5);
+    assert_analytics_exact(&client).await;
     Ok(())
 }
 

@@ -1,9 +1,12 @@
 -- The distinct users' "now" for a round that touches a big part of events (a
--- backlog's): counted once per touched (user, window), for all its categories
--- at once, by an equi-join on (user, window) that the planner hashes over one
--- scan of events (the width a scalar subquery, a constant for the join). For
--- a small round into a big table that scan is the wrong plan, and the
--- applier keeps apply_metrics.sql's index probes (see applier.rs).
+-- backlog's, or a batch's windows in a table that holds mostly other times):
+-- counted once per touched (user, window), for all its categories at once, by
+-- an equi-join on (user, window) that the planner hashes over one scan of the
+-- part of events in the round's time range (the width a scalar subquery, a
+-- constant for the join). The applier sets that range (pipeline.round_from,
+-- pipeline.round_to: the touched windows) and picks this form when the range
+-- holds few rows for the round's users; otherwise it keeps apply_metrics.sql's
+-- index probes (see applier.rs).
 touched AS (SELECT DISTINCT window_start, user_id FROM nets),
 have AS (
     SELECT t.window_start, e.product_category, t.user_id, count(*) AS now
@@ -11,6 +14,8 @@ have AS (
       ON e.user_id = t.user_id AND e.event_time >= t.window_start
      AND e.event_time < t.window_start + (SELECT width FROM s)
      AND date_bin((SELECT width FROM s), e.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') = t.window_start
+    WHERE e.event_time >= current_setting('pipeline.round_from')::timestamptz
+      AND e.event_time < current_setting('pipeline.round_to')::timestamptz
     GROUP BY 1, 2, 3),
 present AS (
     SELECT g.window_start, g.product_category, g.net, coalesce(h.now, 0) AS now
