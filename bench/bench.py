@@ -263,12 +263,19 @@ def stream_runs(data, database, *flags):
     return summarize(runs)
 
 
-def copy_limit(files, url):
+def copy_limit(files, url, rollback=False):
+    """`psql \\copy` of the files into events in one transaction; rolled back
+    when asked (the same work, the table left as it was)."""
     script = WORK / "copy.sql"
-    script.write_text("".join(
-        f"\\copy events({COLUMNS}) FROM '{f}' WITH (FORMAT csv, HEADER true)\n" for f in files))
-    m = measured(["psql", "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)])
-    m["rows"] = int(psql(url, "SELECT count(*) FROM events"))
+    copies = "".join(f"\\copy events({COLUMNS}) FROM '{f}' WITH (FORMAT csv, HEADER true)\n" for f in files)
+    script.write_text(f"BEGIN;\n{copies}ROLLBACK;\n" if rollback else copies)
+    before = int(psql(url, "SELECT count(*) FROM events")) if not rollback else 0
+    m = measured(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)]
+                 + ([] if rollback else ["-1"]))
+    if rollback:
+        m["rows"] = sum(max(0, sum(1 for _ in open(f)) - 1) for f in files)
+    else:
+        m["rows"] = int(psql(url, "SELECT count(*) FROM events")) - before
     m["rows_per_s"] = m["rows"] / m["wall_s"]
     return m
 
@@ -536,9 +543,20 @@ def table_size():
             checkpoint_db()
             runs.append(stream_once(data, url))
             shutil.rmtree(data)
+        # The same work for PostgreSQL alone: `psql \\copy` of a batch of
+        # other keys (a day of its own) into the same table, rolled back.
+        copies = []
+        for run in range(RUNS):
+            data = WORK / "scale-copy"
+            day = datetime(2027, 1, 1, tzinfo=timezone.utc) + timedelta(days=k * RUNS + run)
+            paths = generate(data, 100, 1_500, 0.0, seed=500 + k * RUNS + run, start=day.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            checkpoint_db()
+            copies.append(copy_limit(paths, url, rollback=True))
+            shutil.rmtree(data)
         s = summarize(runs)
-        out.append({"rows_in_table": target, **s})
-        log(f"scaling: into a table of {target:,} rows: {s['rows_per_s']['median']:,.0f} rows/s")
+        out.append({"rows_in_table": target, **s, "copy": summarize(copies)})
+        log(f"scaling: into a table of {target:,} rows: {s['rows_per_s']['median']:,.0f} rows/s, "
+            f"psql \\copy {out[-1]['copy']['rows_per_s']['median']:,.0f} rows/s")
     drop_database("bench_table")
     return out
 
