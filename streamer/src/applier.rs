@@ -69,6 +69,25 @@ const ROUND_SETUP: &str = "SET LOCAL work_mem = '64MB'; ANALYZE metrics_delta (w
 /// arrays hold.
 const SCAN_ROWS_PER_ENTRY: f64 = 32.0;
 
+/// Bytes of `events` per row, to size a table without statistics (130–170
+/// measured with generated data).
+const BYTES_PER_ROW: f64 = 128.0;
+
+/// How a round counts its distinct users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Users {
+    /// One index probe per touched user and cell (apply_metrics.sql).
+    Probe,
+    /// One scan of the rows of `events` in the round's time range
+    /// (present_scan.sql).
+    ScanRange,
+    /// One scan of all of `events`: the table has no statistics yet (a new
+    /// one, before its first `ANALYZE`), so the planner would take any range
+    /// for a tiny part of it and read a backlog's whole table through its
+    /// index (by hand, a round over 600 000 rows: 2.0–2.4 s against 1.4 s).
+    ScanAll,
+}
+
 /// How the round counts the distinct users (`pipeline.applier_join` set on
 /// the database overrides the choice: `probe` or `scan`). Sets the round's
 /// time range, the windows its deltas touch, as `pipeline.round_from` and
@@ -76,20 +95,23 @@ const SCAN_ROWS_PER_ENTRY: f64 = 32.0;
 /// of `events`, by its `event_time` index when the part is small, and its
 /// size is the planner's estimate of the rows in it (EXPLAIN: statistics,
 /// no scan).
-async fn users_by_scan(tx: &tokio_postgres::Transaction<'_>) -> Result<bool, tokio_postgres::Error> {
+async fn users_form(tx: &tokio_postgres::Transaction<'_>) -> Result<Users, tokio_postgres::Error> {
     let row = tx.query_one(ROUND_RANGE, &[]).await?;
-    let (entries, forced): (i64, String) = (row.get(0), row.get(1));
-    if !forced.is_empty() {
-        return Ok(scan_pays(entries, 0.0, &forced));
-    }
-    let rows = tx.simple_query(RANGE_ROWS).await?.into_iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(plan_rows),
-        _ => None,
-    });
-    Ok(scan_pays(entries, rows.flatten().unwrap_or(f64::INFINITY), ""))
+    let (entries, forced, heap, stats): (i64, String, i64, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let rows = if stats {
+        let rows = tx.simple_query(RANGE_ROWS).await?.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(plan_rows),
+            _ => None,
+        });
+        Some(rows.flatten().unwrap_or(f64::INFINITY))
+    } else {
+        None
+    };
+    Ok(choose(entries, rows, heap, &forced))
 }
 
-/// The round's user entries and the override; sets the round's time range
+/// The round's user entries, the override, the bytes of `events` and
+/// whether it has statistics on `event_time`; sets the round's time range
 /// (empty when the round has no deltas).
 const ROUND_RANGE: &str = "\
     WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings), \
@@ -97,6 +119,10 @@ const ROUND_RANGE: &str = "\
           FROM metrics_delta), \
     a AS (SELECT count(*) AS n, min(event_time) AS lo, max(event_time) AS hi FROM analytics_rows) \
     SELECT (d.n + a.n)::int8, coalesce(current_setting('pipeline.applier_join', true), ''), \
+           pg_relation_size('events'), \
+           EXISTS (SELECT 1 FROM pg_stats p JOIN pg_class c ON c.relname = p.tablename \
+                   JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = p.schemaname \
+                   WHERE c.oid = 'events'::regclass AND p.attname = 'event_time'), \
            set_config('pipeline.round_from', coalesce(least(d.lo, date_bin(s.width, a.lo, \
                TIMESTAMPTZ '2000-01-01 00:00:00+00')), 'infinity')::text, true), \
            set_config('pipeline.round_to', coalesce(greatest(d.hi, date_bin(s.width, a.hi, \
@@ -115,29 +141,41 @@ fn plan_rows(explain: &str) -> Option<f64> {
 }
 
 /// The choice itself: `entries` user entries in the round's deltas,
-/// `rows` the rows of `events` in the round's range, `forced` the
-/// database's override.
-fn scan_pays(entries: i64, rows: f64, forced: &str) -> bool {
+/// `range_rows` the planner's estimate of the rows of `events` in the
+/// round's range (`None`: the table has no statistics), `heap` the bytes
+/// of `events`, `forced` the database's override.
+fn choose(entries: i64, range_rows: Option<f64>, heap: i64, forced: &str) -> Users {
+    let (rows, scan) = match range_rows {
+        Some(rows) => (rows, Users::ScanRange),
+        None => (heap as f64 / BYTES_PER_ROW, Users::ScanAll),
+    };
     match forced {
-        "probe" => false,
-        "scan" => true,
-        _ => entries as f64 * SCAN_ROWS_PER_ENTRY >= rows,
+        "probe" => Users::Probe,
+        "scan" => scan,
+        _ if entries as f64 * SCAN_ROWS_PER_ENTRY >= rows => scan,
+        _ => Users::Probe,
     }
 }
 
-/// apply_metrics.sql with present_scan.sql between its `<present>` markers.
-fn metrics_by_scan() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let (start, end) = ("-- <present>\n", "-- </present>\n");
-        match (APPLY_METRICS.find(start), APPLY_METRICS.find(end)) {
-            (Some(a), Some(b)) if a < b => {
-                format!("{}{PRESENT_SCAN}{}", &APPLY_METRICS[..a], &APPLY_METRICS[b + end.len()..])
-            }
-            // Pinned by a unit test: not reached.
-            _ => APPLY_METRICS.to_owned(),
-        }
-    })
+/// `sql` with `part` between its `-- <name>` and `-- </name>` lines.
+fn splice(sql: &str, name: &str, part: &str) -> String {
+    let (start, end) = (format!("-- <{name}>\n"), format!("-- </{name}>\n"));
+    match (sql.find(&start), sql.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{part}{}", &sql[..a], &sql[b + end.len()..]),
+        // Pinned by a unit test: not reached.
+        _ => sql.to_owned(),
+    }
+}
+
+/// The metrics fold in the round's form.
+fn apply_metrics(users: Users) -> &'static str {
+    static RANGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match users {
+        Users::Probe => APPLY_METRICS,
+        Users::ScanRange => RANGE.get_or_init(|| splice(APPLY_METRICS, "present", PRESENT_SCAN)),
+        Users::ScanAll => ALL.get_or_init(|| splice(APPLY_METRICS, "present", &splice(PRESENT_SCAN, "range", ""))),
+    }
 }
 
 /// How long an idle applier waits before looking again (it is also woken
@@ -254,9 +292,9 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
     } else {
         // On Citus `events` is the coordinator's empty shell: the probes,
         // which Citus runs on the workers.
-        let by_scan = !citus && users_by_scan(&tx).await?;
-        tracing::debug!(by_scan, "distinct users counted");
-        tx.batch_execute(if by_scan { metrics_by_scan() } else { APPLY_METRICS }).await?;
+        let users = if citus { Users::Probe } else { users_form(&tx).await? };
+        tracing::debug!(?users, "distinct users counted");
+        tx.batch_execute(apply_metrics(users)).await?;
         tx.batch_execute(APPLY_COUNTERS).await?;
     }
     tx.batch_execute(APPLY_DONE).await?;
@@ -407,20 +445,28 @@ mod tests {
 
     #[test]
     fn a_round_scans_when_it_touches_a_big_part_of_events_unless_told_otherwise() {
+        use Users::*;
         // Measured cases (see SCAN_ROWS_PER_ENTRY): a backlog's round of
         // 473 736 entries against 600 000 rows; one batch of 122 693
         // entries into 5.3 M rows when its range is all of them (late data
         // over the years the table holds) and when it is the batch's own
         // day (150 000 rows); a 1 500-row file against a range of 600 000.
-        assert!(scan_pays(473_736, 600_000.0, ""));
-        assert!(!scan_pays(122_693, 5_300_000.0, ""));
-        assert!(scan_pays(122_693, 150_000.0, ""));
-        assert!(!scan_pays(1_500, 600_000.0, ""));
-        assert!(scan_pays(1, 0.0, ""), "an empty range is scanned");
-        assert!(!scan_pays(1, f64::INFINITY, ""), "no estimate: probes");
-        assert!(!scan_pays(473_736, 1.0, "probe"));
-        assert!(scan_pays(1, f64::MAX, "scan"));
-        assert!(scan_pays(i64::MAX, 1e18, ""), "no overflow");
+        let mb = 1_000_000;
+        assert_eq!(choose(473_736, Some(600_000.0), 100 * mb, ""), ScanRange);
+        assert_eq!(choose(122_693, Some(5_300_000.0), 690 * mb, ""), Probe);
+        assert_eq!(choose(122_693, Some(150_000.0), 690 * mb, ""), ScanRange);
+        assert_eq!(choose(1_500, Some(600_000.0), 100 * mb, ""), Probe);
+        assert_eq!(choose(1, Some(0.0), 0, ""), ScanRange, "an empty range is scanned");
+        assert_eq!(choose(1, Some(f64::INFINITY), 0, ""), Probe, "no estimate: probes");
+        // No statistics yet: sized by its bytes, and scanned whole.
+        assert_eq!(choose(473_736, None, 100 * mb, ""), ScanAll);
+        assert_eq!(choose(122_693, None, 690 * mb, ""), Probe);
+        assert_eq!(choose(1, None, 0, ""), ScanAll, "an empty table is scanned");
+        // The override.
+        assert_eq!(choose(473_736, Some(1.0), 1, "probe"), Probe);
+        assert_eq!(choose(1, Some(f64::MAX), i64::MAX, "scan"), ScanRange);
+        assert_eq!(choose(1, None, i64::MAX, "scan"), ScanAll);
+        assert_eq!(choose(i64::MAX, None, i64::MAX, ""), ScanAll, "no overflow");
     }
 
     #[test]
@@ -432,16 +478,25 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_variant_swaps_the_present_part_and_nothing_else() {
-        let scan = metrics_by_scan();
-        assert!(scan.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"));
-        assert!(!scan.contains("count(e.user_id) AS now"));
-        assert!(APPLY_METRICS.contains("count(e.user_id) AS now"));
+    fn the_scan_forms_swap_the_present_part_and_nothing_else() {
         let (start, end) = ("-- <present>\n", "-- </present>\n");
         let a = APPLY_METRICS.find(start).expect("start marker");
         let b = APPLY_METRICS.find(end).expect("end marker") + end.len();
-        assert!(scan.starts_with(&APPLY_METRICS[..a]));
-        assert!(scan.ends_with(&APPLY_METRICS[b..]));
-        assert_eq!(scan.len(), a + PRESENT_SCAN.len() + APPLY_METRICS.len() - b);
+        assert!(APPLY_METRICS.contains("count(e.user_id) AS now"));
+        assert_eq!(apply_metrics(Users::Probe), APPLY_METRICS);
+        let range_lines = "current_setting('pipeline.round_from')";
+        for (users, part) in
+            [(Users::ScanRange, PRESENT_SCAN.to_owned()), (Users::ScanAll, splice(PRESENT_SCAN, "range", ""))]
+        {
+            let scan = apply_metrics(users);
+            assert!(scan.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"), "{users:?}");
+            assert!(!scan.contains("count(e.user_id) AS now"), "{users:?}");
+            assert_eq!(scan.contains(range_lines), users == Users::ScanRange, "{users:?}");
+            assert!(scan.starts_with(&APPLY_METRICS[..a]));
+            assert!(scan.ends_with(&APPLY_METRICS[b..]));
+            assert_eq!(scan.len(), a + part.len() + APPLY_METRICS.len() - b);
+        }
+        assert!(PRESENT_SCAN.contains("-- <range>\n") && PRESENT_SCAN.contains("-- </range>\n"));
+        assert!(PRESENT_SCAN.contains(range_lines));
     }
 }

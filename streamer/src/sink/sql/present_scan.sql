@@ -6,7 +6,8 @@
 -- constant for the join). The applier sets that range (pipeline.round_from,
 -- pipeline.round_to: the touched windows) and picks this form when the range
 -- holds few rows for the round's users; otherwise it keeps apply_metrics.sql's
--- index probes (see applier.rs).
+-- index probes (see applier.rs). Before events has statistics the applier
+-- drops the range lines and the scan reads all of events.
 touched AS (SELECT DISTINCT window_start, user_id FROM nets),
 have AS (
     SELECT t.window_start, e.product_category, t.user_id, count(*) AS now
@@ -14,8 +15,10 @@ have AS (
       ON e.user_id = t.user_id AND e.event_time >= t.window_start
      AND e.event_time < t.window_start + (SELECT width FROM s)
      AND date_bin((SELECT width FROM s), e.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') = t.window_start
+-- <range>
     WHERE e.event_time >= current_setting('pipeline.round_from')::timestamptz
       AND e.event_time < current_setting('pipeline.round_to')::timestamptz
+-- </range>
     GROUP BY 1, 2, 3),
 present AS (
     SELECT g.window_start, g.product_category, g.net, coalesce(h.now, 0) AS now
