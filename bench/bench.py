@@ -376,18 +376,18 @@ def latency_run(label, files, rows, interval):
              "--interval", str(interval), "--duplicate-rate", "0.02", "--seed", "13"],
             env=env(RUST_LOG="info"), stdout=subprocess.DEVNULL, stderr=gen_stderr)
         while gen.poll() is None:
-            rss.append(vm(streamer.pid, "VmRSS"))
+            rss.append(vm_of(streamer, "VmRSS", streamer_log))
             time.sleep(0.1)
     published = published_at(generator_log)
     deadline = time.time() + 120
     while int(psql(url, "SELECT count(*) FROM load_history")) < len(published) and time.time() < deadline:
-        rss.append(vm(streamer.pid, "VmRSS"))
+        rss.append(vm_of(streamer, "VmRSS", streamer_log))
         time.sleep(0.1)
     # The applier folds the last batches in.
     deadline = time.time() + 60
     while int(psql(url, "SELECT count(*) FROM batches WHERE applied_at IS NULL")) > 0 and time.time() < deadline:
         time.sleep(0.1)
-    hwm = vm(streamer.pid, "VmHWM")
+    hwm = vm_of(streamer, "VmHWM", streamer_log)
     streamer.send_signal(signal.SIGTERM)
     streamer.wait(timeout=60)
     streamer_log.close()
@@ -450,10 +450,27 @@ def latency_run(label, files, rows, interval):
 
 
 def vm(pid, key):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """A figure of /proc/<pid>/status in kB; 0 when the process has ended
+    (or is a zombie, whose status has no memory lines)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
+
+
+def vm_of(streamer, key, log_file):
+    """`vm` of a streamer that must still be running: if it has stopped, the
+    run is void, and the error carries the end of its log."""
+    if streamer.poll() is not None:
+        log_file.flush()
+        tail = Path(log_file.name).read_text(errors="replace").splitlines()[-30:]
+        raise RuntimeError(f"the streamer stopped during the run (exit {streamer.returncode}); "
+                           f"the end of {log_file.name}:\n" + "\n".join(tail))
+    return vm(streamer.pid, key)
 
 
 def latency():
@@ -711,7 +728,7 @@ def tree_rss_kb(pid):
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
-        total += vm(p, "VmRSS") if Path(f"/proc/{p}").exists() else 0
+        total += vm(p, "VmRSS")
         try:
             for t in Path(f"/proc/{p}/task").iterdir():
                 todo.extend(int(c) for c in (t / "children").read_text().split())
