@@ -103,6 +103,12 @@ impl Discovery {
         settle: Duration,
         poll: Option<Duration>,
     ) -> Result<Self, WatchError> {
+        // The watcher names files by absolute paths (a relative folder is
+        // joined to the working directory, symbolic links kept); a hint is
+        // keyed by the name inside the folder, so both start from the same
+        // resolved path. Before this, `--data-dir data` matched no hint and
+        // every renamed file waited out the settle time.
+        let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
         let hints: Arc<Mutex<HashMap<String, Hint>>> = Arc::default();
         let (tx, wake) = mpsc::channel(1);
         let handler_hints = hints.clone();
