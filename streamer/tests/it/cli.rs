@@ -167,31 +167,47 @@ async fn sigterm_stops_the_stream_with_exit_0_and_nothing_lost() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_relative_data_folder_takes_a_renamed_file_at_once() -> TestResult {
-    // `streamer --data-dir data`, as people run it from their project's
-    // folder. A renamed file is ready at once (its rename is the hint); the
-    // settle time, for files that arrive without one, is ten minutes here.
-    // The watcher names files by absolute paths: matched against the folder
-    // as given, no hint was found and every file waited the settle time out.
+/// The streamer run from `dir` with `--data-dir given` (relative to `dir`)
+/// and a settle time of ten minutes takes three files renamed into `data`
+/// at once: their renames are the hints. The watcher names files by
+/// absolute paths; matched against the folder as given, no hint was found
+/// and every file waited the settle time out.
+async fn renamed_files_are_taken_at_once(dir: &std::path::Path, given: &str, data: &std::path::Path) -> TestResult {
     let db = TestDb::new().await;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data)?;
-    let mut child = streamer(dir.path())
-        .args(["--data-dir", "data", "--checkpoint-dir", "cp", "--database-url", &db.url])
+    let mut child = streamer(dir)
+        .args(["--data-dir", given, "--checkpoint-dir", "cp", "--database-url", &db.url])
         .args(["--file-settle", "600000"])
         .stderr(Stdio::null())
         .spawn()?;
     let client = db.client().await;
     wait_for_schema(&client).await;
     let mut g = generator::Generator::new(settings(23), "relative");
-    let files: Vec<_> = (0..3).map(|k| publish_file(&data, &mut g, k)).collect();
+    let files: Vec<_> = (0..3).map(|k| publish_file(data, &mut g, k)).collect();
     wait_for_loads(&client, 3, Duration::from_secs(30)).await;
     sigterm(child.id());
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)).code(), Some(0));
     assert_eq!(table(&client).await, oracle(&files).0);
     Ok(())
+}
+
+#[tokio::test]
+async fn a_relative_data_folder_takes_a_renamed_file_at_once() -> TestResult {
+    // `streamer --data-dir data`, as people run it from their project's folder.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    renamed_files_are_taken_at_once(dir.path(), "data", &data).await
+}
+
+#[tokio::test]
+async fn a_data_folder_behind_a_symbolic_link_takes_a_renamed_file_at_once() -> TestResult {
+    // The folder is given through a link (a mounted volume, a shared folder):
+    // the watch and the hints both use the resolved folder.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    std::os::unix::fs::symlink(&data, dir.path().join("link"))?;
+    renamed_files_are_taken_at_once(dir.path(), "link", &data).await
 }
 
 #[test]
