@@ -23,6 +23,7 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use polars::prelude::*;
+use tokio::sync::oneshot;
 
 pub use aggregate::Deltas;
 pub use file::{open_source, read_whole, ContractReader, Part, Rejected, SourceFile, MAX_RAW_LINE};
@@ -79,7 +80,10 @@ pub struct FileSummary {
 pub struct Chunk {
     pub frame: DataFrame,
     pub rejected: Vec<Rejected>,
-    pub deltas: Deltas,
+    /// The rows' deltas: the reader computes them once it has handed the
+    /// chunk on, so that its group-bys overlap the staging and merge of the
+    /// rows (an error is the group-by's message).
+    pub deltas: oneshot::Receiver<Result<Deltas, String>>,
 }
 
 /// What reading a batch gave.
@@ -130,11 +134,11 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
     let mut pending_bytes = 0u64;
     let started = Instant::now();
 
-    // Deduplicates, aggregates and hands on what has been gathered.
+    // Deduplicates and hands on what has been gathered, then aggregates it
+    // while the loader stages it (the frame's clone shares its buffers).
     let mut flush = |frames: &mut Vec<DataFrame>, rejected: &mut Vec<Rejected>, out: &mut BatchRead| {
         let deduping = Instant::now();
         let deduped = dedup(std::mem::take(frames), n)?;
-        let deltas = aggregate::aggregate(&deduped.frame, plan.window_micros)?;
         out.dedup += deduping.elapsed();
         for (file, d) in out.files.iter_mut().zip(&deduped.duplicates) {
             if let FileOutcome::Rows { duplicates, .. } = &mut file.outcome {
@@ -144,9 +148,26 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
         if deduped.frame.height() > 0 {
             out.chunks += 1;
         }
+        let frame = deduped.frame;
+        let (deltas_tx, deltas) = oneshot::channel();
         let handing = Instant::now();
-        let go_on = emit(Chunk { frame: deduped.frame, rejected: std::mem::take(rejected), deltas });
+        let go_on = emit(Chunk { frame: frame.clone(), rejected: std::mem::take(rejected), deltas });
         out.handoff += handing.elapsed();
+        if go_on {
+            let aggregating = Instant::now();
+            let deltas = aggregate::aggregate(&frame, plan.window_micros);
+            out.dedup += aggregating.elapsed();
+            // A loader that is gone no longer needs them.
+            match deltas {
+                Ok(deltas) => {
+                    let _ = deltas_tx.send(Ok(deltas));
+                }
+                Err(e) => {
+                    let _ = deltas_tx.send(Err(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
         PolarsResult::Ok(go_on)
     };
 

@@ -518,8 +518,8 @@ async fn stage(
             tx.blocking_send(chunk).is_ok()
         })
     });
-    while let Some(chunk) = rx.recv().await {
-        loader.stage(&chunk).await?;
+    while let Some(mut chunk) = rx.recv().await {
+        loader.stage(&mut chunk).await?;
         drop(chunk);
         let _ = staged_tx.send(());
         crate::crashpoint::hit("after_stage");

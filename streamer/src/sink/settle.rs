@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, Row, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 use uuid::Uuid;
 
-use super::{sql, BatchMeta, Claimed, FileLoad, SinkError, Stage};
+use super::{sql, BatchMeta, Claimed, FileLoad, Prepared, SinkError, Stage};
 use crate::batch::{FileOutcome, FileSummary};
 use crate::checkpoint::FileStatus;
 use crate::pg::text;
@@ -43,8 +43,13 @@ pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
 /// The file order between a batch's file and an older one of the same
 /// modification time, read on the coordinator and passed to the merge (on
 /// Citus the merge runs on the workers, where the registry is not).
-pub(super) async fn file_order(tx: &Transaction<'_>, ids: &[i32]) -> Result<Vec<i64>, SinkError> {
-    Ok(tx.query_one(sql::SAME_TIME_OLDER, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0))
+/// `statement` is [`sql::SAME_TIME_OLDER`] prepared.
+pub(super) async fn file_order(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    ids: &[i32],
+) -> Result<Vec<i64>, SinkError> {
+    Ok(tx.query_one(statement, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0))
 }
 
 /// Adds rows of (file id, inserted, written over) — a merge's counts, or
@@ -77,7 +82,7 @@ pub(super) async fn merge_batch(
     staged: &[u64],
     written: &mut [(u64, u64)],
 ) -> Result<(), SinkError> {
-    let after = file_order(tx, ids).await?;
+    let after = file_order(tx, &stage.prepared.file_order, ids).await?;
     let merge = stage.merge_several.as_ref().filter(|_| chunks > 1).unwrap_or(&stage.merge_one);
     let rows =
         tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await.map_err(SinkError::query("merging into events"))?;
@@ -114,13 +119,14 @@ pub(super) async fn reconcile(
 /// lost to a later row of the same key or to a newer stored row.
 pub(super) async fn count(
     tx: &Transaction<'_>,
+    prepared: &Prepared,
     batch_seq: i64,
     staged: &[u64],
     written: &[(u64, u64)],
     loads: &mut [FileLoad],
 ) -> Result<(), SinkError> {
     let replaced: HashMap<i32, i64> = tx
-        .query(sql::REPLACED_PER_FILE, &[&batch_seq])
+        .query(&prepared.replaced, &[&batch_seq])
         .await
         .map_err(SinkError::query("counting the replaced rows"))?
         .iter()
@@ -142,6 +148,7 @@ pub(super) async fn count(
 /// batch's own row.
 pub(super) async fn record(
     tx: &Transaction<'_>,
+    prepared: &Prepared,
     meta: &BatchMeta,
     batch_seq: i64,
     loads: &[FileLoad],
@@ -151,7 +158,7 @@ pub(super) async fn record(
     let states: Vec<&str> = loads.iter().map(|l| l.outcome.status()).collect();
     let reasons: Vec<Option<String>> = loads.iter().map(|l| l.outcome.reason().map(|r| text(r).into_owned())).collect();
     let moves: Vec<bool> = loads.iter().map(|l| to_move(&l.outcome)).collect();
-    tx.execute(sql::SETTLE, &[&batch_seq, &ids, &states, &reasons, &moves])
+    tx.execute(&prepared.settle, &[&batch_seq, &ids, &states, &reasons, &moves])
         .await
         .map_err(SinkError::query("settling the files in the registry"))?;
 
@@ -160,7 +167,7 @@ pub(super) async fn record(
     let mtimes: Vec<DateTime<Utc>> = loads.iter().map(|l| DateTime::from_timestamp_nanos(l.file.id.mtime_ns)).collect();
     let reingest: Vec<bool> = loads.iter().map(|l| l.file.reingest).collect();
     tx.execute(
-        sql::HISTORY,
+        &prepared.history,
         &[
             &meta.checkpoint_id,
             &(meta.batch_id as i64),
@@ -183,7 +190,7 @@ pub(super) async fn record(
     .await
     .map_err(SinkError::query("recording the load history"))?;
     tx.execute(
-        sql::BATCH,
+        &prepared.batch,
         &[
             &batch_seq,
             &meta.checkpoint_id,
