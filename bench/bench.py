@@ -407,8 +407,9 @@ def latency_run(label, files, rows, interval):
     latencies = []
     # Where each file's latency went: before its batch began (the listing
     # after the rename, the registration, the loader's wake-up), the claim and
-    # plan, reading, the staging and merge, the COMMIT; then the marker.
-    parts = {"before the batch": [], "claim and plan": [], "read": [], "stage and merge": [], "commit": [],
+    # plan, reading and deduplicating up to the first staged chunk, the staging
+    # and merge, the COMMIT; then the marker.
+    parts = {"before the batch": [], "claim and plan": [], "read and dedup": [], "stage and merge": [], "commit": [],
              "then the marker": []}
     for r in rows_:
         name, batch = r.split("|")
@@ -417,11 +418,13 @@ def latency_run(label, files, rows, interval):
             latencies.append(total)
             b = batches[int(batch)]
             ph = b["phases"]
-            # The record's total: claim and plan, the read up to the first
-            # staged chunk (at most the whole read), staging and merge, COMMIT.
+            # The record's total is the batch's time from its claim to its
+            # COMMIT's return: claim and plan, the read and dedup of the first
+            # chunk (what is left), staging and merge, COMMIT.
             parts["before the batch"].append(total - ph["total_ms"])
             parts["claim and plan"].append(ph["discover_ms"])
-            parts["read"].append(min(ph["read_ms"], ph["load_ms"]))
+            parts["read and dedup"].append(
+                max(0.0, ph["total_ms"] - ph["discover_ms"] - ph["load_ms"] - ph["commit_ms"]))
             parts["stage and merge"].append(ph["load_ms"])
             parts["commit"].append(ph["commit_ms"])
             if "committed_at" in b:

@@ -381,7 +381,8 @@ def markdown(r):
             "",
             "Where a file's latency goes, median of each part over the run's files (the progress record's phases: "
             "*before the batch* is the rename to the claim — the registrar's listing, the registration and the "
-            "loader's wake-up; reading overlaps staging, so only the part before the first chunk is staged counts; "
+            "loader's wake-up; *read and dedup* is the time from the plan to the first chunk's staging (reading "
+            "the rest overlaps staging, and the chunk's aggregation overlaps its own staging); "
             "*then the marker* is after the rows are queryable and not in the latency):",
             "",
             "| part | " + " | ".join(profiles) + " |",

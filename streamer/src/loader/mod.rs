@@ -106,7 +106,9 @@ impl Job {
 
 /// How one attempt ended.
 enum Attempt {
-    Committed(Committed, BatchRead, Duration),
+    /// With the time to claim and plan it, and the batch's whole time
+    /// from its claim to its COMMIT's return.
+    Committed(Committed, BatchRead, Duration, Duration),
     /// No file to claim.
     Nothing,
     /// A planned batch's files are all held by another session's batch:
@@ -156,8 +158,8 @@ pub async fn run(shared: Arc<Shared>, index: usize, stop: CancellationToken) {
                     _ = tokio::time::sleep(shared.config.rescan_interval) => {}
                 }
             }
-            Attempt::Committed(committed, read, discover) => {
-                report(&shared, &job, &committed, &read, discover);
+            Attempt::Committed(committed, read, discover, total) => {
+                report(&shared, &job, &committed, &read, discover, total);
                 job = Job::default();
                 backoff = Backoff::new(shared.config.max_backoff);
                 if !shared.config.trigger_interval.is_zero() && !pause(&stop, shared.config.trigger_interval).await {
@@ -409,6 +411,7 @@ async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job:
         }
     }
     let (meta, claim) = what_to_claim(shared, job);
+    let begun = Instant::now();
     let mut loader = match Loader::begin(client, stage_table, meta, claim).await {
         Ok(loader) => loader,
         Err(e) => return Attempt::Failed(e),
@@ -460,6 +463,7 @@ async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job:
     crate::crashpoint::hit("before_commit");
     let clean = config.clean_source;
     let finished = loader.finish(&read.files, |o| to_move(clean, o)).await;
+    let total = begun.elapsed();
     if shared.citus {
         crate::sink::release_fence(client).await;
     }
@@ -470,7 +474,7 @@ async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job:
             if let Err(e) = mark(shared, batch_id, &committed).await {
                 let _ = shared.fatal.send(e);
             }
-            Attempt::Committed(committed, read, discover)
+            Attempt::Committed(committed, read, discover, total)
         }
         Err(e) if e.is_batch_already_committed() => confirm(shared, client, batch_id).await,
         Err(e) => Attempt::Failed(e),

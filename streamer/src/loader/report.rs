@@ -14,9 +14,10 @@ use crate::checkpoint::FileStatus;
 use crate::observe::progress::{ms, BatchProgress, Phases};
 use crate::sink::Committed;
 
-/// Logs and counts a committed batch.
-pub(super) fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead, discover: Duration) {
-    let total = c.load + c.commit + read.read.min(c.load) + discover;
+/// Logs and counts a committed batch; `total` is its time from the claim
+/// to the COMMIT's return (the phases overlap: reading and deduplicating
+/// the next chunk go on while the last is staged).
+pub(super) fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead, discover: Duration, total: Duration) {
     let sum = |f: &dyn Fn(&crate::sink::FileLoad) -> u64| c.files.iter().map(f).sum::<u64>();
     let count = |s: FileStatus| c.files.iter().filter(|f| status_of(&f.outcome) == s).count();
     let input_rows = sum(&|f| f.rows_read);

@@ -16,14 +16,20 @@ use tracing::info;
 /// Size at which the progress file is rotated.
 pub const MAX_PROGRESS_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Milliseconds spent in each phase of a batch.
+/// Milliseconds spent in each phase of a batch. Reading, deduplicating
+/// and aggregating a chunk overlap staging and merging the last one, so the
+/// phases add up to more than `total_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Phases {
+    /// Claiming the files and writing the plan.
     pub discover_ms: f64,
     pub read_ms: f64,
+    /// Deduplicating and aggregating (Polars).
     pub dedup_ms: f64,
+    /// From the first chunk's staging to the COMMIT.
     pub load_ms: f64,
     pub commit_ms: f64,
+    /// The batch's whole time, from its claim to its COMMIT's return.
     pub total_ms: f64,
 }
 
