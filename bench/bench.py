@@ -407,8 +407,9 @@ def latency_run(label, files, rows, interval):
     latencies = []
     # Where each file's latency went: before its batch began (the listing
     # after the rename, the registration, the loader's wake-up), the claim and
-    # plan, reading and deduplicating up to the first staged chunk, the staging
-    # and merge, the COMMIT; then the marker.
+    # plan, what is left of reading and deduplicating the first chunk once the
+    # plan is on disk (the read starts with the plan), the staging and merge,
+    # the COMMIT; then the marker.
     parts = {"before the batch": [], "claim and plan": [], "read and dedup": [], "stage and merge": [], "commit": [],
              "then the marker": []}
     for r in rows_:
@@ -420,7 +421,7 @@ def latency_run(label, files, rows, interval):
             ph = b["phases"]
             # The record's total is the batch's time from its claim to its
             # COMMIT's return: claim and plan, the read and dedup of the first
-            # chunk (what is left), staging and merge, COMMIT.
+            # chunk (what outlasts the plan), staging and merge, COMMIT.
             parts["before the batch"].append(total - ph["total_ms"])
             parts["claim and plan"].append(ph["discover_ms"])
             parts["read and dedup"].append(

@@ -381,8 +381,9 @@ def markdown(r):
             "",
             "Where a file's latency goes, median of each part over the run's files (the progress record's phases: "
             "*before the batch* is the rename to the claim — the registrar's listing, the registration and the "
-            "loader's wake-up; *read and dedup* is the time from the plan to the first chunk's staging (reading "
-            "the rest overlaps staging, and the chunk's aggregation overlaps its own staging); "
+            "loader's wake-up; *read and dedup* is what is left of the first chunk's read once the plan is on disk "
+            "(the read starts with the plan; reading the rest overlaps staging, and the chunk's aggregation "
+            "overlaps its own staging); "
             "*then the marker* is after the rows are queryable and not in the latency):",
             "",
             "| part | " + " | ".join(profiles) + " |",

@@ -9,7 +9,7 @@
 //! - `lock`: held (`flock`) by the one process using the folder; it holds
 //!   that process's id for the message another one gets;
 //! - `offsets/N`: the exact files of batch N (registry ids and identities),
-//!   written *before* batch N touches the data;
+//!   written *before* batch N writes anything to the database;
 //! - `commits/N`: written after batch N committed, with each file's outcome;
 //! - `progress/`: the progress log (see [`crate::observe::progress`]).
 //!
@@ -250,8 +250,8 @@ impl Checkpoint {
         self.next_batch = self.next_batch.max(batch_id + 1);
     }
 
-    /// Writes `offsets/N` for a new batch. Nothing of the batch may touch
-    /// the data before this returns.
+    /// Writes `offsets/N` for a new batch. Nothing of the batch may be
+    /// written to the database before this returns.
     pub fn plan(&mut self, files: Vec<PlannedFile>) -> Result<Offsets, CheckpointError> {
         let plan = Offsets { version: FORMAT_VERSION, batch_id: self.next_batch, planned_at: Utc::now(), files };
         write_json(&self.dir.join("offsets"), &plan.batch_id.to_string(), &plan)?;

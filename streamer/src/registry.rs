@@ -6,12 +6,12 @@
 //! Invariants: a file identity (name, size, modification time) is
 //! registered once per source; it is registered only once ready (see
 //! [`crate::watch`]); registering is idempotent, so a registration lost in
-//! a crash (its transaction runs with `synchronous_commit = off`) is simply
+//! a crash (it commits with `synchronous_commit = off`) is simply
 //! done again at the next listing.
 
 use std::collections::{HashMap, HashSet};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, ToStatement};
 
 use crate::checkpoint::FileId;
 use crate::pg::{describe, text};
@@ -47,33 +47,40 @@ pub async fn known(client: &Client, source: &str, names: &[String]) -> Result<Ha
 
 /// Registers ready files as pending (a file registered as missing that is
 /// back is pending again) and wakes the loaders of every streamer on the
-/// source. Returns how many files became pending.
-pub async fn register(client: &mut Client, source: &str, files: &[FileId]) -> Result<u64, RegistryError> {
+/// source, in one statement ([`REGISTER`], which the registrar prepares
+/// once per session): its own transaction, committed without waiting for
+/// the disk (lost in a crash, a registration is made again). Returns how
+/// many files became pending.
+pub async fn register<S>(client: &Client, statement: &S, source: &str, files: &[FileId]) -> Result<u64, RegistryError>
+where
+    S: ToStatement + ?Sized,
+{
     if files.is_empty() {
         return Ok(0);
     }
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let sizes: Vec<i64> = files.iter().map(|f| f.size as i64).collect();
     let mtimes: Vec<i64> = files.iter().map(|f| f.mtime_ns).collect();
-    let tx = client.transaction().await.map_err(err("registering files"))?;
-    // Lost in a crash, a registration is made again: no need to wait for disk.
-    tx.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(err("registering files"))?;
-    let n = tx
-        .execute(
-            "INSERT INTO source_files (source, file_name, file_size, file_mtime_ns) \
-             SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[]) \
-             ON CONFLICT (source, file_name, file_size, file_mtime_ns) DO UPDATE SET state = 'pending', reason = NULL \
-             WHERE source_files.state = 'missing'",
-            &[&source, &names, &sizes, &mtimes],
-        )
+    let n: i64 = client
+        .query_one(statement, &[&source, &names, &sizes, &mtimes, &CHANNEL])
         .await
-        .map_err(err("registering files"))?;
-    if n > 0 {
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &source]).await.map_err(err("registering files"))?;
-    }
-    tx.commit().await.map_err(err("registering files"))?;
-    Ok(n)
+        .map_err(err("registering files"))?
+        .get(0);
+    Ok(n as u64)
 }
+
+/// [`register`]'s statement: `$1` the source, `$2`–`$4` the files' names,
+/// sizes and modification times, `$5` the [`CHANNEL`]. Outside a
+/// transaction block `set_config(…, true)` holds for the statement's own
+/// transaction, so its commit does not wait for the WAL's flush; the
+/// notification goes out only when a file became pending.
+pub const REGISTER: &str = "WITH registered AS (\
+     INSERT INTO source_files (source, file_name, file_size, file_mtime_ns) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::int8[], $4::int8[]) \
+     ON CONFLICT (source, file_name, file_size, file_mtime_ns) DO UPDATE SET state = 'pending', reason = NULL \
+     WHERE source_files.state = 'missing' RETURNING 1) \
+     SELECT c.n, set_config('synchronous_commit', 'off', true), CASE WHEN c.n > 0 THEN pg_notify($5, $1) END \
+     FROM (SELECT count(*) AS n FROM registered) c";
 
 /// Registers files that are never to be loaded (`skipped`, with the
 /// reason), so that no streamer considers them again.

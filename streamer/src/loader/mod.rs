@@ -1,8 +1,9 @@
 //! A loader: one of the streamer's `--loaders` tasks, each on its own
 //! PostgreSQL session. It claims the oldest pending files of the source in a
-//! new transaction, plans the batch in the checkpoint (`offsets/N`), reads
-//! and stages it chunk by chunk (reading the next chunk overlaps staging the
-//! last), commits, marks it (`commits/N`) and reports it.
+//! new transaction, plans the batch in the checkpoint (`offsets/N`; the
+//! first chunk is read meanwhile, and staged only once the plan is on disk),
+//! reads and stages it chunk by chunk (reading the next chunk overlaps
+//! staging the last), commits, marks it (`commits/N`) and reports it.
 //!
 //! What a failed attempt leads to, by the error's class:
 //! - transient (connection, failover, serialization): roll back, wait with
@@ -436,22 +437,30 @@ async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job:
     job.mark_claimed(shared);
     let planned: Vec<PlannedFile> =
         loader.files().iter().map(|f| PlannedFile { file_id: f.file_id, id: f.id.clone() }).collect();
-    let batch_id = match plan(shared, job, planned).await {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = loader.rollback().await;
-            return Attempt::Unplanned(e);
-        }
-    };
-    loader.set_batch_id(batch_id);
     let forced: Vec<Option<FileOutcome>> = loader.files().iter().map(|f| job.forced.get(&f.file_id).cloned()).collect();
     let sources: Vec<SourceFile> = loader
         .files()
         .iter()
         .map(|f| SourceFile { id: f.id.clone(), path: config.data_dir.join(&f.id.name) })
         .collect();
+    // The first chunk is read while the plan goes to disk and the batch is
+    // numbered in the database; nothing is staged before the plan is there.
+    let reading = start_read(shared, sources, forced);
+    let (planned, numbered) = tokio::join!(plan(shared, job, planned), loader.number());
+    let batch_id = match planned {
+        Ok(id) => id,
+        Err(e) => {
+            drop(reading);
+            let _ = loader.rollback().await;
+            return Attempt::Unplanned(e);
+        }
+    };
+    if let Err(e) = numbered {
+        return Attempt::Failed(e);
+    }
+    loader.set_batch_id(batch_id);
     let discover = discovering.elapsed();
-    let read = match stage(shared, &mut loader, sources, forced).await {
+    let read = match stage(&mut loader, reading).await {
         Ok(read) => read,
         Err(e) => return Attempt::Failed(e),
     };
@@ -490,21 +499,23 @@ pub fn to_move(clean: CleanSource, outcome: &FileOutcome) -> bool {
     }
 }
 
-/// Reads the batch on a blocking thread while the chunks already read are
-/// staged and merged: at most two chunks in flight (the one being staged,
-/// and the next, being read or ready), so memory stays at two chunks per
-/// loader whatever the batch size, and the read of the next chunk overlaps
-/// the server's work on the last.
-async fn stage(
-    shared: &Shared,
-    loader: &mut Loader<'_>,
-    sources: Vec<SourceFile>,
-    forced: Vec<Option<FileOutcome>>,
-) -> Result<BatchRead, SinkError> {
-    let (tx, mut rx) = mpsc::channel::<batch::Chunk>(1);
+/// A batch's read on its blocking thread: the chunks it hands on, and the
+/// channel the loader tells it on that it is done with one.
+struct Reading {
+    chunks: mpsc::Receiver<batch::Chunk>,
+    staged: std::sync::mpsc::Sender<()>,
+    reader: tokio::task::JoinHandle<Result<Option<BatchRead>, polars::error::PolarsError>>,
+}
+
+/// Starts reading the batch on a blocking thread: at most two chunks in
+/// flight (the one being staged, and the next, being read or ready), so
+/// memory stays at two chunks per loader whatever the batch size. Dropped,
+/// the [`Reading`] stops the reader at its next chunk.
+fn start_read(shared: &Shared, sources: Vec<SourceFile>, forced: Vec<Option<FileOutcome>>) -> Reading {
+    let (tx, chunks) = mpsc::channel::<batch::Chunk>(1);
     // The loader's word that it is done with a chunk: the reader hands on
     // the next one only then.
-    let (staged_tx, staged_rx) = std::sync::mpsc::channel::<()>();
+    let (staged, staged_rx) = std::sync::mpsc::channel::<()>();
     let config = &shared.config;
     let (chunk_bytes, max_rejects, window_micros) =
         (config.chunk_bytes, config.max_rejects_per_file, config.window_micros().max(1));
@@ -522,10 +533,17 @@ async fn stage(
             tx.blocking_send(chunk).is_ok()
         })
     });
-    while let Some(mut chunk) = rx.recv().await {
+    Reading { chunks, staged, reader }
+}
+
+/// Stages and merges the chunks of the batch as they are read, so that the
+/// read of the next chunk overlaps the server's work on the last.
+async fn stage(loader: &mut Loader<'_>, reading: Reading) -> Result<BatchRead, SinkError> {
+    let Reading { mut chunks, staged, reader } = reading;
+    while let Some(mut chunk) = chunks.recv().await {
         loader.stage(&mut chunk).await?;
         drop(chunk);
-        let _ = staged_tx.send(());
+        let _ = staged.send(());
         crate::crashpoint::hit("after_stage");
     }
     match reader.await {

@@ -143,11 +143,9 @@ pub struct Committed {
 pub struct Stage {
     table: String,
     distributed: bool,
-    merge_one: String,
     /// On Citus, the merge of a batch of several chunks at once (PostgreSQL
     /// merges each chunk as it is staged).
     merge_several: Option<String>,
-    lost: String,
     /// The statements every batch runs, prepared once for the session.
     prepared: Prepared,
 }
@@ -181,8 +179,6 @@ impl Stage {
     }
 
     async fn new(client: &Client, table: String, distributed: bool) -> Result<Stage, tokio_postgres::Error> {
-        let merge_one = sql::merge_sql(&table, distributed, false);
-        let lost = sql::lost_sql(&table);
         let prepared = Prepared {
             claim_next: client
                 .prepare(&format!("SELECT {CLAIM_COLUMNS} FROM claim_source_files($1, $2, $3) f"))
@@ -191,8 +187,8 @@ impl Stage {
             number: client.prepare("SELECT nextval(pg_get_serial_sequence('batches', 'batch_seq'))").await?,
             copy: client.prepare(&sql::stage_copy(&table)).await?,
             file_order: client.prepare(sql::SAME_TIME_OLDER).await?,
-            merge_one: client.prepare(&merge_one).await?,
-            lost: client.prepare(&lost).await?,
+            merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
+            lost: client.prepare(&sql::lost_sql(&table)).await?,
             rejected: client.prepare(sql::REJECTED_COPY).await?,
             metrics: client.prepare(sql::METRICS_COPY).await?,
             counters: client.prepare(sql::COUNTERS_COPY).await?,
@@ -202,9 +198,7 @@ impl Stage {
             batch: client.prepare(sql::BATCH).await?,
         };
         Ok(Stage {
-            merge_one,
             merge_several: distributed.then(|| sql::merge_sql(&table, true, true)),
-            lost,
             table,
             distributed,
             prepared,
@@ -280,32 +274,12 @@ impl<'a> Loader<'a> {
             .collect();
         let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
         let mtimes = files.iter().map(|f| f.id.mtime_ns).collect();
-        let batch_seq: i64 = if files.is_empty() {
-            0
-        } else {
-            let seq: i64 =
-                tx.query_one(&prepared.number, &[]).await.map_err(SinkError::query("numbering the batch"))?.get(0);
-            // The trigger on events reads them: the batch, and its files (a
-            // row one of them wrote is the batch's own, which a later chunk
-            // writes over). SET LOCAL (not set_config) so that Citus sends
-            // them on to the workers, where the trigger runs on the shards
-            // (on plain PostgreSQL the citus. setting is an unused
-            // placeholder). Numbers only: nothing to quote.
-            let list = ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-            tx.batch_execute(&format!(
-                "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pipeline.batch_seq = '{seq}'; \
-                 SET LOCAL pipeline.batch_files = '{{{list}}}'"
-            ))
-            .await
-            .map_err(SinkError::query("numbering the batch"))?;
-            seq
-        };
         let (staged, written) = (vec![0; files.len()], vec![(0, 0); files.len()]);
         Ok(Loader {
             tx,
             stage,
             meta,
-            batch_seq,
+            batch_seq: 0,
             files,
             ids,
             mtimes,
@@ -316,6 +290,34 @@ impl<'a> Loader<'a> {
             started: Instant::now(),
             first_stage: true,
         })
+    }
+
+    /// Numbers the batch (`batches.batch_seq`) once it claimed files, before
+    /// it stages any: the loader runs this while the plan is written (the
+    /// two do not depend on each other, and neither touches `events`).
+    pub async fn number(&mut self) -> Result<(), SinkError> {
+        if self.files.is_empty() || self.batch_seq != 0 {
+            return Ok(());
+        }
+        let what = "numbering the batch";
+        let seq: i64 =
+            self.tx.query_one(&self.stage.prepared.number, &[]).await.map_err(SinkError::query(what))?.get(0);
+        // The trigger on events reads them: the batch, and its files (a
+        // row one of them wrote is the batch's own, which a later chunk
+        // writes over). SET LOCAL (not set_config) so that Citus sends
+        // them on to the workers, where the trigger runs on the shards
+        // (on plain PostgreSQL the citus. setting is an unused
+        // placeholder). Numbers only: nothing to quote.
+        let list = self.ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        self.tx
+            .batch_execute(&format!(
+                "SET LOCAL citus.propagate_set_commands = 'local'; SET LOCAL pipeline.batch_seq = '{seq}'; \
+                 SET LOCAL pipeline.batch_files = '{{{list}}}'"
+            ))
+            .await
+            .map_err(SinkError::query(what))?;
+        self.batch_seq = seq;
+        Ok(())
     }
 
     /// The claimed files, oldest first.
@@ -346,6 +348,7 @@ impl<'a> Loader<'a> {
             // of the first chunk are phases of their own.
             self.first_stage = false;
             self.started = Instant::now();
+            self.number().await?;
         }
         self.stage_rows(chunk).await?;
         self.reject(chunk).await?;
@@ -510,10 +513,11 @@ impl<'a> Loader<'a> {
     /// quarantined), records the load history and the batch, and commits.
     /// `read` holds each claimed file's outcome, in batch order.
     pub async fn finish(
-        self,
+        mut self,
         read: &[FileSummary],
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
+        self.number().await?;
         let Loader { tx, stage, meta, batch_seq, files, ids, mtimes, chunks, staged, mut written, started, .. } = self;
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {

@@ -83,13 +83,16 @@ pub(super) async fn merge_batch(
     written: &mut [(u64, u64)],
 ) -> Result<(), SinkError> {
     let after = file_order(tx, &stage.prepared.file_order, ids).await?;
-    let merge = stage.merge_several.as_ref().filter(|_| chunks > 1).unwrap_or(&stage.merge_one);
-    let rows =
-        tx.query(merge.as_str(), &[&ids, &mtimes, &after]).await.map_err(SinkError::query("merging into events"))?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
+    let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
+        Some(several) => tx.query(several.as_str(), &params).await,
+        None => tx.query(&stage.prepared.merge_one, &params).await,
+    }
+    .map_err(SinkError::query("merging into events"))?;
     // Usually every staged row won (a chunk is unique within itself): then
     // there is no lost row to look for.
     if staged.iter().sum::<u64>() as i64 > add_written(ids, &rows, written) {
-        tx.execute(stage.lost.as_str(), &[&ids, &batch_seq])
+        tx.execute(&stage.prepared.lost, &[&ids, &batch_seq])
             .await
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
@@ -125,13 +128,18 @@ pub(super) async fn count(
     written: &[(u64, u64)],
     loads: &mut [FileLoad],
 ) -> Result<(), SinkError> {
-    let replaced: HashMap<i32, i64> = tx
-        .query(&prepared.replaced, &[&batch_seq])
-        .await
-        .map_err(SinkError::query("counting the replaced rows"))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    // A file's updated rows are at most its rows written over: when no row
+    // was, there is nothing to count (the usual case, a round trip saved).
+    let replaced: HashMap<i32, i64> = if written.iter().all(|&(_, over)| over == 0) {
+        HashMap::new()
+    } else {
+        tx.query(&prepared.replaced, &[&batch_seq])
+            .await
+            .map_err(SinkError::query("counting the replaced rows"))?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
     for (index, load) in loads.iter_mut().enumerate() {
         let (inserted, over) = written.get(index).copied().unwrap_or_default();
         let updated = replaced.get(&load.file.file_id).map_or(0, |&r| r as u64).min(over);
@@ -145,7 +153,10 @@ pub(super) async fn count(
 }
 
 /// Settles the files in the registry, records their load history and the
-/// batch's own row.
+/// batch's own row: three statements sent at once (tokio-postgres pipelines
+/// them, one round trip instead of three). PostgreSQL runs them in this
+/// order and the error is the first that fails (the others then fail as
+/// "transaction aborted"), as when they were sent one by one.
 pub(super) async fn record(
     tx: &Transaction<'_>,
     prepared: &Prepared,
@@ -158,51 +169,68 @@ pub(super) async fn record(
     let states: Vec<&str> = loads.iter().map(|l| l.outcome.status()).collect();
     let reasons: Vec<Option<String>> = loads.iter().map(|l| l.outcome.reason().map(|r| text(r).into_owned())).collect();
     let moves: Vec<bool> = loads.iter().map(|l| to_move(&l.outcome)).collect();
-    tx.execute(&prepared.settle, &[&batch_seq, &ids, &states, &reasons, &moves])
-        .await
-        .map_err(SinkError::query("settling the files in the registry"))?;
+    let settle = async {
+        tx.execute(&prepared.settle, &[&batch_seq, &ids, &states, &reasons, &moves])
+            .await
+            .map_err(SinkError::query("settling the files in the registry"))
+    };
 
     let col = |f: &dyn Fn(&FileLoad) -> i64| loads.iter().map(f).collect::<Vec<i64>>();
     let names: Vec<&str> = loads.iter().map(|l| l.file.id.name.as_str()).collect();
     let mtimes: Vec<DateTime<Utc>> = loads.iter().map(|l| DateTime::from_timestamp_nanos(l.file.id.mtime_ns)).collect();
     let reingest: Vec<bool> = loads.iter().map(|l| l.file.reingest).collect();
-    tx.execute(
-        &prepared.history,
-        &[
-            &meta.checkpoint_id,
-            &(meta.batch_id as i64),
-            &names,
-            &col(&|l| l.file.id.size as i64),
-            &mtimes,
-            &states,
-            &reasons,
-            &col(&|l| l.rows_read as i64),
-            &col(&|l| l.inserted as i64),
-            &col(&|l| l.updated as i64),
-            &col(&|l| l.unchanged as i64),
-            &col(&|l| l.duplicates as i64),
-            &col(&|l| l.rejected as i64),
-            &reingest,
-            &batch_seq,
-            &meta.started_at,
-        ],
-    )
-    .await
-    .map_err(SinkError::query("recording the load history"))?;
-    tx.execute(
-        &prepared.batch,
-        &[
-            &batch_seq,
-            &meta.checkpoint_id,
-            &(meta.batch_id as i64),
-            &meta.source,
-            &(loads.len() as i32),
-            &meta.window_seconds,
-            &meta.started_at,
-        ],
-    )
-    .await
-    .map_err(SinkError::query("recording the batch"))?;
+    let (sizes, rows_read, inserted, updated) = (
+        col(&|l| l.file.id.size as i64),
+        col(&|l| l.rows_read as i64),
+        col(&|l| l.inserted as i64),
+        col(&|l| l.updated as i64),
+    );
+    let (unchanged, duplicates, rejected) =
+        (col(&|l| l.unchanged as i64), col(&|l| l.duplicates as i64), col(&|l| l.rejected as i64));
+    let batch_id = meta.batch_id as i64;
+    let history = async {
+        tx.execute(
+            &prepared.history,
+            &[
+                &meta.checkpoint_id,
+                &batch_id,
+                &names,
+                &sizes,
+                &mtimes,
+                &states,
+                &reasons,
+                &rows_read,
+                &inserted,
+                &updated,
+                &unchanged,
+                &duplicates,
+                &rejected,
+                &reingest,
+                &batch_seq,
+                &meta.started_at,
+            ],
+        )
+        .await
+        .map_err(SinkError::query("recording the load history"))
+    };
+    let file_count = loads.len() as i32;
+    let batch = async {
+        tx.execute(
+            &prepared.batch,
+            &[
+                &batch_seq,
+                &meta.checkpoint_id,
+                &batch_id,
+                &meta.source,
+                &file_count,
+                &meta.window_seconds,
+                &meta.started_at,
+            ],
+        )
+        .await
+        .map_err(SinkError::query("recording the batch"))
+    };
+    futures_util::future::try_join3(settle, history, batch).await?;
     Ok(())
 }
 

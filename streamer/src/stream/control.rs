@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -39,6 +39,8 @@ pub(super) struct Control {
     known: HashSet<FileId>,
     /// Names already warned about (not eligible, not regular).
     warned: HashSet<String>,
+    /// [`registry::REGISTER`], prepared for the session.
+    register: Statement,
 }
 
 /// Why the control session cannot be set up, by what helps.
@@ -77,7 +79,7 @@ impl Control {
                     _ = shutdown.cancelled() => return Ok(None),
                     r = Control::setup(config, &mut client, checkpoint_id) => r,
                 } {
-                    Ok((window, citus)) => {
+                    Ok((window, citus, register)) => {
                         info!(attempt, database = %config.database, "connected to PostgreSQL");
                         return Ok(Some(Control {
                             client,
@@ -89,6 +91,7 @@ impl Control {
                             disposer: false,
                             known: HashSet::new(),
                             warned: HashSet::new(),
+                            register,
                         }));
                     }
                     Err(SetupError::Fatal(e)) => return Err(e),
@@ -115,7 +118,7 @@ impl Control {
         config: &Config,
         client: &mut Client,
         checkpoint_id: Uuid,
-    ) -> Result<(schema::Window, bool), SetupError> {
+    ) -> Result<(schema::Window, bool, Statement), SetupError> {
         let migrated = schema::migrate(client).await.map_err(|e| match &e {
             SchemaError::Apply { source, .. } | SchemaError::Query { source, .. }
                 if classify(source) == ErrorClass::Transient =>
@@ -173,7 +176,8 @@ impl Control {
             )));
         }
         client.batch_execute(&format!("LISTEN {}", registry::CHANNEL)).await?;
-        Ok((window, migrated.citus.is_some()))
+        let register = client.prepare(registry::REGISTER).await?;
+        Ok((window, migrated.citus.is_some(), register))
     }
 
     /// Connects again after the control session was lost (the roles went
@@ -296,7 +300,7 @@ impl Control {
                 self.skip_old(source, &mut new, max_age).await?;
             }
             if !new.is_empty() {
-                let n = registry::register(&mut self.client, source, &new).await?;
+                let n = registry::register(&self.client, &self.register, source, &new).await?;
                 tracing::debug!(files = new.len(), pending = n, "files registered");
                 self.known.extend(new);
                 shared.work.notify_waiters();

@@ -581,7 +581,7 @@ pub async fn register(url: &str, source: &str, data: &Path, names: &[&str]) {
         .iter()
         .map(|n| streamer::watch::file_id(n, &std::fs::metadata(data.join(n)).expect("file to register")))
         .collect();
-    streamer::registry::register(&mut client, source, &ids).await.expect("registered");
+    streamer::registry::register(&client, streamer::registry::REGISTER, source, &ids).await.expect("registered");
 }
 
 /// The real `streamer` binary on a folder, with `extra` flags and `env`.

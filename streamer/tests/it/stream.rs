@@ -74,13 +74,14 @@ async fn loads_generated_files_exactly_as_the_oracle_says() -> TestResult {
         let phase = |k: &str| record["phases"][k].as_f64().ok_or(k.to_owned());
         let total_ms = phase("total_ms")?;
         assert!(total_ms <= wall_ms + 1.0, "phases {total_ms} ms within the batch's {wall_ms} ms");
-        // The total is the batch's own time: it holds its claim and plan, its
-        // read and dedup of the first chunk, its load and its COMMIT.
+        // The total is the batch's own time: it holds its claim and plan, or
+        // the read and dedup of the first (here only) chunk, which starts
+        // with the plan, then its load and its COMMIT.
         let (discover, read, load, commit) =
             (phase("discover_ms")?, phase("read_ms")?, phase("load_ms")?, phase("commit_ms")?);
         assert!(
-            total_ms + 0.1 >= discover + read + load + commit,
-            "total {total_ms} ms holds claim {discover}, read {read}, load {load} and commit {commit} ms"
+            total_ms + 0.1 >= discover.max(read) + load + commit,
+            "total {total_ms} ms holds claim {discover} or read {read}, then load {load} and commit {commit} ms"
         );
     }
     Ok(())
@@ -594,5 +595,135 @@ async fn schema_applies_twice_and_its_constraints_refuse_bad_rows() -> TestResul
     }
     let price_scale = client.batch_execute("INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, product_price, event_time) VALUES (2, 'a', 'a@x', 'view', 1, 'p', 'c', 123456789.00, now())").await;
     assert!(price_scale.is_err(), "NUMERIC(10,2) holds at most 99999999.99");
+    Ok(())
+}
+
+/// A chunk whose aggregation fails (its deltas arrive after its rows, on a
+/// channel of their own) fails the batch with the aggregation's message,
+/// and so does a reader gone before it sent them; nothing of the batch
+/// commits, and its claims go back.
+#[tokio::test]
+async fn a_failed_aggregation_fails_the_batch_and_nothing_commits() -> TestResult {
+    use streamer::batch::{self, ReadPlan, SourceFile};
+    use streamer::sink::{self, BatchMeta, Claim, Loader, SinkError};
+
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let files = generate(&data, settings(77), 1);
+    let name = files[0].file_name().and_then(|n| n.to_str()).ok_or("file name")?.to_owned();
+    register(&db.url, "src", &data, &[&name]).await;
+    let mut client = db.client().await;
+    let stage = sink::prepare_loader_session(&client, false).await?;
+    let id = streamer::watch::file_id(&name, &std::fs::metadata(&files[0])?);
+    let sources = [SourceFile { id, path: files[0].clone() }];
+
+    // The deltas' sender fails, then is dropped unsent.
+    for (fail, says) in [(true, "boom: no deltas"), (false, "the batch reader stopped before it aggregated")] {
+        let meta = BatchMeta {
+            checkpoint_id: uuid::Uuid::new_v4(),
+            batch_id: 1,
+            source: "src".into(),
+            started_at: chrono::Utc::now(),
+            window_seconds: 60,
+            fence: false,
+        };
+        let mut loader = Loader::begin(&mut client, &stage, meta, Claim::Next { files: 10, bytes: i64::MAX }).await?;
+        assert_eq!(loader.files().len(), 1, "the registered file is claimed");
+        loader.number().await?;
+        let mut chunks = Vec::new();
+        let plan = ReadPlan {
+            sources: &sources,
+            forced: &[None],
+            chunk_bytes: 1 << 22,
+            max_rejects: 0,
+            window_micros: 60_000_000,
+        };
+        batch::read_batch(plan, |chunk| {
+            chunks.push(chunk);
+            true
+        })?
+        .ok_or("read")?;
+        let mut chunk = chunks.pop().ok_or("one chunk")?;
+        let (deltas, receiver) = tokio::sync::oneshot::channel();
+        chunk.deltas = receiver;
+        if fail {
+            let _ = deltas.send(Err("boom: no deltas".to_owned()));
+        } else {
+            drop(deltas);
+        }
+        match loader.stage(&mut chunk).await {
+            Err(e @ SinkError::Frame(_)) => {
+                assert!(e.to_string().contains(says), "{e}");
+                assert_eq!(
+                    e.class(),
+                    streamer::pg::ErrorClass::Fatal,
+                    "a failed aggregation is a bug: the stream stops"
+                );
+            }
+            other => panic!("the batch must fail with the aggregation's error, not {:?}", other.map(|_| ())),
+        }
+        drop(loader);
+    }
+    assert_eq!(count(&client, "SELECT count(*) FROM events").await, 0, "nothing of the batch committed");
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM source_files WHERE state = 'pending'").await,
+        1,
+        "the claim went back"
+    );
+    Ok(())
+}
+
+/// The registration is one statement: new files become pending and every
+/// listener hears of them once; files already registered change nothing
+/// and wake nobody; its commit skips the WAL flush for itself only (the
+/// session's own `synchronous_commit` is untouched).
+#[tokio::test]
+async fn a_registration_wakes_the_listeners_once_and_leaves_the_session_as_it_was() -> TestResult {
+    use streamer::registry::{self, REGISTER};
+
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let files = generate(&data, settings(78), 2);
+    let mut client = db.client().await;
+    streamer::sink::schema::migrate(&mut client).await?;
+    client.batch_execute("SET synchronous_commit = on").await?;
+
+    // A listener, as another streamer's control session.
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = heard_tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute(&format!("LISTEN {}", registry::CHANNEL)).await?;
+
+    let ids: Vec<streamer::checkpoint::FileId> = files
+        .iter()
+        .map(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            streamer::watch::file_id(name, &std::fs::metadata(p).expect("a generated file"))
+        })
+        .collect();
+    let statement = client.prepare(REGISTER).await?;
+    assert_eq!(registry::register(&client, &statement, "src", &ids).await?, 2);
+    let (channel, payload) =
+        tokio::time::timeout(Duration::from_secs(5), heard.recv()).await?.ok_or("the listener is gone")?;
+    assert_eq!((channel.as_str(), payload.as_str()), (registry::CHANNEL, "src"));
+    assert_eq!(registry::pending(&client, "src").await?, 2);
+
+    // Again: nothing new, nothing heard.
+    assert_eq!(registry::register(&client, &statement, "src", &ids).await?, 0);
+    listener.batch_execute("SELECT 1").await?; // a round trip after any notification
+    assert!(heard.try_recv().is_err(), "a registration of nothing new wakes nobody");
+    assert_eq!(registry::pending(&client, "src").await?, 2);
+
+    let sync: String = client.query_one("SHOW synchronous_commit", &[]).await?.get(0);
+    assert_eq!(sync, "on", "the registration's setting held for its own transaction only");
     Ok(())
 }
