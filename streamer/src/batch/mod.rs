@@ -82,8 +82,8 @@ pub struct Chunk {
     pub rejected: Vec<Rejected>,
     /// The rows' deltas: the reader computes them once it has handed the
     /// chunk on, so that its group-bys overlap the staging and merge of the
-    /// rows (an error is the group-by's message).
-    pub deltas: oneshot::Receiver<Result<Deltas, String>>,
+    /// rows (a group-by's error comes this way too, and the reader stops).
+    pub deltas: oneshot::Receiver<PolarsResult<Deltas>>,
 }
 
 /// What reading a batch gave.
@@ -153,22 +153,17 @@ pub fn read_batch(plan: ReadPlan<'_>, mut emit: impl FnMut(Chunk) -> bool) -> Po
         let handing = Instant::now();
         let go_on = emit(Chunk { frame: frame.clone(), rejected: std::mem::take(rejected), deltas });
         out.handoff += handing.elapsed();
-        if go_on {
-            let aggregating = Instant::now();
-            let deltas = aggregate::aggregate(&frame, plan.window_micros);
-            out.dedup += aggregating.elapsed();
-            // A loader that is gone no longer needs them.
-            match deltas {
-                Ok(deltas) => {
-                    let _ = deltas_tx.send(Ok(deltas));
-                }
-                Err(e) => {
-                    let _ = deltas_tx.send(Err(e.to_string()));
-                    return Err(e);
-                }
-            }
+        if !go_on {
+            return PolarsResult::Ok(false);
         }
-        PolarsResult::Ok(go_on)
+        let aggregating = Instant::now();
+        let deltas = aggregate::aggregate(&frame, plan.window_micros);
+        out.dedup += aggregating.elapsed();
+        // A failed group-by is the batch's error, which the loader gets
+        // here; a loader that is gone no longer needs them.
+        let failed = deltas.is_err();
+        let _ = deltas_tx.send(deltas);
+        PolarsResult::Ok(!failed)
     };
 
     for (index, source) in plan.sources.iter().enumerate() {

@@ -548,12 +548,8 @@ async fn stage(loader: &mut Loader<'_>, reading: Reading) -> Result<BatchRead, S
     }
     match reader.await {
         Ok(Ok(Some(read))) => Ok(read),
-        Ok(Ok(None)) => {
-            Err(SinkError::Frame(polars::error::PolarsError::ComputeError("the batch reader stopped early".into())))
-        }
+        Ok(Ok(None)) => Err(SinkError::reader("the batch reader stopped early")),
         Ok(Err(e)) => Err(SinkError::Frame(e)),
-        Err(e) => Err(SinkError::Frame(polars::error::PolarsError::ComputeError(
-            format!("the batch reader panicked: {e}").into(),
-        ))),
+        Err(e) => Err(SinkError::reader(format!("the batch reader panicked: {e}"))),
     }
 }

@@ -47,6 +47,11 @@ impl SinkError {
         move |source| SinkError::Query { what, source }
     }
 
+    /// The batch's reader ended without its chunks (`why`).
+    pub(crate) fn reader(why: impl Into<String>) -> SinkError {
+        SinkError::Frame(polars::error::PolarsError::ComputeError(why.into().into()))
+    }
+
     pub fn pg(&self) -> Option<&tokio_postgres::Error> {
         match self {
             SinkError::Query { source, .. } => Some(source),
@@ -180,9 +185,7 @@ impl Stage {
 
     async fn new(client: &Client, table: String, distributed: bool) -> Result<Stage, tokio_postgres::Error> {
         let prepared = Prepared {
-            claim_next: client
-                .prepare(&format!("SELECT {CLAIM_COLUMNS} FROM claim_source_files($1, $2, $3) f"))
-                .await?,
+            claim_next: client.prepare(&claim_next_sql()).await?,
             claim_files: client.prepare(&claim_files_sql()).await?,
             number: client.prepare("SELECT nextval(pg_get_serial_sequence('batches', 'batch_seq'))").await?,
             copy: client.prepare(&sql::stage_copy(&table)).await?,
@@ -238,6 +241,12 @@ pub struct Loader<'a> {
 const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
      EXISTS (SELECT 1 FROM source_files o WHERE o.source = f.source AND o.file_name = f.file_name \
              AND o.file_id <> f.file_id AND o.state = 'loaded')";
+
+/// The claim of the oldest pending files of source `$1`, at most `$2`,
+/// until their sizes reach `$3`.
+fn claim_next_sql() -> String {
+    format!("SELECT {CLAIM_COLUMNS} FROM claim_source_files($1, $2, $3) f")
+}
 
 /// The claim of a batch's planned files (`$1`) that are still pending.
 fn claim_files_sql() -> String {
@@ -353,13 +362,8 @@ impl<'a> Loader<'a> {
         self.stage_rows(chunk).await?;
         self.reject(chunk).await?;
         let deltas = match (&mut chunk.deltas).await {
-            Ok(Ok(deltas)) => deltas,
-            Ok(Err(e)) => return Err(SinkError::Frame(polars::error::PolarsError::ComputeError(e.into()))),
-            Err(_) => {
-                return Err(SinkError::Frame(polars::error::PolarsError::ComputeError(
-                    "the batch reader stopped before it aggregated the chunk".into(),
-                )))
-            }
+            Ok(deltas) => deltas?,
+            Err(_) => return Err(SinkError::reader("the batch reader stopped before it aggregated the chunk")),
         };
         self.record_deltas(&deltas).await
     }

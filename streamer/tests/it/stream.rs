@@ -648,7 +648,7 @@ async fn a_failed_aggregation_fails_the_batch_and_nothing_commits() -> TestResul
         let (deltas, receiver) = tokio::sync::oneshot::channel();
         chunk.deltas = receiver;
         if fail {
-            let _ = deltas.send(Err("boom: no deltas".to_owned()));
+            let _ = deltas.send(Err(polars::error::PolarsError::ComputeError("boom: no deltas".into())));
         } else {
             drop(deltas);
         }
