@@ -40,6 +40,11 @@ pub enum SinkError {
     Frame(#[from] polars::error::PolarsError),
     #[error("all {0} stage slots of the Citus database are held by other loader sessions")]
     Slots(i32),
+    #[error(
+        "a file of the same modification time as one of the batch's files, and earlier in the file order, was \
+         registered while the batch ran: the batch runs again so that its rows are ordered after that file's"
+    )]
+    FileOrderChanged,
 }
 
 impl SinkError {
@@ -55,7 +60,7 @@ impl SinkError {
     pub fn pg(&self) -> Option<&tokio_postgres::Error> {
         match self {
             SinkError::Query { source, .. } => Some(source),
-            SinkError::Frame(_) | SinkError::Slots(_) => None,
+            SinkError::Frame(_) | SinkError::Slots(_) | SinkError::FileOrderChanged => None,
         }
     }
 
@@ -63,7 +68,7 @@ impl SinkError {
     /// is a bug: fatal; every stage slot held: try later, sessions end).
     pub fn class(&self) -> ErrorClass {
         match self {
-            SinkError::Slots(_) => ErrorClass::Transient,
+            SinkError::Slots(_) | SinkError::FileOrderChanged => ErrorClass::Transient,
             _ => self.pg().map_or(ErrorClass::Fatal, classify),
         }
     }
@@ -226,7 +231,7 @@ pub struct Loader<'a> {
     ids: Vec<i32>,
     mtimes: Vec<i64>,
     /// The file order between files of one time ([`sql::SAME_TIME_OLDER`]),
-    /// read before the first merge.
+    /// read before the first merge and checked again before the COMMIT.
     after: Option<Vec<i64>>,
     chunks: i32,
     /// Rows staged per file.
@@ -522,17 +527,39 @@ impl<'a> Loader<'a> {
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
         self.number().await?;
-        let Loader { tx, stage, meta, batch_seq, files, ids, mtimes, chunks, staged, mut written, started, .. } = self;
+        let Loader {
+            tx,
+            stage,
+            meta,
+            batch_seq,
+            files,
+            ids,
+            mtimes,
+            mut after,
+            chunks,
+            staged,
+            mut written,
+            started,
+            ..
+        } = self;
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
             if stage.distributed {
-                settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?;
+                after = Some(
+                    settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?,
+                );
             } else if chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }
             settle::count(&tx, &stage.prepared, batch_seq, &staged, &written, &mut loads).await?;
         }
-        settle::record(&tx, &stage.prepared, &meta, batch_seq, &loads, to_move).await?;
+        // One round trip: the check is sent after the closing rows. Both run
+        // to the end, and the closing rows' error comes first: once one of
+        // them fails, the check only meets the aborted transaction.
+        let record = settle::record(&tx, &stage.prepared, &meta, batch_seq, &loads, to_move);
+        let check = settle::same_file_order(&tx, &stage.prepared.file_order, &ids, after.as_deref());
+        let (recorded, ordered) = tokio::join!(record, check);
+        recorded.and(ordered)?;
         let load = started.elapsed();
 
         let committing = Instant::now();

@@ -52,6 +52,29 @@ pub(super) async fn file_order(
     Ok(tx.query_one(statement, &[&ids]).await.map_err(SinkError::query("reading the file order"))?.get(0))
 }
 
+/// Before the COMMIT: fails the batch (transient: it runs again) when a
+/// file that is older than one of the batch's files by the file order
+/// between files of one modification time was registered after the merges
+/// read that order (`after`, `None` when nothing was merged). Such a file's
+/// rows, committed by another loader before a merge met them, would have
+/// counted as newer than the batch's. Read after every merge returned: a
+/// stored row a merge met was committed by then, and its file registered
+/// before that, so this read sees it. Usually the order is unchanged.
+pub(super) async fn same_file_order(
+    tx: &Transaction<'_>,
+    statement: &Statement,
+    ids: &[i32],
+    after: Option<&[i64]>,
+) -> Result<(), SinkError> {
+    let Some(before) = after else { return Ok(()) };
+    let now = file_order(tx, statement, ids).await?;
+    if now.iter().all(|pair| before.contains(pair)) {
+        Ok(())
+    } else {
+        Err(SinkError::FileOrderChanged)
+    }
+}
+
 /// Adds rows of (file id, inserted, written over) — a merge's counts, or
 /// [`sql::RECONCILE`]'s changes to them — to `written` (per file index);
 /// returns their sum.
@@ -70,7 +93,7 @@ pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)])
 
 /// On Citus: merges the whole batch from the loader's distributed stage
 /// (the latest chunk's row of a key), records the rows that lost, and
-/// empties the stage.
+/// empties the stage; returns the file order it merged by.
 #[allow(clippy::too_many_arguments)] // the batch's parts, each used once
 pub(super) async fn merge_batch(
     tx: &Transaction<'_>,
@@ -81,7 +104,7 @@ pub(super) async fn merge_batch(
     mtimes: &[i64],
     staged: &[u64],
     written: &mut [(u64, u64)],
-) -> Result<(), SinkError> {
+) -> Result<Vec<i64>, SinkError> {
     let after = file_order(tx, &stage.prepared.file_order, ids).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
     let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
@@ -97,7 +120,7 @@ pub(super) async fn merge_batch(
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
     tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
-    Ok(())
+    Ok(after)
 }
 
 /// After a batch merged chunk by chunk: makes `written` what merging its

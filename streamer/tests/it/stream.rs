@@ -727,3 +727,106 @@ async fn a_registration_wakes_the_listeners_once_and_leaves_the_session_as_it_wa
     assert_eq!(sync, "on", "the registration's setting held for its own transaction only");
     Ok(())
 }
+
+/// Between two files of one modification time the earlier name is older.
+/// A batch reads that order before its first merge; a file older by it,
+/// registered after that read and committed by another loader before the
+/// batch's merge met its rows, must not win over the batch's rows: the
+/// batch fails before its COMMIT with a transient error, runs again, and
+/// `events` ends as the oracle says in file order (the derived tables
+/// exact).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() -> TestResult {
+    use streamer::batch::{self, ReadPlan, SourceFile};
+    use streamer::sink::{self, BatchMeta, Claim, Loader, SinkError};
+
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let row = |user: u32, second: u32, product: u32| {
+        format!("{user},User {user},u{user}@example.com,view,{product},Product {product},Books,1.00,2026-03-01T12:00:{second:02}Z\n")
+    };
+    let header = format!("{}\n", contract::COLUMNS.join(","));
+    // b.csv: forty rows, the last of key (1, 12:00:59); a.csv, earlier by
+    // name and of the same time: that key with another product.
+    let b_rows: String = (0..40).map(|k| row(2 + k, k % 60, 1)).chain([row(1, 59, 2)]).collect();
+    let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    for (name, body) in [("b.csv", format!("{header}{b_rows}")), ("a.csv", format!("{header}{}", row(1, 59, 3)))] {
+        std::fs::write(data.join(name), body)?;
+        std::fs::File::options().write(true).open(data.join(name))?.set_modified(at)?;
+    }
+    let config = args(&data, &cp, &db.url, &["--once"]);
+    let source = config.source.clone();
+    let meta = |batch_id| BatchMeta {
+        checkpoint_id: uuid::Uuid::new_v4(),
+        batch_id,
+        source: source.clone(),
+        started_at: chrono::Utc::now(),
+        window_seconds: 60,
+        fence: false,
+    };
+    let read = |name: &str, chunk_bytes: u64| -> TestResult<(Vec<batch::Chunk>, batch::BatchRead)> {
+        let path = data.join(name);
+        let sources = [SourceFile { id: streamer::watch::file_id(name, &std::fs::metadata(&path)?), path }];
+        let plan =
+            ReadPlan { sources: &sources, forced: &[None], chunk_bytes, max_rejects: 0, window_micros: 60_000_000 };
+        let mut chunks = Vec::new();
+        let summary = batch::read_batch(plan, |chunk| {
+            chunks.push(chunk);
+            true
+        })?
+        .ok_or("read")?;
+        Ok((chunks, summary))
+    };
+
+    register(&db.url, &source, &data, &["b.csv"]).await;
+    let (mut first, mut second) = (db.client().await, db.client().await);
+    let (stage_a, stage_b) =
+        (sink::prepare_loader_session(&first, false).await?, sink::prepare_loader_session(&second, false).await?);
+    let mut batch_b = Loader::begin(&mut first, &stage_a, meta(1), Claim::Next { files: 10, bytes: i64::MAX }).await?;
+    assert_eq!(batch_b.files().len(), 1, "b.csv is claimed");
+    batch_b.number().await?;
+    let (mut chunks, read_b) = read("b.csv", 400)?;
+    assert!(chunks.len() > 1, "b.csv comes in several chunks");
+    let mut last = chunks.pop().ok_or("a last chunk")?;
+    for chunk in &mut chunks {
+        batch_b.stage(chunk).await?;
+    }
+
+    // Meanwhile a.csv is registered, loaded and committed by another loader.
+    register(&db.url, &source, &data, &["a.csv"]).await;
+    let mut batch_a = Loader::begin(&mut second, &stage_b, meta(1), Claim::Next { files: 10, bytes: i64::MAX }).await?;
+    assert_eq!(batch_a.files().len(), 1, "a.csv is claimed (b.csv is held)");
+    let (mut a_chunks, read_a) = read("a.csv", 1 << 20)?;
+    for chunk in &mut a_chunks {
+        batch_a.stage(chunk).await?;
+    }
+    batch_a.finish(&read_a.files, |_| false).await?;
+
+    // b.csv's last chunk meets a.csv's stored row of its key.
+    batch_b.stage(&mut last).await?;
+    match batch_b.finish(&read_b.files, |_| false).await {
+        Err(e @ SinkError::FileOrderChanged) => {
+            assert_eq!(e.class(), streamer::pg::ErrorClass::Transient, "the batch runs again: {e}");
+        }
+        other => panic!("the batch must not commit with a stale file order, got {:?}", other.map(|_| ())),
+    }
+    let client = db.client().await;
+    assert_eq!(count(&client, "SELECT count(*) FROM events WHERE user_id <> 1").await, 0, "nothing of b.csv committed");
+
+    // The stream loads b.csv again: its row is the newer of the key.
+    run_once(config).await;
+    let files = [data.join("a.csv"), data.join("b.csv")];
+    assert!(
+        table(&client).await == oracle(&crate::chaos::in_file_order(&files)).0,
+        "events = the oracle in file order"
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM events WHERE user_id = 1 AND product_id = 2").await,
+        1,
+        "b.csv's row of the shared key won"
+    );
+    assert_analytics_exact(&client).await;
+    Ok(())
+}
