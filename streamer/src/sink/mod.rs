@@ -231,8 +231,11 @@ pub struct Loader<'a> {
     ids: Vec<i32>,
     mtimes: Vec<i64>,
     /// The file order between files of one time ([`sql::SAME_TIME_OLDER`]),
-    /// read before the first merge and checked again before the COMMIT.
+    /// read before the first merge.
     after: Option<Vec<i64>>,
+    /// Some staged row lost to a stored one: the file order is read again
+    /// before the COMMIT (`settle::same_file_order`).
+    lost_some: bool,
     chunks: i32,
     /// Rows staged per file.
     staged: Vec<u64>,
@@ -298,6 +301,7 @@ impl<'a> Loader<'a> {
             ids,
             mtimes,
             after: None,
+            lost_some: false,
             chunks: 0,
             staged,
             written,
@@ -438,6 +442,7 @@ impl<'a> Loader<'a> {
         self.after = Some(after);
         let won = settle::add_written(&self.ids, &merged?, &mut self.written);
         if won < rows as i64 {
+            self.lost_some = true;
             // Some rows lost to newer stored ones: the applier takes their
             // Polars deltas back.
             self.tx
@@ -536,6 +541,7 @@ impl<'a> Loader<'a> {
             ids,
             mtimes,
             mut after,
+            lost_some,
             chunks,
             staged,
             mut written,
@@ -545,9 +551,8 @@ impl<'a> Loader<'a> {
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
             if stage.distributed {
-                after = Some(
-                    settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?,
-                );
+                after =
+                    settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?;
             } else if chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }
@@ -557,7 +562,8 @@ impl<'a> Loader<'a> {
         // to the end, and the closing rows' error comes first: once one of
         // them fails, the check only meets the aborted transaction.
         let record = settle::record(&tx, &stage.prepared, &meta, batch_seq, &loads, to_move);
-        let check = settle::same_file_order(&tx, &stage.prepared.file_order, &ids, after.as_deref());
+        let merged_by = after.as_deref().filter(|_| lost_some || stage.distributed);
+        let check = settle::same_file_order(&tx, &stage.prepared.file_order, &ids, merged_by);
         let (recorded, ordered) = tokio::join!(record, check);
         recorded.and(ordered)?;
         let load = started.elapsed();

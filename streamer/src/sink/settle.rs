@@ -55,11 +55,13 @@ pub(super) async fn file_order(
 /// Before the COMMIT: fails the batch (transient: it runs again) when a
 /// file that is older than one of the batch's files by the file order
 /// between files of one modification time was registered after the merges
-/// read that order (`after`, `None` when nothing was merged). Such a file's
-/// rows, committed by another loader before a merge met them, would have
-/// counted as newer than the batch's. Read after every merge returned: a
-/// stored row a merge met was committed by then, and its file registered
-/// before that, so this read sees it. Usually the order is unchanged.
+/// read that order (`after`; `None` when no staged row lost to a stored
+/// one). Such a file's rows, committed by another loader before a merge met
+/// them, made the batch's rows lose as if they were older; a missing pair
+/// can only make a row lose, so a batch whose rows all won is right as it
+/// is. Read after every merge returned: a stored row a merge met was
+/// committed by then, and its file registered before that, so this read
+/// sees it. Usually the order is unchanged.
 pub(super) async fn same_file_order(
     tx: &Transaction<'_>,
     statement: &Statement,
@@ -93,7 +95,8 @@ pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)])
 
 /// On Citus: merges the whole batch from the loader's distributed stage
 /// (the latest chunk's row of a key), records the rows that lost, and
-/// empties the stage; returns the file order it merged by.
+/// empties the stage; returns the file order it merged by when some staged
+/// row did not win (then that order is checked again before the COMMIT).
 #[allow(clippy::too_many_arguments)] // the batch's parts, each used once
 pub(super) async fn merge_batch(
     tx: &Transaction<'_>,
@@ -104,7 +107,7 @@ pub(super) async fn merge_batch(
     mtimes: &[i64],
     staged: &[u64],
     written: &mut [(u64, u64)],
-) -> Result<Vec<i64>, SinkError> {
+) -> Result<Option<Vec<i64>>, SinkError> {
     let after = file_order(tx, &stage.prepared.file_order, ids).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
     let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
@@ -114,13 +117,14 @@ pub(super) async fn merge_batch(
     .map_err(SinkError::query("merging into events"))?;
     // Usually every staged row won (a chunk is unique within itself): then
     // there is no lost row to look for.
-    if staged.iter().sum::<u64>() as i64 > add_written(ids, &rows, written) {
+    let lost_some = staged.iter().sum::<u64>() as i64 > add_written(ids, &rows, written);
+    if lost_some {
         tx.execute(&stage.prepared.lost, &[&ids, &batch_seq])
             .await
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
     tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
-    Ok(after)
+    Ok(Some(after).filter(|_| lost_some))
 }
 
 /// After a batch merged chunk by chunk: makes `written` what merging its
