@@ -541,7 +541,7 @@ impl<'a> Loader<'a> {
             ids,
             mtimes,
             mut after,
-            lost_some,
+            mut lost_some,
             chunks,
             staged,
             mut written,
@@ -551,8 +551,8 @@ impl<'a> Loader<'a> {
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
             if stage.distributed {
-                after =
-                    settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written).await?;
+                let merged = settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written);
+                (after, lost_some) = merged.await?;
             } else if chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }
@@ -562,7 +562,7 @@ impl<'a> Loader<'a> {
         // to the end, and the closing rows' error comes first: once one of
         // them fails, the check only meets the aborted transaction.
         let record = settle::record(&tx, &stage.prepared, &meta, batch_seq, &loads, to_move);
-        let merged_by = after.as_deref().filter(|_| lost_some || stage.distributed);
+        let merged_by = after.as_deref().filter(|_| lost_some);
         let check = settle::same_file_order(&tx, &stage.prepared.file_order, &ids, merged_by);
         let (recorded, ordered) = tokio::join!(record, check);
         recorded.and(ordered)?;

@@ -95,8 +95,9 @@ pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)])
 
 /// On Citus: merges the whole batch from the loader's distributed stage
 /// (the latest chunk's row of a key), records the rows that lost, and
-/// empties the stage; returns the file order it merged by when some staged
-/// row did not win (then that order is checked again before the COMMIT).
+/// empties the stage; returns the file order it merged by, and whether some
+/// staged row did not win (then that order is checked again before the
+/// COMMIT).
 #[allow(clippy::too_many_arguments)] // the batch's parts, each used once
 pub(super) async fn merge_batch(
     tx: &Transaction<'_>,
@@ -107,7 +108,7 @@ pub(super) async fn merge_batch(
     mtimes: &[i64],
     staged: &[u64],
     written: &mut [(u64, u64)],
-) -> Result<Option<Vec<i64>>, SinkError> {
+) -> Result<(Option<Vec<i64>>, bool), SinkError> {
     let after = file_order(tx, &stage.prepared.file_order, ids).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
     let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
@@ -124,7 +125,7 @@ pub(super) async fn merge_batch(
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
     tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
-    Ok(Some(after).filter(|_| lost_some))
+    Ok((Some(after), lost_some))
 }
 
 /// After a batch merged chunk by chunk: makes `written` what merging its

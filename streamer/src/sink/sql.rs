@@ -38,8 +38,9 @@ pub const REPLACED_PER_FILE: &str = "SELECT src_file, count(*) FROM analytics_ro
 /// (modification time, then name and registry id), then line. Between two
 /// files of one modification time `$4` decides: the pairs (a batch's file,
 /// an older file of the same time) as `file_id << 32 | older_file_id`
-/// ([`SAME_TIME_OLDER`], read before the batch's first merge and again
-/// before its COMMIT: a file that gained a pair meanwhile makes it run again).
+/// ([`SAME_TIME_OLDER`], read before the batch's first merge, and again
+/// before its COMMIT when a staged row lost: a pair gained meanwhile makes
+/// the batch run again).
 pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUDED.src_mtime > e.src_mtime \
                          WHEN EXCLUDED.src_file = e.src_file THEN EXCLUDED.src_line > e.src_line \
                          ELSE ((EXCLUDED.src_file::int8 << 32) | e.src_file) = ANY($4::int8[]) END";
