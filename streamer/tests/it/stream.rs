@@ -830,3 +830,87 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
     assert_analytics_exact(&client).await;
     Ok(())
 }
+
+/// The same race through the binary, with two loaders: b.csv's batch is held
+/// in its second chunk's merge by a row lock of the test's (an uncommitted
+/// row of one of its keys), a.csv, of the same modification time and earlier
+/// by name, is published meanwhile and the other loader commits it; then the
+/// lock goes. b.csv's batch meets a.csv's row of their shared key in its last
+/// chunk, must not commit with the order it read at its start, and runs again:
+/// b.csv's row is the one kept.
+#[tokio::test]
+async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let row = |user: u32, second: u32, product: u32| {
+        format!("{user},User {user},u{user}@example.com,view,{product},Product {product},Books,1.00,2026-03-01T12:00:{second:02}Z\n")
+    };
+    let header = format!("{}\n", contract::COLUMNS.join(","));
+    // Published by rename with a preset modification time, the same for both.
+    let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    let publish = |name: &str, body: String| -> TestResult<std::path::PathBuf> {
+        let hidden = dir.path().join(name);
+        std::fs::write(&hidden, body)?;
+        std::fs::File::options().write(true).open(&hidden)?.set_modified(at)?;
+        std::fs::rename(&hidden, data.join(name))?;
+        Ok(data.join(name))
+    };
+    let log_path = dir.path().join("streamer.log");
+    let mut child = streamer_bin(
+        &data,
+        &cp,
+        &db.url,
+        &["--loaders", "2", "--chunk-bytes", "400", "--rescan-interval", "50"],
+        &[("NO_COLOR", "1")],
+    )
+    .stderr(std::fs::File::create(&log_path)?)
+    .spawn()?;
+    let client = db.client().await;
+    wait_for_schema(&client).await;
+
+    // The lock: key (7, 12:00:05) of b.csv's second chunk (three rows a chunk).
+    let blocker = db.client().await;
+    blocker
+        .batch_execute(
+            "BEGIN; INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, \
+             product_category, product_price, event_time) VALUES (7, 'held', 'held', 'view', 9, 'held', 'Books', 1, \
+             '2026-03-01T12:00:05Z')",
+        )
+        .await?;
+    let b_rows: String = (0..40).map(|k| row(2 + k, k % 60, 1)).chain([row(1, 59, 2)]).collect();
+    let b = publish("b.csv", format!("{header}{b_rows}"))?;
+    let waits_on_the_lock = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                             AND wait_event_type = 'Lock' AND backend_type = 'client backend'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&client, waits_on_the_lock).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "b.csv's batch never met the held row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = publish("a.csv", format!("{header}{}", row(1, 59, 3)))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&client, "SELECT count(*) FROM events WHERE user_id = 1 AND product_id = 3").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the other loader did not commit a.csv");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.batch_execute("ROLLBACK").await?;
+
+    wait_for_loads(&client, 2, Duration::from_secs(30)).await;
+    wait_for_applied(&client, Duration::from_secs(30)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM events WHERE user_id = 1 AND product_id = 2").await,
+        1,
+        "b.csv's row of the shared key won"
+    );
+    assert!(
+        table(&client).await == oracle(&crate::chaos::in_file_order(&[a, b])).0,
+        "events = the oracle in file order"
+    );
+    assert_analytics_exact(&client).await;
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(log.contains("registered while the batch ran"), "the batch met the race and ran again: {log}");
+    Ok(())
+}
