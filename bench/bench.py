@@ -235,6 +235,7 @@ def published_at(generator_log):
 
 def stream_once(data, url, *flags):
     cp = Path(tempfile.mkdtemp(dir=WORK, prefix="cp-"))
+    started = time.time()
     # The generator publishes atomically (rename), so no settle time is needed.
     m = measured([STREAMER, "--once", "--file-settle", "0", "--data-dir", str(data), "--checkpoint-dir", str(cp),
                   "--database-url", url, *flags], env=env())
@@ -246,7 +247,17 @@ def stream_once(data, url, *flags):
     m["inserted"] = sum(b["inserted"] for b in batches)
     m["batches"] = len(batches)
     m["rows_per_s"] = m["rows"] / m["wall_s"]
-    if "false" not in flags:
+    # When the batches' commits and the applier's folds landed, in seconds
+    # from the process start (the same machine's clock): a profile of where
+    # a run's wall time goes (the applier's folds after the last commit are
+    # the part of the run the loaders no longer share).
+    marks = psql(url, "SELECT extract(epoch FROM min(committed_at)), extract(epoch FROM max(committed_at)), "
+                      "coalesce(extract(epoch FROM max(applied_at)), 0) FROM batches")
+    first, last, applied = (float(v) if v else None for v in marks.split("|"))
+    if first is not None and last is not None:
+        m["first_commit_s"], m["last_commit_s"] = first - started, last - started
+    if "false" not in flags and applied:
+        m["applied_s"] = applied - started
         # --once returns once the applier has caught up: the tables must be exact now.
         m["derived_exact"] = 1 if derived_exact(url) else 0
     shutil.rmtree(cp)

@@ -340,6 +340,24 @@ def markdown(r):
         s = e["streamer"]
         lines.append(f"| {label} | {spread(s['batches'])} | {spread(s['read_ms'])} | {spread(s['dedup_ms'])} | "
                      f"{spread(s['load_ms'])} | {spread(s['commit_ms'])} | {spread(s['wall_s'], sec, ' s')} |")
+    if any("last_commit_s" in e["streamer"] for e in r["backlog"].values()):
+        lines += [
+            "",
+            "When the work lands, seconds from the process start (`batches.committed_at` and `applied_at`): the "
+            "first and the last batch's COMMIT, and the instant the applier had folded the last batch into the "
+            "derived tables (`--once` returns then). Between the last commit and that instant, only the applier "
+            "works:",
+            "",
+            "| data set | first commit | last commit | derived tables caught up | analytics off: last commit |",
+            "|---|---|---|---|---|",
+        ]
+        for label, e in r["backlog"].items():
+            s, raw = e["streamer"], e.get("ingest_only") or {}
+            if "last_commit_s" not in s:
+                continue
+            lines.append(f"| {label} | {spread(s['first_commit_s'], sec, ' s')} | {spread(s['last_commit_s'], sec, ' s')} | "
+                         f"{spread(s.get('applied_s'), sec, ' s')} | "
+                         f"{spread(raw['last_commit_s'], sec, ' s') if 'last_commit_s' in raw else '—'} |")
     lines += ["", "![throughput](../images/bench_throughput.png)", ""]
 
     lat = r["latency"]
