@@ -256,8 +256,9 @@ def stream_once(data, url, *flags):
     first, last, applied = (float(v) if v else None for v in marks.split("|"))
     if first is not None and last is not None:
         m["first_commit_s"], m["last_commit_s"] = first - started, last - started
-    if "false" not in flags and applied:
-        m["applied_s"] = applied - started
+    if "false" not in flags:
+        if applied:
+            m["applied_s"] = applied - started
         # --once returns once the applier has caught up: the tables must be exact now.
         m["derived_exact"] = 1 if derived_exact(url) else 0
     shutil.rmtree(cp)

@@ -838,9 +838,10 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
 /// then the lock goes. b.csv's batch meets a.csv's row of their shared key,
 /// (1, 12:00:59), in a later chunk, must not commit with the order it read
 /// before its first merge, and runs again: b.csv's row is the one kept.
-/// (Not on Citus: there the batch merges once, and Citus's own shard locks
-/// make another loader's merge into `events` wait for that batch's end, so
-/// the window is the gap between the order's read and that one statement.)
+/// (Not on Citus: there the batch merges once, at its end, and another
+/// loader's merge into `events` waits on Citus's own locks while that merge
+/// runs, so the older file cannot commit in between; see
+/// docs/architecture.md, "The global file order".)
 #[tokio::test]
 async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> TestResult {
     let db = TestDb::new().await;
