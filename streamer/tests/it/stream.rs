@@ -744,10 +744,7 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
-    let row = |user: u32, second: u32, product: u32| {
-        format!("{user},User {user},u{user}@example.com,view,{product},Product {product},Books,1.00,2026-03-01T12:00:{second:02}Z\n")
-    };
-    let header = format!("{}\n", contract::COLUMNS.join(","));
+    let (row, header) = (race_row, format!("{}\n", contract::COLUMNS.join(",")));
     // b.csv: forty rows, the last of key (1, 12:00:59); a.csv, earlier by
     // name and of the same time: that key with another product.
     let b_rows: String = (0..40).map(|k| row(2 + k, k % 60, 1)).chain([row(1, 59, 2)]).collect();
@@ -831,6 +828,12 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
     Ok(())
 }
 
+/// A view of user `user` at 12:00:`second` on 2026-03-01, of product
+/// `product`: the rows of the file-order race tests.
+fn race_row(user: u32, second: u32, product: u32) -> String {
+    format!("{user},User {user},u{user}@example.com,view,{product},Product {product},Books,1.00,2026-03-01T12:00:{second:02}Z\n")
+}
+
 /// The same race through the binary, with two loaders: b.csv's batch is held
 /// in a chunk's merge by a row lock of the test's (an uncommitted row of one
 /// of its keys, (1, 12:00:30)), a.csv, of the same modification time and
@@ -849,10 +852,7 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
-    let row = |user: u32, second: u32, product: u32| {
-        format!("{user},User {user},u{user}@example.com,view,{product},Product {product},Books,1.00,2026-03-01T12:00:{second:02}Z\n")
-    };
-    let header = format!("{}\n", contract::COLUMNS.join(","));
+    let (row, header) = (race_row, format!("{}\n", contract::COLUMNS.join(",")));
     let publish = |name: &str, body: String, at: std::time::SystemTime| -> TestResult<std::path::PathBuf> {
         let hidden = dir.path().join(name);
         std::fs::write(&hidden, body)?;
