@@ -552,7 +552,8 @@ impl<'a> Loader<'a> {
         if chunks > 0 {
             if stage.distributed {
                 let merged = settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written);
-                (after, lost_some) = merged.await?;
+                let (order, lost) = merged.await?;
+                (after, lost_some) = (Some(order), lost);
             } else if chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }

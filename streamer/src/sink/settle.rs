@@ -108,7 +108,7 @@ pub(super) async fn merge_batch(
     mtimes: &[i64],
     staged: &[u64],
     written: &mut [(u64, u64)],
-) -> Result<(Option<Vec<i64>>, bool), SinkError> {
+) -> Result<(Vec<i64>, bool), SinkError> {
     let after = file_order(tx, &stage.prepared.file_order, ids).await?;
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
     let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
@@ -125,7 +125,7 @@ pub(super) async fn merge_batch(
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
     tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
-    Ok((Some(after), lost_some))
+    Ok((after, lost_some))
 }
 
 /// After a batch merged chunk by chunk: makes `written` what merging its

@@ -572,6 +572,19 @@ pub async fn http_get_ok(port: u16, path: &str) -> (u16, String, String) {
     panic!("nothing answers on port {port}");
 }
 
+/// Writes `bytes` to `dir/name` by rename (a hidden temporary name first,
+/// creating the folders on the way) with modification time `mtime`: a file
+/// published as the generator does, of the time the test chooses.
+pub fn put_at(dir: &Path, name: &str, bytes: &[u8], mtime: std::time::SystemTime) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("folders");
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
+    std::fs::write(&tmp, bytes).expect("written");
+    std::fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime)).expect("mtime");
+    std::fs::rename(&tmp, &path).expect("renamed");
+    path
+}
+
 /// Registers files of `data` in the registry of a migrated database, as the
 /// registrar would (the tests that change files after registration).
 pub async fn register(url: &str, source: &str, data: &Path, names: &[&str]) {

@@ -27,15 +27,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 /// order goes by name).
 fn put(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let path = dir.join(name);
-    std::fs::create_dir_all(path.parent().expect("a parent")).expect("folders");
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
-    std::fs::write(&tmp, bytes).expect("written");
     let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mtime = SystemTime::now() - Duration::from_secs(3_600) + Duration::from_secs(k);
-    std::fs::File::options().write(true).open(&tmp).and_then(|f| f.set_modified(mtime)).expect("mtime");
-    std::fs::rename(&tmp, &path).expect("renamed");
-    path
+    put_at(dir, name, bytes, SystemTime::now() - Duration::from_secs(3_600) + Duration::from_secs(k))
 }
 
 async fn states(client: &tokio_postgres::Client) -> Vec<(String, String, Option<String>)> {

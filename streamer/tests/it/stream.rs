@@ -853,13 +853,6 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let (row, header) = (race_row, format!("{}\n", contract::COLUMNS.join(",")));
-    let publish = |name: &str, body: String, at: std::time::SystemTime| -> TestResult<std::path::PathBuf> {
-        let hidden = dir.path().join(name);
-        std::fs::write(&hidden, body)?;
-        std::fs::File::options().write(true).open(&hidden)?.set_modified(at)?;
-        std::fs::rename(&hidden, data.join(name))?;
-        Ok(data.join(name))
-    };
     let log_path = dir.path().join("streamer.log");
     /// Killed when the test ends, whether it passed or not.
     struct Killed(std::process::Child);
@@ -903,7 +896,7 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
     // A first file, loaded before the lock is taken: the streamer is set up
     // and its loader sessions are ready.
     let earlier = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_779_000_000);
-    let first = publish("0.csv", format!("{header}{}", row(99, 0, 1)), earlier)?;
+    let first = put_at(&data, "0.csv", format!("{header}{}", row(99, 0, 1)).as_bytes(), earlier);
     wait_for_loads(&client, 1, Duration::from_secs(60)).await;
 
     let blocker = connect(url).await;
@@ -922,7 +915,7 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
         .chain((5..40).map(|k| row(2 + k, k % 60, 1)))
         .chain([row(1, 59, 2)])
         .collect();
-    let b = publish("b.csv", format!("{header}{b_rows}"), at)?;
+    let b = put_at(&data, "b.csv", format!("{header}{b_rows}").as_bytes(), at);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
                    AND wait_event_type = 'Lock' AND backend_type = 'client backend'";
@@ -932,7 +925,7 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let a = publish("a.csv", format!("{header}{}", row(1, 59, 3)), at)?;
+    let a = put_at(&data, "a.csv", format!("{header}{}", row(1, 59, 3)).as_bytes(), at);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while count(&client, "SELECT count(*) FROM events WHERE user_id = 1 AND product_id = 3").await == 0 {
         if tokio::time::Instant::now() > deadline {
