@@ -317,6 +317,8 @@ mod tests {
             inserted: 5,
             updated: 1,
             unchanged: 1,
+            chunks_inserted: 1,
+            chunks_merged: 0,
             rows_per_sec: 0.0,
             phases: Phases { total_ms: 30.0, ..Phases::default() },
         }

@@ -57,6 +57,10 @@ pub struct BatchProgress {
     pub inserted: u64,
     pub updated: u64,
     pub unchanged: u64,
+    /// Chunks copied straight into `events` (none of their keys was
+    /// stored), and chunks staged and merged.
+    pub chunks_inserted: u32,
+    pub chunks_merged: u32,
     /// Input rows per second over the whole batch.
     pub rows_per_sec: f64,
     pub phases: Phases,
@@ -77,6 +81,8 @@ impl BatchProgress {
             inserted = self.inserted,
             updated = self.updated,
             unchanged = self.unchanged,
+            chunks_inserted = self.chunks_inserted,
+            chunks_merged = self.chunks_merged,
             rows_per_sec = self.rows_per_sec.round(),
             discover_ms = p.discover_ms,
             read_ms = p.read_ms,

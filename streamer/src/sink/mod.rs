@@ -17,13 +17,16 @@ pub mod sql;
 
 pub use settle::{committed_files, HistoryFile};
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
@@ -143,6 +146,9 @@ pub struct Committed {
     pub commit: Duration,
     /// When the COMMIT returned: the batch's rows are queryable from then.
     pub committed_at: DateTime<Utc>,
+    /// Chunks copied straight into `events`, and chunks staged and merged.
+    pub chunks_inserted: u32,
+    pub chunks_merged: u32,
 }
 
 /// A loader session's staging table: its own TEMP table on PostgreSQL; on
@@ -158,6 +164,63 @@ pub struct Stage {
     merge_several: Option<String>,
     /// The statements every batch runs, prepared once for the session.
     prepared: Prepared,
+    /// When the session's batches try a chunk straight into `events`.
+    turns: InsertTurns,
+}
+
+/// When a loader session tries a chunk straight into `events` (COPY, as
+/// `psql \copy` does) before staging and merging it. The try fails as soon
+/// as one key of the chunk is stored already, and the work done until then
+/// is lost; so after a batch met a stored key, its later chunks are merged,
+/// and so are the session's next 1, 2, 4 … 32 batches (doubling while
+/// batches keep meeting stored keys: a replay of old files pays for one
+/// failed try in 33 batches). A chunk that went in straight ends the
+/// penalty.
+#[derive(Debug, Default)]
+struct InsertTurns {
+    /// Batches still to merge without trying.
+    skip: AtomicU32,
+    /// How many the next stored key makes skip.
+    penalty: AtomicU32,
+}
+
+/// At most this many batches are merged without a try after a stored key.
+const MAX_INSERT_PENALTY: u32 = 32;
+
+impl InsertTurns {
+    /// Whether a new batch tries its chunks straight into `events`.
+    fn take(&self) -> bool {
+        self.skip.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_err()
+    }
+
+    fn inserted(&self) {
+        self.penalty.store(0, Ordering::Relaxed);
+    }
+
+    fn met_stored_key(&self) {
+        let penalty = (self.penalty.load(Ordering::Relaxed) * 2).clamp(1, MAX_INSERT_PENALTY);
+        self.penalty.store(penalty, Ordering::Relaxed);
+        self.skip.store(penalty, Ordering::Relaxed);
+    }
+}
+
+/// JSON text bound as `jsonb` (its binary form: a version byte, then the
+/// text), for the straight COPY into `events`. The reader wrote it.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
 }
 
 /// The statements of every batch, prepared when the session opens: a
@@ -171,6 +234,7 @@ struct Prepared {
     claim_files: Statement,
     number: Statement,
     copy: Statement,
+    insert: Statement,
     file_order: Statement,
     merge_one: Statement,
     lost: Statement,
@@ -194,6 +258,7 @@ impl Stage {
             claim_files: client.prepare(&claim_files_sql()).await?,
             number: client.prepare("SELECT nextval(pg_get_serial_sequence('batches', 'batch_seq'))").await?,
             copy: client.prepare(&sql::stage_copy(&table)).await?,
+            insert: client.prepare(&sql::insert_copy()).await?,
             file_order: client.prepare(sql::SAME_TIME_OLDER).await?,
             merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
             lost: client.prepare(&sql::lost_sql(&table)).await?,
@@ -210,6 +275,7 @@ impl Stage {
             table,
             distributed,
             prepared,
+            turns: InsertTurns::default(),
         })
     }
 }
@@ -237,6 +303,13 @@ pub struct Loader<'a> {
     /// before the COMMIT (`settle::same_file_order`).
     lost_some: bool,
     chunks: i32,
+    /// This batch tries its next chunk straight into `events`
+    /// ([`InsertTurns`]; never on Citus, whose stage holds the batch).
+    insert: bool,
+    /// The TEMP stage holds a merged chunk, to empty before the next.
+    stage_used: bool,
+    chunks_inserted: u32,
+    chunks_merged: u32,
     /// Rows staged per file.
     staged: Vec<u64>,
     /// Rows inserted and rows written over a stored row, per file, by the
@@ -303,6 +376,10 @@ impl<'a> Loader<'a> {
             after: None,
             lost_some: false,
             chunks: 0,
+            insert: false,
+            stage_used: false,
+            chunks_inserted: 0,
+            chunks_merged: 0,
             staged,
             written,
             started: Instant::now(),
@@ -366,6 +443,9 @@ impl<'a> Loader<'a> {
             // of the first chunk are phases of their own.
             self.first_stage = false;
             self.started = Instant::now();
+            // Taken here, not at the claim: an idle loader's empty claims
+            // would use the skipped turns up.
+            self.insert = !self.stage.distributed && self.stage.turns.take();
             self.number().await?;
         }
         self.stage_rows(chunk).await?;
@@ -384,17 +464,36 @@ impl<'a> Loader<'a> {
         }
         let n = self.chunks;
         self.chunks += 1;
-        if n > 0 && !self.stage.distributed {
-            // The last chunk is merged: its rows are in events.
+        let mut rows = vec![0u64; self.files.len()];
+        if self.insert {
+            if self.insert_rows(&view, &mut rows).await? {
+                self.stage.turns.inserted();
+                self.chunks_inserted += 1;
+                for (i, count) in rows.iter().enumerate() {
+                    self.staged[i] += count;
+                    self.written[i].0 += count;
+                }
+                return Ok(());
+            }
+            // A key of the chunk is stored: it and the batch's later
+            // chunks are merged.
+            self.stage.turns.met_stored_key();
+            self.insert = false;
+            rows.fill(0);
+        }
+        if self.stage_used {
+            // The last chunk staged is merged: its rows are in events.
             self.tx.batch_execute("TRUNCATE events_stage").await.map_err(SinkError::query("emptying the stage"))?;
         }
+        self.stage_used = !self.stage.distributed;
+        self.chunks_merged += 1;
         let what = "staging the rows";
         let sink = self.tx.copy_in(&self.stage.prepared.copy).await.map_err(SinkError::query(what))?;
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
         for i in 0..view.len() {
             let Some((file_index, line, r)) = view.row(i) else { break };
-            if let Some(count) = self.staged.get_mut(file_index as usize) {
+            if let Some(count) = rows.get_mut(file_index as usize) {
                 *count += 1;
             }
             // The reader rejects rows past `MAX_LINE`: the line fits.
@@ -421,10 +520,72 @@ impl<'a> Loader<'a> {
             writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
         }
         writer.finish().await.map_err(SinkError::query(what))?;
+        for (staged, count) in self.staged.iter_mut().zip(&rows) {
+            *staged += count;
+        }
         if !self.stage.distributed {
             self.merge_chunk(view.len() as u64).await?;
         }
         Ok(())
+    }
+
+    /// Tries the chunk straight into `events` (binary COPY, under a
+    /// savepoint), counting its rows per file into `rows`: false when one of
+    /// its keys is stored already (then nothing of it stays).
+    async fn insert_rows(&mut self, view: &EventView<'_>, rows: &mut [u64]) -> Result<bool, SinkError> {
+        let what = "inserting the rows";
+        self.tx.batch_execute("SAVEPOINT chunk_insert").await.map_err(SinkError::query(what))?;
+        match self.copy_into_events(view, rows).await {
+            Ok(()) => {
+                self.tx.batch_execute("RELEASE SAVEPOINT chunk_insert").await.map_err(SinkError::query(what))?;
+                Ok(true)
+            }
+            Err(e) if is_stored_key(&e) => {
+                let undo = "undoing a chunk that met a stored key";
+                self.tx.batch_execute("ROLLBACK TO SAVEPOINT chunk_insert").await.map_err(SinkError::query(undo))?;
+                Ok(false)
+            }
+            Err(e) => Err(SinkError::Query { what, source: e }),
+        }
+    }
+
+    async fn copy_into_events(&self, view: &EventView<'_>, rows: &mut [u64]) -> Result<(), tokio_postgres::Error> {
+        let sink = self.tx.copy_in(&self.stage.prepared.insert).await?;
+        let writer = BinaryCopyInWriter::new(sink, &INSERT_TYPES);
+        pin_mut!(writer);
+        for i in 0..view.len() {
+            let Some((file_index, line, r)) = view.row(i) else { break };
+            if let Some(count) = rows.get_mut(file_index as usize) {
+                *count += 1;
+            }
+            let (file_id, mtime) = match (self.ids.get(file_index as usize), self.mtimes.get(file_index as usize)) {
+                (Some(&id), Some(&mtime)) => (id, mtime),
+                // Every row's file is one of the batch's: not reached.
+                _ => (0, 0),
+            };
+            let line = line as i32;
+            let event_type = r.event_type.as_str();
+            let price = Decimal::new(r.price_cents, 2);
+            let time = micros_to_utc(r.event_time_micros);
+            let rescued = view.rescued(i).map(JsonbText);
+            let row: [&(dyn ToSql + Sync); 13] = [
+                &r.user_id,
+                &r.user_name,
+                &r.user_email,
+                &event_type,
+                &r.product_id,
+                &r.product_name,
+                &r.product_category,
+                &price,
+                &time,
+                &mtime,
+                &file_id,
+                &line,
+                &rescued,
+            ];
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await.map(drop)
     }
 
     /// Merges the chunk just staged (`rows` rows, unique keys) into
@@ -543,6 +704,8 @@ impl<'a> Loader<'a> {
             mut after,
             mut lost_some,
             chunks,
+            chunks_inserted,
+            chunks_merged,
             staged,
             mut written,
             started,
@@ -554,7 +717,7 @@ impl<'a> Loader<'a> {
                 let merged = settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written);
                 let (order, lost) = merged.await?;
                 (after, lost_some) = (Some(order), lost);
-            } else if chunks > 1 {
+            } else if chunks_merged > 0 && chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }
             settle::count(&tx, &stage.prepared, batch_seq, &staged, &written, &mut loads).await?;
@@ -577,9 +740,40 @@ impl<'a> Loader<'a> {
                 .map_err(SinkError::query("taking the commit fence"))?;
         }
         tx.commit().await.map_err(SinkError::query("committing the batch"))?;
-        Ok(Committed { batch_seq, files: loads, load, commit: committing.elapsed(), committed_at: Utc::now() })
+        Ok(Committed {
+            batch_seq,
+            files: loads,
+            load,
+            commit: committing.elapsed(),
+            committed_at: Utc::now(),
+            chunks_inserted,
+            chunks_merged,
+        })
     }
 }
+
+/// Whether a failed statement met a stored key of `events`.
+fn is_stored_key(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(sql::KEY_CONSTRAINT))
+}
+
+/// Column types of [`sql::insert_copy`], in order.
+const INSERT_TYPES: [Type; 13] = [
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT4,
+    Type::TEXT,
+    Type::TEXT,
+    Type::NUMERIC,
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::INT4,
+    Type::INT4,
+    Type::JSONB,
+];
 
 /// Column types of the staging table, in order.
 const STAGE_TYPES: [Type; 13] = [
@@ -656,4 +850,34 @@ pub async fn prepare_loader_session(client: &Client, citus: bool) -> Result<Stag
         return Stage::new(client, table, true).await.map_err(SinkError::query(what));
     }
     Err(SinkError::Slots(STAGE_SLOTS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_key_makes_the_next_batches_merge_doubling_up_to_a_cap() {
+        let turns = InsertTurns::default();
+        assert!(turns.take(), "a new session tries");
+        turns.met_stored_key();
+        assert_eq!([turns.take(), turns.take()], [false, true], "then skips one batch");
+        turns.met_stored_key();
+        assert_eq!([turns.take(), turns.take(), turns.take()], [false, false, true], "then two");
+        for _ in 0..10 {
+            turns.met_stored_key();
+        }
+        assert_eq!((0..40).filter(|_| !turns.take()).count(), MAX_INSERT_PENALTY as usize, "never more than the cap");
+        turns.inserted();
+        turns.met_stored_key();
+        assert_eq!([turns.take(), turns.take()], [false, true], "a chunk that went in straight ends the penalty");
+    }
+
+    #[test]
+    fn jsonb_text_is_bound_in_jsonb_binary_form() {
+        let mut out = BytesMut::new();
+        assert!(JsonbText::accepts(&Type::JSONB) && !JsonbText::accepts(&Type::TEXT));
+        assert!(matches!(JsonbText(r#"{"a":1}"#).to_sql(&Type::JSONB, &mut out), Ok(IsNull::No)));
+        assert_eq!(&out[..], b"\x01{\"a\":1}");
+    }
 }

@@ -22,6 +22,15 @@ pub fn stage_copy(table: &str) -> String {
     let cols = ["chunk", "file_index", "line"].iter().chain(&COLUMNS).copied().collect::<Vec<_>>().join(", ");
     format!("COPY {table} ({cols}, _rescued) FROM STDIN (FORMAT binary)")
 }
+/// The binary COPY of a chunk straight into `events`, with each row's source
+/// position: how a chunk none of whose keys is stored yet is loaded (the
+/// usual case; COPY's own work, no stage and no upsert). A stored key makes
+/// it fail with a unique violation, and the chunk is staged and merged.
+pub fn insert_copy() -> String {
+    format!("COPY events ({}, src_mtime, src_file, src_line, _rescued) FROM STDIN (FORMAT binary)", COLUMNS.join(", "))
+}
+/// The key constraint of `events`, whose violation sends a chunk to the merge.
+pub const KEY_CONSTRAINT: &str = "events_user_id_event_time_key";
 pub const REJECTED_COPY: &str =
     "COPY rejected_rows (checkpoint_id, batch_id, file_name, line_number, raw_line, reason) FROM STDIN (FORMAT binary)";
 pub const METRICS_COPY: &str = "COPY metrics_delta (batch_seq, window_start, product_category, views, purchases, \
@@ -187,6 +196,15 @@ mod tests {
             stage_copy("events_stage_3"),
             "COPY events_stage_3 (chunk, file_index, line, user_id, user_name, user_email, event_type, product_id, \
              product_name, product_category, product_price, event_time, _rescued) FROM STDIN (FORMAT binary)"
+        );
+    }
+
+    #[test]
+    fn the_straight_insert_copies_the_columns_and_the_source_position() {
+        assert_eq!(
+            insert_copy(),
+            "COPY events (user_id, user_name, user_email, event_type, product_id, product_name, product_category, \
+             product_price, event_time, src_mtime, src_file, src_line, _rescued) FROM STDIN (FORMAT binary)"
         );
     }
 

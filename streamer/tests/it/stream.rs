@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::common::*;
+use contract::HEADER;
 use generator::Settings;
 use streamer::checkpoint::Checkpoint;
 use tokio_util::sync::CancellationToken;
@@ -195,6 +196,141 @@ async fn a_batch_in_many_chunks_counts_as_one_over_stored_rows() -> TestResult {
     assert!(col("b_copy.csv", 3) > 0, "rows of the copied file found their values stored");
     let sum = |c: usize| one.iter().map(|(_, v)| v[c]).sum::<i64>();
     assert!(sum(1) > 0 && sum(2) > 0 && sum(4) > 0 && sum(5) > 0, "inserted, updated, duplicate, rejected: {one:?}");
+    Ok(())
+}
+
+/// A chunk none of whose keys is stored goes straight into `events` (COPY);
+/// one that meets a stored key halfway is undone to its savepoint and
+/// merged, and the session's next batch is merged without a try. Each
+/// path's result is the oracle's, counts and derived tables included, and
+/// the progress records say which path each batch took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let base = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    // Users 1..=100 at one minute each; the second file also holds user 50's
+    // key of the first, other values, in the middle of its key order (the
+    // copy has sent about 100 rows when it meets it). The first file has a
+    // column beyond the contract's, kept as JSON by the straight COPY too.
+    let rows = |minute: u32, extra: bool| {
+        (1..=100)
+            .map(|u| {
+                let more = if extra { format!(",c{u}") } else { String::new() };
+                format!("{u},U{u},u{u}@x,view,{u},P{u},Home,1.50,2026-03-01T12:{minute:02}:00Z{more}\n")
+            })
+            .collect::<String>()
+    };
+    let stored_again = "50,U50,u50@x,purchase,7,P7,Toys,9.99,2026-03-01T12:00:00Z\n";
+    let files = [
+        ("f1.csv", format!("{HEADER},coupon\n{}", rows(0, true))),
+        ("f2.csv", format!("{HEADER}\n{}{stored_again}", rows(1, false))),
+        ("f3.csv", format!("{HEADER}\n{}", rows(2, false))),
+        ("f4.csv", format!("{HEADER}\n{}", rows(3, false))),
+    ];
+    for (k, (name, body)) in files.iter().enumerate() {
+        put_at(&data, name, body.as_bytes(), base + Duration::from_secs(k as u64));
+    }
+    // The oracle reads the contract's columns only: the first file without
+    // its extra one.
+    let plain = dir.path().join("plain");
+    let mut paths = vec![put_at(&plain, "f1.csv", format!("{HEADER}\n{}", rows(0, false)).as_bytes(), base)];
+    paths.extend(files[1..].iter().map(|(name, _)| data.join(name)));
+    // One loader, one file a batch: one session meets them in this order.
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
+    let summary = run_once(args(&data, &cp, &db.url, &flags)).await;
+    assert_eq!(summary.totals.batches, 4);
+
+    let client = db.client().await;
+    assert!(table(&client).await == oracle(&paths).0, "events differs from the oracle");
+    assert_analytics_exact(&client).await;
+    let history = client
+        .query(
+            "SELECT file_name, rows_inserted, rows_updated, rows_duplicate FROM load_history ORDER BY file_name",
+            &[],
+        )
+        .await?;
+    let counts: Vec<(String, i64, i64, i64)> =
+        history.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let expected = [("f1.csv", 100, 0, 0), ("f2.csv", 100, 1, 0), ("f3.csv", 100, 0, 0), ("f4.csv", 100, 0, 0)];
+    assert_eq!(counts, expected.map(|(f, i, u, d)| (f.to_owned(), i, u, d)), "each file's counts");
+    let replaced = "SELECT product_id, _rescued::text FROM events \
+                    WHERE user_id = 50 AND event_time = '2026-03-01T12:00:00Z'";
+    let replaced = client.query_one(replaced, &[]).await?;
+    let replaced: (i32, Option<String>) = (replaced.get(0), replaced.get(1));
+    assert_eq!(replaced, (7, None), "user 50's stored key holds f2's row, without the column");
+    let kept: Option<String> = client
+        .query_one(
+            "SELECT _rescued::text FROM events WHERE user_id = 3 AND product_id = 3 \
+                          AND event_time = '2026-03-01T12:00:00Z'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(kept.as_deref(), Some(r#"{"coupon": "c3"}"#), "the extra column went in straight");
+
+    // By batch: straight; met the stored key, merged; merged without a try
+    // (the penalty); straight again.
+    let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
+    let paths_taken: Vec<(u64, u64)> = progress
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).map(|r| {
+                let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
+                (n("chunks_inserted"), n("chunks_merged"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    assert_eq!(paths_taken, [(1, 0), (0, 1), (0, 1), (1, 0)], "(chunks inserted, chunks merged) by batch");
+    Ok(())
+}
+
+/// A straight COPY that meets another session's uncommitted row of one of
+/// its keys waits for it: when that row commits, the chunk is merged (and
+/// the file's row, the newer, replaces it); when it rolls back, the chunk
+/// goes in straight. Either way `events` is the oracle's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_straight_copy_waits_for_an_uncommitted_key_then_merges_or_goes_in() -> TestResult {
+    for (end, straight) in [("COMMIT", false), ("ROLLBACK", true)] {
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir()?;
+        let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+        let body: String =
+            (1..=50).map(|u| format!("{u},U{u},u{u}@x,view,{u},P{u},Home,1.50,2026-03-01T12:00:00Z\n")).collect();
+        let file = put_at(&data, "f.csv", format!("{HEADER}\n{body}").as_bytes(), std::time::SystemTime::now());
+        let flags = ["--once", "--loaders", "1", "--analytics", "false"];
+        // The schema first, then the held row.
+        streamer::sink::schema::migrate(&mut db.client().await).await?;
+        let blocker = db.client().await;
+        blocker
+            .batch_execute(
+                "BEGIN; INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, \
+                 product_category, product_price, event_time) VALUES (25, 'held', 'held', 'view', 9, 'held', 'Home', \
+                 1, '2026-03-01T12:00:00Z')",
+            )
+            .await?;
+        let run = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &flags), CancellationToken::new()));
+        let client = db.client().await;
+        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                       AND wait_event_type = 'Lock' AND query LIKE 'COPY events (%'";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while count(&client, waiting).await == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the straight COPY never waited on the held row");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        blocker.batch_execute(end).await?;
+        tokio::time::timeout(Duration::from_secs(60), run).await??.map_err(|e| format!("{e:#}"))?;
+
+        assert!(table(&client).await == oracle(&[file]).0, "{end}: events differs from the oracle");
+        let counts = client.query_one("SELECT rows_inserted, rows_updated FROM load_history", &[]).await?;
+        let counts: (i64, i64) = (counts.get(0), counts.get(1));
+        assert_eq!(counts, if straight { (50, 0) } else { (49, 1) }, "{end}: inserted, updated");
+        let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
+        let record: serde_json::Value = serde_json::from_str(progress.trim())?;
+        let taken = (record["chunks_inserted"].as_u64(), record["chunks_merged"].as_u64());
+        assert_eq!(taken, if straight { (Some(1), Some(0)) } else { (Some(0), Some(1)) }, "{end}: the path");
+    }
     Ok(())
 }
 
@@ -729,7 +865,8 @@ async fn a_registration_wakes_the_listeners_once_and_leaves_the_session_as_it_wa
 }
 
 /// Between two files of one modification time the earlier name is older.
-/// A batch reads that order before its first merge; a file older by it,
+/// A batch reads that order before its first merge (its first chunk meets
+/// a stored key, so it is merged, not copied straight in); a file older by it,
 /// registered after that read and committed by another loader before the
 /// batch's merge met its rows, must not win over the batch's rows: the
 /// batch fails before its COMMIT with a transient error, runs again, and
@@ -748,12 +885,15 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
     // b.csv: forty rows, the last of key (1, 12:00:59); a.csv, earlier by
     // name and of the same time: that key with another product.
     let b_rows: String = (0..40).map(|k| row(2 + k, k % 60, 1)).chain([row(1, 59, 2)]).collect();
+    // Stored first, from an older file: b.csv's first key.
+    let earlier = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_779_000_000);
+    let stored = put_at(&data, "0.csv", format!("{header}{}", row(2, 0, 7)).as_bytes(), earlier);
+    let config = args(&data, &cp, &db.url, &["--once"]);
+    run_once(config.clone()).await;
     let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
     for (name, body) in [("b.csv", format!("{header}{b_rows}")), ("a.csv", format!("{header}{}", row(1, 59, 3)))] {
-        std::fs::write(data.join(name), body)?;
-        std::fs::File::options().write(true).open(data.join(name))?.set_modified(at)?;
+        put_at(&data, name, body.as_bytes(), at);
     }
-    let config = args(&data, &cp, &db.url, &["--once"]);
     let source = config.source.clone();
     let meta = |batch_id| BatchMeta {
         checkpoint_id: uuid::Uuid::new_v4(),
@@ -810,11 +950,12 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
         other => panic!("the batch must not commit with a stale file order, got {:?}", other.map(|_| ())),
     }
     let client = db.client().await;
-    assert_eq!(count(&client, "SELECT count(*) FROM events WHERE user_id <> 1").await, 0, "nothing of b.csv committed");
+    let b_rows = "SELECT count(*) FROM events WHERE user_id <> 1 AND product_id <> 7";
+    assert_eq!(count(&client, b_rows).await, 0, "nothing of b.csv committed");
 
     // The stream loads b.csv again: its row is the newer of the key.
     run_once(config).await;
-    let files = [data.join("a.csv"), data.join("b.csv")];
+    let files = [stored, data.join("a.csv"), data.join("b.csv")];
     assert!(
         table(&client).await == oracle(&crate::chaos::in_file_order(&files)).0,
         "events = the oracle in file order"
@@ -894,9 +1035,11 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
     };
     let client = connect(url).await;
     // A first file, loaded before the lock is taken: the streamer is set up
-    // and its loader sessions are ready.
+    // and its loader sessions are ready. It holds b.csv's first key, (1,
+    // 12:00:10), so that b.csv's first chunk is merged (reading the file
+    // order) before it meets the held row, not copied straight in.
     let earlier = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_779_000_000);
-    let first = put_at(&data, "0.csv", format!("{header}{}", row(99, 0, 1)).as_bytes(), earlier);
+    let first = put_at(&data, "0.csv", format!("{header}{}{}", row(99, 0, 1), row(1, 10, 7)).as_bytes(), earlier);
     wait_for_loads(&client, 1, Duration::from_secs(60)).await;
 
     let blocker = connect(url).await;
@@ -909,8 +1052,9 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
         .await?;
     // Both files of one modification time: a.csv is the older by its name.
     let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
-    let b_rows: String = (0..5)
-        .map(|k| row(2 + k, k, 1))
+    let b_rows: String = [row(1, 10, 1)]
+        .into_iter()
+        .chain((0..5).map(|k| row(2 + k, k, 1)))
         .chain([row(1, 30, 1)])
         .chain((5..40).map(|k| row(2 + k, k % 60, 1)))
         .chain([row(1, 59, 2)])
