@@ -330,7 +330,8 @@ def markdown(r):
     lines += [
         "",
         "Where the time goes, summed over the batches of a run (ms; read includes validation, dedup is Polars, "
-        "load is the binary COPY into the staging table and the upsert, commit is the COMMIT; runs before "
+        "load is the binary COPY straight into `events` (since 2026-12-06), or into the staging table and the "
+        "upsert when a chunk meets a stored key, commit is the COMMIT; runs before "
         "2026-12-01 17:40 UTC also counted the claim, the plan and the read of the first chunk in load):",
         "",
         "| data set | batches | read | dedup | load | commit | total wall |",
@@ -402,6 +403,8 @@ def markdown(r):
             "loader's wake-up; *read and dedup* is what is left of the first chunk's read once the plan is on disk "
             "(the read starts with the plan; reading the rest overlaps staging, and the chunk's aggregation "
             "overlaps its own staging); "
+            "*stage and merge* is the batch's load phase: since 2026-12-06 a COPY straight into `events`, the "
+            "stage and the upsert only when a chunk meets a stored key; "
             "*then the marker* is after the rows are queryable and not in the latency):",
             "",
             "| part | " + " | ".join(profiles) + " |",
