@@ -204,6 +204,38 @@ impl InsertTurns {
     }
 }
 
+/// The values a row's contract columns are bound as, beside the row's own.
+struct Values {
+    event_type: &'static str,
+    price: Decimal,
+    time: DateTime<Utc>,
+}
+
+impl Values {
+    fn of(r: &contract::Event<'_>) -> Values {
+        Values {
+            event_type: r.event_type.as_str(),
+            price: Decimal::new(r.price_cents, 2),
+            time: micros_to_utc(r.event_time_micros),
+        }
+    }
+
+    /// The row's contract columns, in `COLUMNS` order.
+    fn cells<'r>(&'r self, r: &'r contract::Event<'_>) -> [&'r (dyn ToSql + Sync); 9] {
+        [
+            &r.user_id,
+            &r.user_name,
+            &r.user_email,
+            &self.event_type,
+            &r.product_id,
+            &r.product_name,
+            &r.product_category,
+            &self.price,
+            &self.time,
+        ]
+    }
+}
+
 /// JSON text bound as `jsonb` (its binary form: a version byte, then the
 /// text), for the straight COPY into `events`. The reader wrote it.
 #[derive(Debug)]
@@ -498,25 +530,10 @@ impl<'a> Loader<'a> {
             }
             // The reader rejects rows past `MAX_LINE`: the line fits.
             let (file_index, line) = (file_index as i32, line as i32);
-            let event_type = r.event_type.as_str();
-            let price = Decimal::new(r.price_cents, 2);
-            let time = micros_to_utc(r.event_time_micros);
+            let values = Values::of(&r);
+            let [a, b, c, d, e, f, g, h, k] = values.cells(&r);
             let rescued = view.rescued(i);
-            let row: [&(dyn ToSql + Sync); 13] = [
-                &n,
-                &file_index,
-                &line,
-                &r.user_id,
-                &r.user_name,
-                &r.user_email,
-                &event_type,
-                &r.product_id,
-                &r.product_name,
-                &r.product_category,
-                &price,
-                &time,
-                &rescued,
-            ];
+            let row: [&(dyn ToSql + Sync); 13] = [&n, &file_index, &line, a, b, c, d, e, f, g, h, k, &rescued];
             writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
         }
         writer.finish().await.map_err(SinkError::query(what))?;
@@ -564,25 +581,10 @@ impl<'a> Loader<'a> {
                 _ => (0, 0),
             };
             let line = line as i32;
-            let event_type = r.event_type.as_str();
-            let price = Decimal::new(r.price_cents, 2);
-            let time = micros_to_utc(r.event_time_micros);
+            let values = Values::of(&r);
+            let [a, b, c, d, e, f, g, h, k] = values.cells(&r);
             let rescued = view.rescued(i).map(JsonbText);
-            let row: [&(dyn ToSql + Sync); 13] = [
-                &r.user_id,
-                &r.user_name,
-                &r.user_email,
-                &event_type,
-                &r.product_id,
-                &r.product_name,
-                &r.product_category,
-                &price,
-                &time,
-                &mtime,
-                &file_id,
-                &line,
-                &rescued,
-            ];
+            let row: [&(dyn ToSql + Sync); 13] = [a, b, c, d, e, f, g, h, k, &mtime, &file_id, &line, &rescued];
             writer.as_mut().write(&row).await?;
         }
         writer.finish().await.map(drop)
