@@ -371,7 +371,14 @@ fn raw_text(record: &csv::ByteRecord) -> String {
         push_field(&mut out, &field[..field.len().min(MAX_RAW_LINE + 1)]);
     }
     out.truncate(MAX_RAW_LINE);
-    String::from_utf8_lossy(&out).replace('\0', "\\0")
+    // Invalid UTF-8 grows in the text (a byte becomes U+FFFD, three bytes),
+    // and so does a NUL (`\0`): the text is cut again, on a character.
+    let mut text = String::from_utf8_lossy(&out).replace('\0', "\\0");
+    if text.len() > MAX_RAW_LINE {
+        let cut = (0..=MAX_RAW_LINE).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
 }
 
 /// A file as it was opened: its identity taken again from the open file,
@@ -593,12 +600,24 @@ mod tests {
         assert_eq!((frame.height(), n), (0, 0));
     }
 
+    #[test]
+    fn a_rejected_record_of_invalid_utf8_or_nuls_is_cut_at_the_cap_as_text() {
+        for fill in [&b"\xff"[..], b"\0", "é".as_bytes()] {
+            let field = fill.repeat(MAX_RAW_LINE);
+            let csv = [H.as_bytes(), b"x,", &field, b"\n"].concat();
+            let (_, _, rejected) = rows(read_whole(&csv, 0));
+            assert_eq!(rejected.len(), 1);
+            let raw = &rejected[0].raw;
+            assert!(raw.len() <= MAX_RAW_LINE && raw.len() > MAX_RAW_LINE - 4, "{} bytes", raw.len());
+        }
+    }
+
     /// The fuzz target (run longer with PROPTEST_CASES=100000): no input
     /// makes the reader panic, and every record is either kept or rejected.
     fn check_no_panic_and_accounting(bytes: &[u8]) {
         if let Ok(Part { frame, rows_read, rejected, .. }) = read_whole(bytes, 0) {
             assert_eq!(frame.height() as u64 + rejected.len() as u64, rows_read);
-            assert!(rejected.iter().all(|r| r.raw.len() <= MAX_RAW_LINE + 3 && !r.reason.is_empty()));
+            assert!(rejected.iter().all(|r| r.raw.len() <= MAX_RAW_LINE && !r.reason.is_empty()));
             assert!(EventView::new(&frame).is_ok());
         }
     }
