@@ -18,6 +18,7 @@ pub mod sql;
 pub use settle::{committed_files, HistoryFile};
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -760,8 +761,8 @@ fn is_stored_key(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some(sql::KEY_CONSTRAINT))
 }
 
-/// Column types of [`sql::insert_copy`], in order.
-const INSERT_TYPES: [Type; 13] = [
+/// Column types of the contract's columns, in `COLUMNS` order.
+const CONTRACT_TYPES: [Type; 9] = [
     Type::INT4,
     Type::TEXT,
     Type::TEXT,
@@ -771,28 +772,18 @@ const INSERT_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::NUMERIC,
     Type::TIMESTAMPTZ,
-    Type::INT8,
-    Type::INT4,
-    Type::INT4,
-    Type::JSONB,
 ];
 
-/// Column types of the staging table, in order.
-const STAGE_TYPES: [Type; 13] = [
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::INT4,
-    Type::TEXT,
-    Type::TEXT,
-    Type::NUMERIC,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-];
+/// Column types of [`sql::insert_copy`]: the contract's, then the source
+/// position and the rescued columns.
+static INSERT_TYPES: LazyLock<Vec<Type>> =
+    LazyLock::new(|| CONTRACT_TYPES.iter().cloned().chain([Type::INT8, Type::INT4, Type::INT4, Type::JSONB]).collect());
+
+/// Column types of the staging table: chunk, file and line, the
+/// contract's, the rescued columns.
+static STAGE_TYPES: LazyLock<Vec<Type>> = LazyLock::new(|| {
+    [Type::INT4, Type::INT4, Type::INT4].into_iter().chain(CONTRACT_TYPES.iter().cloned()).chain([Type::TEXT]).collect()
+});
 
 fn micros_to_utc(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
