@@ -23,6 +23,10 @@ use crate::sink::schema::{self, SchemaError, WindowError};
 use crate::watch::Discovery;
 use crate::{blocking, lock, pause, registry};
 
+/// How soon a `--once` run looks again while files are pending in other
+/// streamers' batches (their commits do not notify this one).
+const ONCE_POLL: Duration = Duration::from_millis(100);
+
 /// The control session and the roles it holds.
 pub(super) struct Control {
     pub(super) client: Client,
@@ -333,7 +337,15 @@ impl Control {
         if config.once && listing.waiting == 0 && unregistered == 0 && pending == 0 && !recovering {
             return Ok(Step::Done);
         }
-        Ok(Step::Wait(listing.next_settle))
+        // With --once the last pending files may be in another streamer's
+        // batches, whose commits wake nobody here: look again soon, not at
+        // the next rescan.
+        let next = match listing.next_settle {
+            _ if !(config.once && pending > 0) => listing.next_settle,
+            Some(settle) => Some(settle.min(ONCE_POLL)),
+            None => Some(ONCE_POLL),
+        };
+        Ok(Step::Wait(next))
     }
 
     /// Takes the files of `new` older than `max_age` out of it and records

@@ -503,6 +503,48 @@ async fn a_second_streamer_with_once_returns_while_the_first_registers() -> Test
     Ok(())
 }
 
+/// Two streamers with `--once` on one folder, sharing its files: each
+/// returns once every file is loaded, whoever committed the last batch.
+/// A streamer learns of its own commits at once; of the other's, only by
+/// looking again, which it does soon while files are pending (with the
+/// rescan at an hour here, it used to wait for the rescan).
+#[tokio::test]
+async fn two_streamers_with_once_both_return_when_the_other_loaded_the_last_files() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    let files: Vec<_> = (0..12).map(|k| clean_file(&data, &format!("f{k:02}.csv"), 1 + k * 5000, 5000)).collect();
+    let flags = ["--once", "--rescan-interval", "3600000", "--loaders", "1", "--max-files-per-batch", "2"];
+    let mut runs = Vec::new();
+    for k in 0..2 {
+        let cp = dir.path().join(format!("cp{k}"));
+        runs.push(streamer_bin(&data, &cp, &db.url, &flags, &[]).stderr(std::process::Stdio::null()).spawn()?);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut statuses = vec![None, None];
+    while statuses.iter().any(Option::is_none) && std::time::Instant::now() < deadline {
+        for (run, status) in runs.iter_mut().zip(&mut statuses) {
+            if status.is_none() {
+                *status = run.try_wait()?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (run, status) in runs.iter_mut().zip(&statuses) {
+        if status.is_none() {
+            run.kill()?;
+            run.wait()?;
+        }
+    }
+    assert!(statuses.iter().all(|s| s.is_some_and(|s| s.success())), "each --once returns, successfully: {statuses:?}");
+    let client = db.client().await;
+    assert_eq!(count(&client, "SELECT count(DISTINCT file_name) FROM load_history").await, 12);
+    assert_eq!(count(&client, "SELECT count(*) FROM load_history").await, 12, "each file loaded once");
+    assert_eq!(table(&client).await, oracle(&files).0);
+    Ok(())
+}
+
 /// A streamer starting while another holds the schema lock past the
 /// statement timeout (a long migration, the Citus layout copying a loaded
 /// table) waits for it instead of stopping.
