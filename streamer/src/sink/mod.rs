@@ -550,14 +550,17 @@ impl<'a> Loader<'a> {
     /// Tries the chunk straight into `events` (binary COPY, under a
     /// savepoint), counting its rows per file into `rows`: false when one of
     /// its keys is stored already (then nothing of it stays).
+    ///
+    /// The savepoint goes out with the COPY (one round trip) and is not
+    /// released: the next chunk's of the same name hides it, a rollback
+    /// goes to the latest, and the COMMIT ends them all.
     async fn insert_rows(&mut self, view: &EventView<'_>, rows: &mut [u64]) -> Result<bool, SinkError> {
         let what = "inserting the rows";
-        self.tx.batch_execute("SAVEPOINT chunk_insert").await.map_err(SinkError::query(what))?;
-        match self.copy_into_events(view, rows).await {
-            Ok(()) => {
-                self.tx.batch_execute("RELEASE SAVEPOINT chunk_insert").await.map_err(SinkError::query(what))?;
-                Ok(true)
-            }
+        let (savepoint, copied) =
+            tokio::join!(self.tx.batch_execute("SAVEPOINT chunk_insert"), self.copy_into_events(view, rows));
+        savepoint.map_err(SinkError::query(what))?;
+        match copied {
+            Ok(()) => Ok(true),
             Err(e) if is_stored_key(&e) => {
                 let undo = "undoing a chunk that met a stored key";
                 self.tx.batch_execute("ROLLBACK TO SAVEPOINT chunk_insert").await.map_err(SinkError::query(undo))?;

@@ -340,12 +340,12 @@ impl Control {
         // With --once the last pending files may be in another streamer's
         // batches, whose commits wake nobody here: look again soon, not at
         // the next rescan.
-        let next = match listing.next_settle {
-            _ if !(config.once && pending > 0) => listing.next_settle,
-            Some(settle) => Some(settle.min(ONCE_POLL)),
-            None => Some(ONCE_POLL),
-        };
-        Ok(Step::Wait(next))
+        let next = listing.next_settle;
+        Ok(Step::Wait(if config.once && pending > 0 {
+            Some(next.map_or(ONCE_POLL, |s| s.min(ONCE_POLL)))
+        } else {
+            next
+        }))
     }
 
     /// Takes the files of `new` older than `max_age` out of it and records
