@@ -310,7 +310,7 @@ def markdown(r):
         "load repeated keys, so it runs on the duplicate-free sets only. A `CHECKPOINT` precedes every run.",
         "",
         "The streamer runs as shipped: the analytics on, its applier folding the committed batches into the windowed "
-        "metrics and counters on a session of its own, and `--once` returning when they have caught up; on the "
+        "metrics and counters on two sessions of its own (its two lanes), and `--once` returning when they have caught up; on the "
         "duplicate-free sets it also runs with `ANALYTICS=false` (ingest alone, what COPY does).",
         "",
         "| data set | files × rows | MB | streamer rows/s | psql \\copy rows/s | streamer ÷ COPY | analytics off: rows/s | ÷ COPY | PostgreSQL CPU s, on / off | streamer peak RSS | streamer CPU s |",

@@ -1,6 +1,6 @@
 //! The analytics applier: folds committed batches into the derived tables
 //! (`event_metrics_minute`, `user_category_counts`, `user_product_counts`)
-//! off the commit path, on a session of its own.
+//! off the commit path, on two sessions of its own.
 //!
 //! One applier runs per database: the one whose session holds the
 //! [`lock::APPLIER`] advisory lock; every streamer with analytics on tries
@@ -17,6 +17,20 @@
 //! equals its `GROUP BY` over `events` as of that snapshot (see db/003).
 //! A new window width, or analytics turned on for a database that never had
 //! them, rebuilds the tables from `events` in one such round instead.
+//!
+//! That is a whole round. Most rounds are split in two [`Lane`]s, each on
+//! a session of its own, at once, so that a round uses two of the server's
+//! cores: each lane's round is such a transaction for its own tables, over
+//! the batches without its mark in `applier_marks`, and marks them in its
+//! COMMIT; then one statement finishes the batches both lanes marked
+//! (deletes their deltas and marks, stamps them applied). A lane folds
+//! every change since its last snapshot (the distinct-user count needs
+//! that), so a lane that sees an edit by hand or a rebuild to do gives way
+//! to a whole round, which folds both lanes' leftovers and deletes every
+//! mark. No two rounds of one lane overlap: lane 1 runs on the session that
+//! holds [`lock::APPLIER`], lane 2 under [`lock::APPLIER_LANE`], taken
+//! before its transaction and let go after its COMMIT; a whole round holds
+//! both.
 //!
 //! On Citus a snapshot is one per node, and a COMMIT reaches the
 //! coordinator before the workers: the round takes its snapshots (one
@@ -39,8 +53,10 @@ use crate::sink::lock;
 
 const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
 const PRESENT_SCAN: &str = include_str!("sink/sql/present_scan.sql");
-const APPLY_COUNTERS: &str = include_str!("sink/sql/apply_counters.sql");
+const APPLY_CATEGORIES: &str = include_str!("sink/sql/apply_categories.sql");
+const APPLY_PRODUCTS: &str = include_str!("sink/sql/apply_products.sql");
 const APPLY_DONE: &str = include_str!("sink/sql/apply_done.sql");
+const LANES_DONE: &str = include_str!("sink/sql/lanes_done.sql");
 const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
 
 /// Before a round's folds. metrics_delta is filled and emptied all the
@@ -116,8 +132,9 @@ async fn users_form(tx: &tokio_postgres::Transaction<'_>) -> Result<Users, tokio
 const ROUND_RANGE: &str = "\
     WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings), \
     d AS (SELECT coalesce(sum(cardinality(user_ids)), 0) AS n, min(window_start) AS lo, max(window_start) AS hi \
-          FROM metrics_delta), \
-    a AS (SELECT count(*) AS n, min(event_time) AS lo, max(event_time) AS hi FROM analytics_rows) \
+          FROM metrics_delta WHERE batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 1)), \
+    a AS (SELECT count(*) AS n, min(event_time) AS lo, max(event_time) AS hi FROM analytics_rows \
+          WHERE coalesce(batch_seq, 0) NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 1)) \
     SELECT (d.n + a.n)::int8, coalesce(current_setting('pipeline.applier_join', true), ''), \
            pg_relation_size('events'), \
            EXISTS (SELECT 1 FROM pg_stats p JOIN pg_class c ON c.relname = p.tablename \
@@ -182,6 +199,10 @@ fn apply_metrics(users: Users) -> &'static str {
 /// by this streamer's commits).
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
+/// How long the applier runs whole rounds on one session before it tries
+/// again to open its second session.
+const LANE_RETRY: Duration = Duration::from_secs(30);
+
 /// How far the derived tables are behind `events`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Lag {
@@ -208,17 +229,64 @@ pub async fn lag(client: &Client) -> Result<Lag, tokio_postgres::Error> {
 pub enum Round {
     /// Nothing to fold.
     Idle,
-    /// Folded this many batches (and any edits by hand).
+    /// Finished this many batches (and folded any edits by hand).
     Applied { batches: i64, rebuilt: bool },
     /// On Citus: a worker holds a prepared transaction in doubt; the round
     /// waits for Citus to settle it.
     InDoubt { prepared: i64 },
+    /// Lane 2's lock is held by another session (a replaced applier's lane
+    /// round that has not ended yet): what needs lane 2 waits for it.
+    Busy,
 }
 
-/// One round (see the module docs); `citus`: the database is a Citus
-/// coordinator.
-pub async fn round(client: &mut Client, citus: bool) -> Result<Round, tokio_postgres::Error> {
-    let waiting: bool = client
+/// The applier's two lanes: the folds split in two, each on a session of
+/// its own, so that a round uses two of the server's cores (db/009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `event_metrics_minute` and `user_category_counts`, on the applier's
+    /// main session (the one that holds [`lock::APPLIER`]).
+    Metrics = 1,
+    /// `user_product_counts`, on the applier's second session, each round
+    /// under [`lock::APPLIER_LANE`].
+    Products = 2,
+}
+
+/// What one lane's round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneRound {
+    /// Every committed batch has this lane's mark.
+    Idle,
+    /// Folded this many batches and marked them.
+    Folded(i64),
+    /// The snapshot holds what only a whole round folds (a rebuild to do,
+    /// edits by hand): the lane folded nothing.
+    Whole,
+    /// Lane 2's lock is held by another session.
+    Busy,
+}
+
+/// A lane round's first statement (it fixes the snapshot): whether a whole
+/// round is needed, and the batches this lane has not folded.
+const LANE_START: &str = "\
+    SELECT s.needs_rebuild \
+           OR EXISTS (SELECT 1 FROM batches b WHERE b.applied_at IS NULL AND b.window_seconds <> s.window_seconds) \
+           OR EXISTS (SELECT 1 FROM analytics_rows WHERE batch_seq IS NULL), \
+           (SELECT count(*) FROM batches b WHERE b.applied_at IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM applier_marks k WHERE k.lane = $1 AND k.batch_seq = b.batch_seq)) \
+    FROM analytics_settings s";
+
+/// A lane's record of the batches it folded, in the snapshot it folded.
+const LANE_MARK: &str = "\
+    INSERT INTO applier_marks (batch_seq, lane) \
+    SELECT b.batch_seq, $1 FROM batches b WHERE b.applied_at IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM applier_marks k WHERE k.lane = $1 AND k.batch_seq = b.batch_seq)";
+
+/// One round (see the module docs): on `lanes`, the applier's second
+/// session, the two lanes at once, then the batches both lanes folded are
+/// finished; without it (or on Citus, `citus`, or when a lane saw what
+/// only it folds) a whole round on `main`.
+pub async fn round(main: &mut Client, lanes: Option<&mut Client>, citus: bool) -> Result<Round, tokio_postgres::Error> {
+    let waiting: bool = main
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM batches WHERE applied_at IS NULL) \
                  OR EXISTS (SELECT 1 FROM analytics_rows WHERE batch_seq IS NULL) \
@@ -230,10 +298,91 @@ pub async fn round(client: &mut Client, citus: bool) -> Result<Round, tokio_post
     if !waiting {
         return Ok(Round::Idle);
     }
-    let (class, object) = lock::COMMIT_FENCE;
-    if !citus {
-        return fold(client, false, &mut false).await;
+    let second = match lanes {
+        Some(second) if !citus => second,
+        _ => return whole(main, citus).await,
+    };
+    let (metrics, products) = tokio::join!(lane(main, Lane::Metrics), locked_lane(second));
+    let (metrics, products) = (metrics?, products?);
+    if metrics == LaneRound::Whole || products == LaneRound::Whole {
+        return whole(main, citus).await;
     }
+    let batches = main.execute(LANES_DONE, &[]).await? as i64;
+    Ok(match (metrics, products) {
+        _ if batches > 0 => Round::Applied { batches, rebuilt: false },
+        (LaneRound::Folded(_), _) | (_, LaneRound::Folded(_)) => Round::Applied { batches, rebuilt: false },
+        (_, LaneRound::Busy) => Round::Busy,
+        _ => Round::Idle,
+    })
+}
+
+/// Lane 2's round on its session, under its lock.
+async fn locked_lane(client: &mut Client) -> Result<LaneRound, tokio_postgres::Error> {
+    let (class, object) = lock::APPLIER_LANE;
+    if !client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await?.get::<_, bool>(0) {
+        return Ok(LaneRound::Busy);
+    }
+    let folded = lane(client, Lane::Products).await;
+    if !client.is_closed() {
+        // A session lock: a rollback keeps it.
+        client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
+    }
+    folded
+}
+
+/// One lane's round: ONE transaction at REPEATABLE READ that folds the
+/// deltas of every batch its snapshot holds without the lane's mark, and
+/// marks them, in the same COMMIT.
+async fn lane(client: &mut Client, lane: Lane) -> Result<LaneRound, tokio_postgres::Error> {
+    let started = Instant::now();
+    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
+    let id = lane as i16;
+    let row = tx.query_one(LANE_START, &[&id]).await?;
+    let (whole, batches): (bool, i64) = (row.get(0), row.get(1));
+    if whole || batches == 0 {
+        tx.rollback().await?;
+        return Ok(if whole { LaneRound::Whole } else { LaneRound::Idle });
+    }
+    match lane {
+        Lane::Metrics => {
+            tx.batch_execute(ROUND_SETUP).await?;
+            let users = users_form(&tx).await?;
+            tracing::debug!(?users, "distinct users counted");
+            tx.batch_execute(apply_metrics(users)).await?;
+            tx.batch_execute(APPLY_CATEGORIES).await?;
+        }
+        Lane::Products => {
+            tx.batch_execute(WORK_MEM).await?;
+            tx.batch_execute(APPLY_PRODUCTS).await?;
+        }
+    }
+    tx.execute(LANE_MARK, &[&id]).await?;
+    tx.commit().await?;
+    tracing::debug!(?lane, batches, ms = started.elapsed().as_secs_f64() * 1000.0, "analytics lane folded");
+    crate::crashpoint::hit("applier_lane");
+    Ok(LaneRound::Folded(batches))
+}
+
+/// Room for a big round to group and sort in memory (see [`ROUND_SETUP`]).
+const WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+
+/// A whole round: both lanes' folds in one transaction, on `main`, under
+/// lane 2's lock too; it also folds edits by hand and rebuilds.
+async fn whole(client: &mut Client, citus: bool) -> Result<Round, tokio_postgres::Error> {
+    let (class, object) = lock::APPLIER_LANE;
+    if !client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await?.get::<_, bool>(0) {
+        return Ok(Round::Busy);
+    }
+    let folded = if citus { fenced(client).await } else { fold(client, false, &mut false).await };
+    if !client.is_closed() {
+        client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
+    }
+    folded
+}
+
+/// On Citus, the whole round takes its snapshots under the fence.
+async fn fenced(client: &mut Client) -> Result<Round, tokio_postgres::Error> {
+    let (class, object) = lock::COMMIT_FENCE;
     client.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object]).await?;
     let mut fenced = true;
     let folded = fold(client, true, &mut fenced).await;
@@ -295,7 +444,8 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
         let users = if citus { Users::Probe } else { users_form(&tx).await? };
         tracing::debug!(?users, "distinct users counted");
         tx.batch_execute(apply_metrics(users)).await?;
-        tx.batch_execute(APPLY_COUNTERS).await?;
+        tx.batch_execute(APPLY_CATEGORIES).await?;
+        tx.batch_execute(APPLY_PRODUCTS).await?;
     }
     tx.batch_execute(APPLY_DONE).await?;
     tx.commit().await?;
@@ -321,10 +471,15 @@ impl Applier {
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(self.max_backoff);
         let mut client: Option<Client> = None;
+        // Lane 2's session, while this streamer owns the applier; when it
+        // cannot be opened, whole rounds until the next try.
+        let mut second: Option<Client> = None;
+        let mut second_try = Instant::now();
         let mut owner = false;
         while !stop.is_cancelled() {
             if client.as_ref().is_none_or(Client::is_closed) {
                 owner = false;
+                second = None;
                 match self.connect(&mut backoff).await {
                     Ok(c) => client = Some(c),
                     Err(wait) if pause(&stop, wait).await => continue,
@@ -353,12 +508,34 @@ impl Applier {
                     }
                 }
             }
+            if !self.citus && second.as_ref().is_none_or(Client::is_closed) && Instant::now() >= second_try {
+                let opened = match connect_session(&self.url, "streamer-applier-lane", &self.session).await {
+                    Ok((s, _)) => s.batch_execute("SET statement_timeout = '1h'").await.map(|()| s),
+                    Err(e) => Err(e),
+                };
+                second = match opened {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        warn!(error = %describe(&e), retry_in_s = LANE_RETRY.as_secs(), "the analytics applier cannot open its second session; its rounds run on one session meanwhile");
+                        second_try = Instant::now() + LANE_RETRY;
+                        None
+                    }
+                };
+            }
             let started = Instant::now();
-            match round(c, self.citus).await {
+            let lanes = second.as_mut().filter(|s| !s.is_closed());
+            match round(c, lanes, self.citus).await {
                 Ok(Round::Idle) => {
                     self.monitor.applier_lag(Lag::default());
                     backoff = Backoff::new(self.max_backoff);
                     if !self.idle(&stop, IDLE_POLL).await {
+                        return;
+                    }
+                }
+                Ok(Round::Busy) => {
+                    let wait = backoff.step();
+                    warn!(retry_in_ms = wait.as_millis() as u64, "another session still holds the applier's lane 2 (a replaced applier's round that has not ended); waiting");
+                    if !pause(&stop, wait).await {
                         return;
                     }
                 }

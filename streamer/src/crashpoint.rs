@@ -4,7 +4,8 @@
 //! given probability. Unset — always, outside the kill tests — a point costs
 //! one check of a value read once. The points: `after_stage` (a chunk was
 //! staged), `before_commit` (the batch is merged, not committed),
-//! `after_commit` (committed, no marker yet).
+//! `after_commit` (committed, no marker yet), `applier_lane` (one of the
+//! applier's two lanes committed its round).
 
 use std::sync::OnceLock;
 

@@ -22,6 +22,11 @@ pub const APPLIER: (i32, i32) = (CLASS, 1);
 /// applier while it takes its snapshots, so that a round never sees a batch
 /// on the coordinator that a worker does not show yet (or the reverse).
 pub const COMMIT_FENCE: (i32, i32) = (CLASS, 2);
+/// The applier's lane 2 (`user_product_counts`): held by the applier's
+/// second session through each of its lane rounds, and by the main session
+/// through a whole round, so that no two rounds fold lane 2 at once (a
+/// replaced applier's second session may still be ending its round).
+pub const APPLIER_LANE: (i32, i32) = (CLASS, 3);
 /// Registration of new files of a source: one registrar per source.
 pub const REGISTRAR: i32 = CLASS + 1;
 /// Archive, delete and quarantine moves of a source: one disposer per source.

@@ -35,7 +35,7 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: [Migration; 8] = [
+pub const MIGRATIONS: [Migration; 9] = [
     migration!(1, "001_events.sql"),
     migration!(2, "002_load_history.sql"),
     migration!(3, "003_analytics.sql"),
@@ -44,6 +44,7 @@ pub const MIGRATIONS: [Migration; 8] = [
     migration!(6, "006_rescued.sql"),
     migration!(7, "007_file_order.sql"),
     migration!(8, "008_superseded.sql"),
+    migration!(9, "009_applier_lanes.sql"),
 ];
 
 /// The Citus layout, applied after the migrations when the database has

@@ -1,18 +1,25 @@
--- Folds every delta visible in the applier's snapshot into event_metrics_minute:
--- the batches' Polars deltas (metrics_delta) plus the rows to take back or add
--- (analytics_rows). Distinct users of a cell change by, per user with rows
--- added or taken away there: [has rows in events now] - [had before], where
--- "before" is "now" minus the user's net change ("now" counted by one index
--- probe of events per touched user and cell; for a round that touches a big
--- part of events the applier swaps in present_scan.sql between the markers).
+-- Lane 1: folds every delta visible in the applier's snapshot that lane 1
+-- has not folded yet (its batches have no lane-1 mark; edits by hand have no
+-- batch) into event_metrics_minute: the batches' Polars deltas
+-- (metrics_delta) plus the rows to take back or add (analytics_rows).
+-- Distinct users of a cell change by, per user with rows added or taken
+-- away there: [has rows in events now] - [had before], where "before" is
+-- "now" minus the user's net change ("now" counted by one index probe of
+-- events per touched user and cell; for a round that touches a big part of
+-- events the applier swaps in present_scan.sql between the markers). That
+-- holds because the lane folds every change between its last snapshot and
+-- this one: the batches committed since, and the edits by hand, which only
+-- a whole round folds (a lane that sees one gives way to it).
 WITH s AS (SELECT make_interval(secs => window_seconds) AS width FROM analytics_settings),
 r AS (
     SELECT date_bin(s.width, a.event_time, TIMESTAMPTZ '2000-01-01 00:00:00+00') AS window_start, a.product_category,
            a.user_id, a.sign, a.event_type, a.product_price
-    FROM analytics_rows a, s),
+    FROM analytics_rows a, s
+    WHERE coalesce(a.batch_seq, 0) NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 1)),
+d AS NOT MATERIALIZED (SELECT * FROM metrics_delta WHERE batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 1)),
 cells AS (
     SELECT window_start, product_category, sum(views) AS views, sum(purchases) AS purchases, sum(revenue) AS revenue
-    FROM (SELECT window_start, product_category, views, purchases, revenue FROM metrics_delta
+    FROM (SELECT window_start, product_category, views, purchases, revenue FROM d
           UNION ALL
           SELECT window_start, product_category,
                  CASE WHEN event_type = 'view' THEN sign ELSE 0 END,
@@ -23,7 +30,7 @@ cells AS (
 nets AS (
     SELECT window_start, product_category, user_id, sum(n) AS net
     FROM (SELECT d.window_start, d.product_category, u.user_id, u.n
-          FROM metrics_delta d, unnest(d.user_ids, d.user_rows) AS u(user_id, n)
+          FROM d, unnest(d.user_ids, d.user_rows) AS u(user_id, n)
           UNION ALL
           SELECT window_start, product_category, user_id, sign FROM r) x
     GROUP BY 1, 2, 3
