@@ -44,7 +44,7 @@ pub fn random_file(dir: &Path, name: &str, rows: usize, rng: &mut impl Rng) -> P
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_upserts() -> TestResult {
-    random_batches_equal_their_group_by("probe", false, false).await
+    random_batches_equal_their_group_by("probe", false, false, true).await
 }
 
 /// The same with every join of the database's sessions hashed, as the
@@ -53,7 +53,7 @@ async fn metrics_and_counters_equal_their_group_by_after_random_batches_with_ups
 /// users and cells to their rows by a hash join over a scan of `events`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_when_the_applier_hashes_its_joins() -> TestResult {
-    random_batches_equal_their_group_by("probe", true, false).await
+    random_batches_equal_their_group_by("probe", true, false, false).await
 }
 
 /// The same with the distinct users counted once per touched (user,
@@ -61,21 +61,22 @@ async fn metrics_and_counters_equal_their_group_by_when_the_applier_hashes_its_j
 /// `events` has no statistics, so the scan reads all of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_when_the_applier_counts_users_by_one_scan() -> TestResult {
-    random_batches_equal_their_group_by("scan", false, false).await
+    random_batches_equal_their_group_by("scan", false, false, false).await
 }
 
 /// The same with `events` analyzed after every round: the scan reads only
 /// the rows in the round's time range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_counters_equal_their_group_by_when_the_applier_scans_the_rounds_time_range() -> TestResult {
-    random_batches_equal_their_group_by("scan", false, true).await
+    random_batches_equal_their_group_by("scan", false, true, true).await
 }
 
 /// `join`: the applier's distinct-user count (`pipeline.applier_join`);
 /// `hash_joins`: every join of the database's sessions hashed; `analyze`:
 /// `events` analyzed after every round (the applier's scan then reads only
-/// the round's time range).
-async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool, analyze: bool) -> TestResult {
+/// the round's time range); `lanes`: every round split in the applier's two
+/// lanes, however small (else these small rounds are whole ones).
+async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool, analyze: bool, lanes: bool) -> TestResult {
     let mut rng = seeded_rng("ANALYTICS_SEED");
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
@@ -87,13 +88,11 @@ async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool, analy
     if hash_joins {
         settings.extend(["enable_nestloop = off".to_owned(), "enable_mergejoin = off".to_owned()]);
     }
+    if lanes {
+        settings.push(ALWAYS_LANES.to_owned());
+    }
     for setting in settings {
-        client
-            .batch_execute(&format!(
-                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {}', current_database()); END $$",
-                setting.replace('\'', "''")
-            ))
-            .await?;
+        database_set(&client, &setting).await;
     }
     let mut files = Vec::new();
     // At least eight rounds, and on until the upserts changed enough rows in
@@ -236,6 +235,19 @@ async fn the_streamer_session_compiles_nothing_with_jit() -> TestResult {
     Ok(())
 }
 
+/// `ALTER DATABASE <this one> SET <setting>`: the sessions opened after it
+/// (the streamer's) take it.
+async fn database_set(client: &tokio_postgres::Client, setting: &str) {
+    let sql = format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {}', current_database()); END $$",
+        setting.replace('\'', "''")
+    );
+    client.batch_execute(&sql).await.expect("database setting");
+}
+
+/// Splits every round of the applier in its two lanes, however small.
+const ALWAYS_LANES: &str = "pipeline.applier_lane_pairs = '0'";
+
 /// Rows of `applier_marks` of batches one lane has folded and the other
 /// not yet.
 async fn half_marked(client: &tokio_postgres::Client) -> i64 {
@@ -272,6 +284,7 @@ async fn the_applier_killed_between_its_two_lanes_neither_loses_nor_doubles_a_de
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let client = db.client().await;
+    database_set(&client, ALWAYS_LANES).await;
     let flags = ["--once", "--max-files-per-batch", "1"];
     let (mut runs, mut crashes, mut halves, mut edits) = (0, 0, 0, 0);
     while runs < 8 || halves < 2 || edits < 2 {
@@ -327,6 +340,7 @@ async fn lane_two_held_by_another_session_waits_then_every_batch_is_folded_once(
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    database_set(&db.client().await, ALWAYS_LANES).await;
     let flags = ["--once", "--max-files-per-batch", "1"];
     // A first run makes the tables (its first round is a whole one: the
     // rebuild of a database that had no analytics).
