@@ -1,5 +1,5 @@
--- 009: the applier folds the derived tables in two sessions at once, its two
--- lanes (docs/architecture.md, "The analytics applier"): lane 1 folds
+-- 009: the applier folds a big round in two sessions at once, its two
+-- lanes (docs/architecture.md, "Derived tables: the applier"): lane 1 folds
 -- event_metrics_minute and user_category_counts, lane 2 user_product_counts.
 -- A lane records here, in the same transaction as its folds, each batch it
 -- folded. Once both lanes have a batch, one statement deletes its deltas and

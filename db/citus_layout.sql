@@ -10,7 +10,8 @@
 -- source_files (claims lock its rows FOR UPDATE SKIP LOCKED, which Citus
 -- would turn into one lock on a reference table's whole shard, so batches
 -- would claim one at a time), load_history, rejected_rows, batches,
--- metrics_delta, counters_delta, event_metrics_minute, schema_migrations.
+-- metrics_delta, counters_delta, event_metrics_minute, applier_marks,
+-- schema_migrations.
 
 -- The trigger on events logs replaced rows into the co-located shard of
 -- analytics_rows (Citus asks for this setting to distribute a table with

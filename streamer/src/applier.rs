@@ -20,9 +20,9 @@
 //!
 //! That is a whole round. A big round (a backlog's; see [`LANE_PAIRS`]) is
 //! split in two [`Lane`]s instead, each on a session of its own, at once,
-//! so that it uses two of the server's cores: each lane's round is such a transaction for its own tables, over
-//! the batches without its mark in `applier_marks`, and marks them in its
-//! COMMIT; then one statement finishes the batches both lanes marked
+//! so that it uses two of the server's cores: each lane's round is such a
+//! transaction for its own tables, over the batches without its mark in
+//! `applier_marks`, and marks them in its COMMIT; then one statement finishes the batches both lanes marked
 //! (deletes their deltas and marks, stamps them applied). A lane folds
 //! every change since its last snapshot (the distinct-user count needs
 //! that), so a lane that sees an edit by hand or a rebuild to do gives way
@@ -338,7 +338,11 @@ async fn lanes_pay(client: &Client) -> Result<bool, tokio_postgres::Error> {
 }
 
 /// The (user, product) pairs lane 2 has to fold, and the override.
-const LANE_SIZE: &str = "    SELECT coalesce(sum(cardinality(product_ids)), 0)::int8,            nullif(current_setting('pipeline.applier_lane_pairs', true), '')     FROM counters_delta WHERE product_ids IS NOT NULL       AND batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 2)";
+const LANE_SIZE: &str = "\
+    SELECT coalesce(sum(cardinality(product_ids)), 0)::int8, \
+           nullif(current_setting('pipeline.applier_lane_pairs', true), '') \
+    FROM counters_delta WHERE product_ids IS NOT NULL \
+      AND batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = 2)";
 
 /// Lane 2's round on its session, under its lock.
 async fn locked_lane(client: &mut Client) -> Result<LaneRound, tokio_postgres::Error> {
