@@ -69,9 +69,18 @@ const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
 /// round to group and sort in memory: at PostgreSQL's default 4 MB a round
 /// of 600 000 rows spilled to disk three times, and the planner, costing
 /// the spills, counted its distinct users by 217 000 index probes (3.4 s,
-/// against 1.4 s by the hash join it picks with room; the applier's one
-/// session, for its transaction only).
-const ROUND_SETUP: &str = "SET LOCAL work_mem = '64MB'; ANALYZE metrics_delta (window_start, product_category)";
+/// against 1.4 s by the hash join it picks with room; the applier's
+/// sessions, for their transactions only).
+const ROUND_SETUP: &str = concat!(work_mem!(), "; ANALYZE metrics_delta (window_start, product_category)");
+
+/// Room for a big round to group and sort in memory (see [`ROUND_SETUP`]);
+/// lane 2 reads no `metrics_delta`, so it sets only this.
+macro_rules! work_mem {
+    () => {
+        "SET LOCAL work_mem = '64MB'"
+    };
+}
+use work_mem;
 
 /// A round counts its distinct users by one scan of the part of `events`
 /// its windows cover (instead of one index probe per touched user and cell)
@@ -308,11 +317,13 @@ pub async fn round(main: &mut Client, lanes: Option<&mut Client>, citus: bool) -
         return whole(main, citus).await;
     }
     let batches = main.execute(LANES_DONE, &[]).await? as i64;
-    Ok(match (metrics, products) {
-        _ if batches > 0 => Round::Applied { batches, rebuilt: false },
-        (LaneRound::Folded(_), _) | (_, LaneRound::Folded(_)) => Round::Applied { batches, rebuilt: false },
-        (_, LaneRound::Busy) => Round::Busy,
-        _ => Round::Idle,
+    let folded = matches!(metrics, LaneRound::Folded(_)) || matches!(products, LaneRound::Folded(_));
+    Ok(if batches > 0 || folded {
+        Round::Applied { batches, rebuilt: false }
+    } else if products == LaneRound::Busy {
+        Round::Busy
+    } else {
+        Round::Idle
     })
 }
 
@@ -346,15 +357,11 @@ const LANE_SIZE: &str = "\
 
 /// Lane 2's round on its session, under its lock.
 async fn locked_lane(client: &mut Client) -> Result<LaneRound, tokio_postgres::Error> {
-    let (class, object) = lock::APPLIER_LANE;
-    if !client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await?.get::<_, bool>(0) {
+    if !lane_lock(client).await? {
         return Ok(LaneRound::Busy);
     }
     let folded = lane(client, Lane::Products).await;
-    if !client.is_closed() {
-        // A session lock: a rollback keeps it.
-        client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
-    }
+    lane_unlock(client).await?;
     folded
 }
 
@@ -371,19 +378,8 @@ async fn lane(client: &mut Client, lane: Lane) -> Result<LaneRound, tokio_postgr
         tx.rollback().await?;
         return Ok(if whole { LaneRound::Whole } else { LaneRound::Idle });
     }
-    match lane {
-        Lane::Metrics => {
-            tx.batch_execute(ROUND_SETUP).await?;
-            let users = users_form(&tx).await?;
-            tracing::debug!(?users, "distinct users counted");
-            tx.batch_execute(apply_metrics(users)).await?;
-            tx.batch_execute(APPLY_CATEGORIES).await?;
-        }
-        Lane::Products => {
-            tx.batch_execute(WORK_MEM).await?;
-            tx.batch_execute(APPLY_PRODUCTS).await?;
-        }
-    }
+    tx.batch_execute(if lane == Lane::Metrics { ROUND_SETUP } else { work_mem!() }).await?;
+    folds(&tx, lane, false).await?;
     tx.execute(LANE_MARK, &[&id]).await?;
     tx.commit().await?;
     tracing::debug!(?lane, batches, ms = started.elapsed().as_secs_f64() * 1000.0, "analytics lane folded");
@@ -391,20 +387,45 @@ async fn lane(client: &mut Client, lane: Lane) -> Result<LaneRound, tokio_postgr
     Ok(LaneRound::Folded(batches))
 }
 
-/// Room for a big round to group and sort in memory (see [`ROUND_SETUP`]).
-const WORK_MEM: &str = "SET LOCAL work_mem = '64MB'";
+/// One lane's folds, in the round's transaction (set up by the caller).
+async fn folds(tx: &tokio_postgres::Transaction<'_>, lane: Lane, citus: bool) -> Result<(), tokio_postgres::Error> {
+    match lane {
+        Lane::Metrics => {
+            // On Citus `events` is the coordinator's empty shell: the
+            // probes, which Citus runs on the workers.
+            let users = if citus { Users::Probe } else { users_form(tx).await? };
+            tracing::debug!(?users, "distinct users counted");
+            tx.batch_execute(apply_metrics(users)).await?;
+            tx.batch_execute(APPLY_CATEGORIES).await
+        }
+        Lane::Products => tx.batch_execute(APPLY_PRODUCTS).await,
+    }
+}
+
+/// Takes lane 2's lock on `client` if it is free (a session lock: a
+/// rollback keeps it; [`lane_unlock`] lets go).
+async fn lane_lock(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let (class, object) = lock::APPLIER_LANE;
+    Ok(client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await?.get(0))
+}
+
+/// Lets go of lane 2's lock (on a closed session it went with the session).
+async fn lane_unlock(client: &Client) -> Result<(), tokio_postgres::Error> {
+    if client.is_closed() {
+        return Ok(());
+    }
+    let (class, object) = lock::APPLIER_LANE;
+    client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await.map(drop)
+}
 
 /// A whole round: both lanes' folds in one transaction, on `main`, under
 /// lane 2's lock too; it also folds edits by hand and rebuilds.
 async fn whole(client: &mut Client, citus: bool) -> Result<Round, tokio_postgres::Error> {
-    let (class, object) = lock::APPLIER_LANE;
-    if !client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&class, &object]).await?.get::<_, bool>(0) {
+    if !lane_lock(client).await? {
         return Ok(Round::Busy);
     }
     let folded = if citus { fenced(client).await } else { fold(client, false, &mut false).await };
-    if !client.is_closed() {
-        client.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
-    }
+    lane_unlock(client).await?;
     folded
 }
 
@@ -467,13 +488,8 @@ async fn fold(client: &mut Client, citus: bool, fenced: &mut bool) -> Result<Rou
     if rebuilt {
         tx.batch_execute(REBUILD).await?;
     } else {
-        // On Citus `events` is the coordinator's empty shell: the probes,
-        // which Citus runs on the workers.
-        let users = if citus { Users::Probe } else { users_form(&tx).await? };
-        tracing::debug!(?users, "distinct users counted");
-        tx.batch_execute(apply_metrics(users)).await?;
-        tx.batch_execute(APPLY_CATEGORIES).await?;
-        tx.batch_execute(APPLY_PRODUCTS).await?;
+        folds(&tx, Lane::Metrics, citus).await?;
+        folds(&tx, Lane::Products, citus).await?;
     }
     tx.batch_execute(APPLY_DONE).await?;
     tx.commit().await?;

@@ -92,7 +92,7 @@ async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool, analy
         settings.push(ALWAYS_LANES.to_owned());
     }
     for setting in settings {
-        database_set(&client, &setting).await;
+        database_set(&client, &format!("SET {setting}")).await;
     }
     let mut files = Vec::new();
     // At least eight rounds, and on until the upserts changed enough rows in
@@ -235,16 +235,6 @@ async fn the_streamer_session_compiles_nothing_with_jit() -> TestResult {
     Ok(())
 }
 
-/// `ALTER DATABASE <this one> SET <setting>`: the sessions opened after it
-/// (the streamer's) take it.
-async fn database_set(client: &tokio_postgres::Client, setting: &str) {
-    let sql = format!(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {}', current_database()); END $$",
-        setting.replace('\'', "''")
-    );
-    client.batch_execute(&sql).await.expect("database setting");
-}
-
 /// Splits every round of the applier in its two lanes, however small.
 const ALWAYS_LANES: &str = "pipeline.applier_lane_pairs = '0'";
 
@@ -284,7 +274,7 @@ async fn the_applier_killed_between_its_two_lanes_neither_loses_nor_doubles_a_de
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let client = db.client().await;
-    database_set(&client, ALWAYS_LANES).await;
+    database_set(&client, &format!("SET {ALWAYS_LANES}")).await;
     let flags = ["--once", "--max-files-per-batch", "1"];
     let (mut runs, mut crashes, mut halves, mut edits) = (0, 0, 0, 0);
     while runs < 8 || halves < 2 || edits < 2 {
@@ -340,7 +330,7 @@ async fn lane_two_held_by_another_session_waits_then_every_batch_is_folded_once(
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    database_set(&db.client().await, ALWAYS_LANES).await;
+    database_set(&db.client().await, &format!("SET {ALWAYS_LANES}")).await;
     let flags = ["--once", "--max-files-per-batch", "1"];
     // A first run makes the tables (its first round is a whole one: the
     // rebuild of a database that had no analytics).

@@ -519,6 +519,16 @@ pub const ANALYTICS_DEFINITIONS: [(&str, &str); 3] = [
     ),
 ];
 
+/// `ALTER DATABASE <the client's database> <change>` (`SET name = 'value'`,
+/// `RESET name`): the sessions opened after it (the streamer's) take it.
+pub async fn database_set(client: &Client, change: &str) {
+    let sql = format!(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
+        change.replace('\'', "''")
+    );
+    client.batch_execute(&sql).await.expect("database setting");
+}
+
 /// Asserts that the metrics and counters equal their GROUP BY definitions
 /// row for row (and hold as many rows); returns the rows of each table.
 pub async fn assert_analytics_exact(client: &Client) -> [i64; 3] {

@@ -99,12 +99,7 @@ async fn survives_sigkill_at_random_moments_without_losing_or_duplicating_a_row(
         } else {
             "RESET pipeline.applier_lane_pairs"
         };
-        admin
-            .batch_execute(&format!(
-                "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {}', current_database()); END $$",
-                lanes.replace('\'', "''")
-            ))
-            .await?;
+        database_set(&admin, lanes).await;
         let max_files = rng.random_range(1..=8);
         let log = logs.join(format!("run-{kills:04}.log"));
         let mut child = spawn_streamer(&data, &cp, &db.url, max_files, false, &log)?;
