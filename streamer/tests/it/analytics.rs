@@ -370,3 +370,85 @@ async fn lane_two_held_by_another_session_waits_then_every_batch_is_folded_once(
     assert_applier_drained(&client).await;
     Ok(())
 }
+
+/// When the applier cannot open its second session (here the database's
+/// connection limit is reached once the streamer's other sessions are in),
+/// it says so and runs whole rounds on its one session: the batches the
+/// analytics waited for are folded, exactly, with no lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_second_session_the_applier_says_so_and_runs_whole_rounds() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for k in 0..4 {
+        random_file(&data, &format!("f{k}.csv"), 150, &mut rng);
+    }
+    // The limit binds roles without SUPERUSER: the streamer runs as one
+    // that owns the database.
+    let role = format!("r_{}", uuid::Uuid::new_v4().simple());
+    let admin = connect(&admin_url()).await;
+    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN; ALTER DATABASE {} OWNER TO {role}", db.name)).await?;
+    let url = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let client = db.client().await;
+    database_set(&client, &format!("SET {ALWAYS_LANES}")).await;
+
+    let outcome = async {
+        // The batches commit; their analytics wait.
+        let flags = ["--once", "--analytics", "false", "--max-files-per-batch", "1"];
+        let out = streamer_bin(&data, &cp, &url, &flags, &[]).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(count(&client, "SELECT count(*) FROM batches WHERE applied_at IS NULL").await, 4);
+
+        // The applier's role held here until the streamer's sessions are in.
+        let (class, object) = streamer::sink::lock::APPLIER;
+        let holder = db.client().await;
+        holder.execute("SELECT pg_advisory_lock($1, $2)", &[&class, &object]).await?;
+        let log = dir.path().join("run.log");
+        let mut child = streamer_bin(&data, &cp, &url, &["--once", "--loaders", "1"], &[("NO_COLOR", "1")])
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let in_db = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()";
+        let applier = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                       AND application_name = 'streamer-applier'";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while count(&client, applier).await == 0 {
+            assert!(std::time::Instant::now() < deadline, "the applier's session did not come");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let now = count(&client, in_db).await;
+        client.batch_execute(&format!("ALTER DATABASE {} CONNECTION LIMIT {now}", db.name)).await?;
+        holder.execute("SELECT pg_advisory_unlock($1, $2)", &[&class, &object]).await?;
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill()?;
+                panic!("the run did not end:\n{}", std::fs::read_to_string(&log)?);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let text = std::fs::read_to_string(&log)?;
+        assert!(status.success(), "{text}");
+        assert!(text.contains("cannot open its second session"), "{text}");
+        assert_analytics_exact(&client).await;
+        assert_applier_drained(&client).await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    }
+    .await;
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} CONNECTION LIMIT -1; ALTER DATABASE {} OWNER TO postgres",
+            db.name, db.name
+        ))
+        .await?;
+    drop(client);
+    drop(db);
+    admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.ok();
+    outcome
+}
