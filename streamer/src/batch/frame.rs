@@ -226,6 +226,11 @@ impl<'a> EventView<'a> {
         ))
     }
 
+    /// Row `i`'s key: its user id and event time (microseconds).
+    pub fn key(&self, i: usize) -> Option<(i32, i64)> {
+        Some((self.user_id.get(i)?, self.time.get(i)?))
+    }
+
     /// Row `i`'s rescued columns, as JSON.
     pub fn rescued(&self, i: usize) -> Option<&'a str> {
         self.rescued.get(i)

@@ -108,8 +108,9 @@ impl Job {
 /// How one attempt ended.
 enum Attempt {
     /// With the time to claim and plan it, and the batch's whole time
-    /// from its claim to its COMMIT's return.
-    Committed(Committed, BatchRead, Duration, Duration),
+    /// from its claim to its COMMIT's return (boxed: the other variants
+    /// are small).
+    Committed(Box<Committed>, BatchRead, Duration, Duration),
     /// No file to claim.
     Nothing,
     /// A planned batch's files are all held by another session's batch:
@@ -483,7 +484,7 @@ async fn attempt(shared: &Shared, client: &mut Client, stage_table: &Stage, job:
             if let Err(e) = mark(shared, batch_id, &committed).await {
                 let _ = shared.fatal.send(e);
             }
-            Attempt::Committed(committed, read, discover, total)
+            Attempt::Committed(Box::new(committed), read, discover, total)
         }
         Err(e) if e.is_batch_already_committed() => confirm(shared, client, batch_id).await,
         Err(e) => Attempt::Failed(e),

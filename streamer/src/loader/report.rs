@@ -37,6 +37,7 @@ pub(super) fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead
         unchanged: sum(&|f| f.unchanged),
         chunks_inserted: c.chunks_inserted,
         chunks_merged: c.chunks_merged,
+        rows_merged: c.rows_merged,
         rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
         phases: Phases {
             discover_ms: ms(discover),

@@ -319,6 +319,7 @@ mod tests {
             unchanged: 1,
             chunks_inserted: 1,
             chunks_merged: 0,
+            rows_merged: 0,
             rows_per_sec: 0.0,
             phases: Phases { total_ms: 30.0, ..Phases::default() },
         }

@@ -58,9 +58,11 @@ pub struct BatchProgress {
     pub updated: u64,
     pub unchanged: u64,
     /// Chunks copied straight into `events` (none of their keys was
-    /// stored), and chunks staged and merged.
+    /// stored), and chunks staged and merged, whole or only their rows
+    /// whose key was stored (the others went in straight): `rows_merged`.
     pub chunks_inserted: u32,
     pub chunks_merged: u32,
+    pub rows_merged: u64,
     /// Input rows per second over the whole batch.
     pub rows_per_sec: f64,
     pub phases: Phases,
@@ -83,6 +85,7 @@ impl BatchProgress {
             unchanged = self.unchanged,
             chunks_inserted = self.chunks_inserted,
             chunks_merged = self.chunks_merged,
+            rows_merged = self.rows_merged,
             rows_per_sec = self.rows_per_sec.round(),
             discover_ms = p.discover_ms,
             read_ms = p.read_ms,

@@ -147,9 +147,11 @@ pub struct Committed {
     pub commit: Duration,
     /// When the COMMIT returned: the batch's rows are queryable from then.
     pub committed_at: DateTime<Utc>,
-    /// Chunks copied straight into `events`, and chunks staged and merged.
+    /// Chunks copied straight into `events`, and chunks staged and merged
+    /// (whole, or only their rows whose key was stored: `rows_merged`).
     pub chunks_inserted: u32,
     pub chunks_merged: u32,
+    pub rows_merged: u64,
 }
 
 /// A loader session's staging table: its own TEMP table on PostgreSQL; on
@@ -203,6 +205,35 @@ impl InsertTurns {
         self.penalty.store(penalty, Ordering::Relaxed);
         self.skip.store(penalty, Ordering::Relaxed);
     }
+}
+
+/// Which rows of a chunk a COPY writes, by a chunk's flags of stored keys.
+#[derive(Debug, Clone, Copy)]
+enum Pick<'s> {
+    All,
+    /// The rows whose key is not stored.
+    Fresh(&'s [bool]),
+    /// The rows whose key is stored.
+    Stored(&'s [bool]),
+}
+
+impl Pick<'_> {
+    fn has(&self, i: usize) -> bool {
+        match self {
+            Pick::All => true,
+            Pick::Fresh(stored) => !stored.get(i).copied().unwrap_or(false),
+            Pick::Stored(stored) => stored.get(i).copied().unwrap_or(false),
+        }
+    }
+}
+
+/// How [`Loader::split`] left a chunk.
+#[derive(Debug)]
+enum Split {
+    /// None of its keys was stored: all of it went in straight.
+    Inserted,
+    /// Its fresh rows went in straight; these (flags by row) are to merge.
+    Stored(Vec<bool>),
 }
 
 /// The values a row's contract columns are bound as, beside the row's own.
@@ -268,6 +299,7 @@ struct Prepared {
     number: Statement,
     copy: Statement,
     insert: Statement,
+    stored: Statement,
     file_order: Statement,
     merge_one: Statement,
     lost: Statement,
@@ -292,6 +324,7 @@ impl Stage {
             number: client.prepare("SELECT nextval(pg_get_serial_sequence('batches', 'batch_seq'))").await?,
             copy: client.prepare(&sql::stage_copy(&table)).await?,
             insert: client.prepare(&sql::insert_copy()).await?,
+            stored: client.prepare(sql::STORED_KEYS).await?,
             file_order: client.prepare(sql::SAME_TIME_OLDER).await?,
             merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
             lost: client.prepare(&sql::lost_sql(&table)).await?,
@@ -343,6 +376,7 @@ pub struct Loader<'a> {
     stage_used: bool,
     chunks_inserted: u32,
     chunks_merged: u32,
+    rows_merged: u64,
     /// Rows staged per file.
     staged: Vec<u64>,
     /// Rows inserted and rows written over a stored row, per file, by the
@@ -413,6 +447,7 @@ impl<'a> Loader<'a> {
             stage_used: false,
             chunks_inserted: 0,
             chunks_merged: 0,
+            rows_merged: 0,
             staged,
             written,
             started: Instant::now(),
@@ -499,21 +534,24 @@ impl<'a> Loader<'a> {
         self.chunks += 1;
         let mut rows = vec![0u64; self.files.len()];
         if self.insert {
-            if self.insert_rows(&view, &mut rows).await? {
+            if self.insert_rows(&view, Pick::All, &mut rows).await? {
                 self.stage.turns.inserted();
                 self.chunks_inserted += 1;
-                for (i, count) in rows.iter().enumerate() {
-                    self.staged[i] += count;
-                    self.written[i].0 += count;
-                }
+                self.count_inserted(&rows);
                 return Ok(());
             }
             // A key of the chunk is stored: it and the batch's later
-            // chunks are merged.
+            // chunks are split.
             self.stage.turns.met_stored_key();
             self.insert = false;
             rows.fill(0);
         }
+        let stored = if self.stage.distributed { None } else { self.split(&view, &mut rows).await? };
+        let pick = match &stored {
+            Some(Split::Inserted) => return Ok(()),
+            Some(Split::Stored(stored)) => Pick::Stored(stored),
+            None => Pick::All,
+        };
         if self.stage_used {
             // The last chunk staged is merged: its rows are in events.
             self.tx.batch_execute("TRUNCATE events_stage").await.map_err(SinkError::query("emptying the stage"))?;
@@ -524,11 +562,13 @@ impl<'a> Loader<'a> {
         let sink = self.tx.copy_in(&self.stage.prepared.copy).await.map_err(SinkError::query(what))?;
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
-        for i in 0..view.len() {
+        let mut count = 0u64;
+        for i in (0..view.len()).filter(|&i| pick.has(i)) {
             let Some((file_index, line, r)) = view.row(i) else { break };
             if let Some(count) = rows.get_mut(file_index as usize) {
                 *count += 1;
             }
+            count += 1;
             // The reader rejects rows past `MAX_LINE`: the line fits.
             let (file_index, line) = (file_index as i32, line as i32);
             let values = Values::of(&r);
@@ -541,23 +581,71 @@ impl<'a> Loader<'a> {
         for (staged, count) in self.staged.iter_mut().zip(&rows) {
             *staged += count;
         }
+        self.rows_merged += count;
         if !self.stage.distributed {
-            self.merge_chunk(view.len() as u64).await?;
+            self.merge_chunk(count).await?;
         }
         Ok(())
     }
 
-    /// Tries the chunk straight into `events` (binary COPY, under a
-    /// savepoint), counting its rows per file into `rows`: false when one of
-    /// its keys is stored already (then nothing of it stays).
+    /// A chunk that will not try straight into `events` as a whole (a key
+    /// of it or of a recent batch was stored): its rows whose key is not
+    /// stored are copied straight in all the same, which is COPY's work
+    /// instead of the merge's (a re-sent row is one of many in new data),
+    /// and only the others are left to stage and merge. `None`: merge it
+    /// all (every key is stored, or another session stored one of the
+    /// fresh keys meanwhile: its straight COPY failed and left nothing).
+    async fn split(&mut self, view: &EventView<'_>, rows: &mut [u64]) -> Result<Option<Split>, SinkError> {
+        let (users, times): (Vec<i32>, Vec<DateTime<Utc>>) =
+            (0..view.len()).filter_map(|i| view.key(i)).map(|(user, time)| (user, micros_to_utc(time))).unzip();
+        let found = self
+            .tx
+            .query(&self.stage.prepared.stored, &[&users, &times])
+            .await
+            .map_err(SinkError::query("finding the chunk's stored keys"))?;
+        let mut stored = vec![false; view.len()];
+        for row in &found {
+            if let Some(s) = usize::try_from(row.get::<_, i32>(0)).ok().and_then(|i| stored.get_mut(i)) {
+                *s = true;
+            }
+        }
+        if found.len() >= view.len() {
+            return Ok(None);
+        }
+        if !self.insert_rows(view, Pick::Fresh(&stored), rows).await? {
+            rows.fill(0);
+            return Ok(None);
+        }
+        self.count_inserted(rows);
+        rows.fill(0);
+        if found.is_empty() {
+            self.stage.turns.inserted();
+            self.chunks_inserted += 1;
+            return Ok(Some(Split::Inserted));
+        }
+        Ok(Some(Split::Stored(stored)))
+    }
+
+    /// Counts rows copied straight into `events` (`rows`, per file) as
+    /// staged and inserted.
+    fn count_inserted(&mut self, rows: &[u64]) {
+        for (i, count) in rows.iter().enumerate() {
+            self.staged[i] += count;
+            self.written[i].0 += count;
+        }
+    }
+
+    /// Tries the chunk's rows `pick` straight into `events` (binary COPY,
+    /// under a savepoint), counting them per file into `rows`: false when
+    /// one of their keys is stored already (then nothing of them stays).
     ///
     /// The savepoint goes out with the COPY (one round trip) and is not
     /// released: the next chunk's of the same name hides it, a rollback
     /// goes to the latest, and the COMMIT ends them all.
-    async fn insert_rows(&mut self, view: &EventView<'_>, rows: &mut [u64]) -> Result<bool, SinkError> {
+    async fn insert_rows(&mut self, view: &EventView<'_>, pick: Pick<'_>, rows: &mut [u64]) -> Result<bool, SinkError> {
         let what = "inserting the rows";
         let (savepoint, copied) =
-            tokio::join!(self.tx.batch_execute("SAVEPOINT chunk_insert"), self.copy_into_events(view, rows));
+            tokio::join!(self.tx.batch_execute("SAVEPOINT chunk_insert"), self.copy_into_events(view, pick, rows));
         savepoint.map_err(SinkError::query(what))?;
         match copied {
             Ok(()) => Ok(true),
@@ -570,11 +658,16 @@ impl<'a> Loader<'a> {
         }
     }
 
-    async fn copy_into_events(&self, view: &EventView<'_>, rows: &mut [u64]) -> Result<(), tokio_postgres::Error> {
+    async fn copy_into_events(
+        &self,
+        view: &EventView<'_>,
+        pick: Pick<'_>,
+        rows: &mut [u64],
+    ) -> Result<(), tokio_postgres::Error> {
         let sink = self.tx.copy_in(&self.stage.prepared.insert).await?;
         let writer = BinaryCopyInWriter::new(sink, &INSERT_TYPES);
         pin_mut!(writer);
-        for i in 0..view.len() {
+        for i in (0..view.len()).filter(|&i| pick.has(i)) {
             let Some((file_index, line, r)) = view.row(i) else { break };
             if let Some(count) = rows.get_mut(file_index as usize) {
                 *count += 1;
@@ -712,6 +805,7 @@ impl<'a> Loader<'a> {
             chunks,
             chunks_inserted,
             chunks_merged,
+            rows_merged,
             staged,
             mut written,
             started,
@@ -754,6 +848,7 @@ impl<'a> Loader<'a> {
             committed_at: Utc::now(),
             chunks_inserted,
             chunks_merged,
+            rows_merged,
         })
     }
 }

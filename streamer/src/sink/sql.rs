@@ -29,6 +29,13 @@ pub fn stage_copy(table: &str) -> String {
 pub fn insert_copy() -> String {
     format!("COPY events ({}, src_mtime, src_file, src_line, _rescued) FROM STDIN (FORMAT binary)", COLUMNS.join(", "))
 }
+/// The rows of a chunk whose key `events` holds (`$1` the chunk's user ids
+/// and `$2` their event times, by row), as 0-based row numbers: one probe
+/// of the key's index per row. Before a chunk that does not try straight
+/// into `events` (`Loader::split`).
+pub const STORED_KEYS: &str = "SELECT (k.i - 1)::int4 \
+     FROM unnest($1::int4[], $2::timestamptz[]) WITH ORDINALITY AS k(user_id, event_time, i) \
+     WHERE EXISTS (SELECT 1 FROM events e WHERE e.user_id = k.user_id AND e.event_time = k.event_time)";
 /// The key constraint of `events`, whose violation sends a chunk to the merge.
 pub const KEY_CONSTRAINT: &str = "events_user_id_event_time_key";
 pub const REJECTED_COPY: &str =

@@ -201,9 +201,11 @@ async fn a_batch_in_many_chunks_counts_as_one_over_stored_rows() -> TestResult {
 
 /// A chunk none of whose keys is stored goes straight into `events` (COPY);
 /// one that meets a stored key halfway is undone to its savepoint and
-/// merged, and the session's next batch is merged without a try. Each
-/// path's result is the oracle's, counts and derived tables included, and
-/// the progress records say which path each batch took.
+/// split: its rows of stored keys are merged, the others copied straight;
+/// the session's next batch is split without a try (none of its keys is
+/// stored: all of it goes straight). Each path's result is the oracle's,
+/// counts and derived tables included, and the progress records say which
+/// path each batch took and how many rows it merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> TestResult {
     let db = TestDb::new().await;
@@ -270,29 +272,46 @@ async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> Tes
         .get(0);
     assert_eq!(kept.as_deref(), Some(r#"{"coupon": "c3"}"#), "the extra column went in straight");
 
-    // By batch: straight; met the stored key, merged; merged without a try
-    // (the penalty); straight again.
+    // By batch: straight; met the stored key, its one row merged and the
+    // other 100 straight; split without a try (the penalty), all straight;
+    // straight again.
     let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
-    let paths_taken: Vec<(u64, u64)> = progress
+    let paths_taken: Vec<(u64, u64, u64)> = progress
         .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).map(|r| {
                 let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
-                (n("chunks_inserted"), n("chunks_merged"))
+                (n("chunks_inserted"), n("chunks_merged"), n("rows_merged"))
             })
         })
         .collect::<Result<_, _>>()?;
-    assert_eq!(paths_taken, [(1, 0), (0, 1), (0, 1), (1, 0)], "(chunks inserted, chunks merged) by batch");
+    assert_eq!(
+        paths_taken,
+        [(1, 0, 0), (0, 1, 1), (1, 0, 0), (1, 0, 0)],
+        "(chunks inserted, chunks merged, rows merged) by batch"
+    );
     Ok(())
 }
 
 /// A straight COPY that meets another session's uncommitted row of one of
-/// its keys waits for it: when that row commits, the chunk is merged (and
-/// the file's row, the newer, replaces it); when it rolls back, the chunk
-/// goes in straight. Either way `events` is the oracle's.
+/// its keys waits for it: when that row commits, the chunk is split (the
+/// row of that key merged, and the file's row, the newer, replaces it; the
+/// others straight); when it rolls back, the chunk goes in straight. When a
+/// second session's uncommitted row, which the split's look-up of stored
+/// keys cannot see, commits while the split's straight COPY waits for it,
+/// that COPY fails too and the whole chunk is merged. Either way `events`
+/// is the oracle's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_straight_copy_waits_for_an_uncommitted_key_then_merges_or_goes_in() -> TestResult {
-    for (end, straight) in [("COMMIT", false), ("ROLLBACK", true)] {
+    // How each held row ends; inserted and updated rows; (chunks inserted,
+    // chunks merged, rows merged).
+    type Case = (&'static [&'static str], (i64, i64), (u64, u64, u64));
+    let cases: [Case; 3] = [
+        (&["COMMIT"], (49, 1), (0, 1, 1)),
+        (&["ROLLBACK"], (50, 0), (1, 0, 0)),
+        (&["COMMIT", "COMMIT"], (48, 2), (0, 1, 50)),
+    ];
+    for (ends, counts_wanted, path_wanted) in cases {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir()?;
         let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
@@ -300,36 +319,47 @@ async fn a_straight_copy_waits_for_an_uncommitted_key_then_merges_or_goes_in() -
             (1..=50).map(|u| format!("{u},U{u},u{u}@x,view,{u},P{u},Home,1.50,2026-03-01T12:00:00Z\n")).collect();
         let file = put_at(&data, "f.csv", format!("{HEADER}\n{body}").as_bytes(), std::time::SystemTime::now());
         let flags = ["--once", "--loaders", "1", "--analytics", "false"];
-        // The schema first, then the held row.
+        // The schema first, then the held rows: users 25, then 40.
         streamer::sink::schema::migrate(&mut db.client().await).await?;
-        let blocker = db.client().await;
-        blocker
-            .batch_execute(
-                "BEGIN; INSERT INTO events (user_id, user_name, user_email, event_type, product_id, product_name, \
-                 product_category, product_price, event_time) VALUES (25, 'held', 'held', 'view', 9, 'held', 'Home', \
-                 1, '2026-03-01T12:00:00Z')",
-            )
-            .await?;
+        let mut blockers = Vec::new();
+        for user in [25, 40].iter().take(ends.len()) {
+            let blocker = db.client().await;
+            blocker
+                .batch_execute(&format!(
+                    "BEGIN; INSERT INTO events (user_id, user_name, user_email, event_type, product_id, \
+                     product_name, product_category, product_price, event_time) VALUES ({user}, 'held', 'held', \
+                     'view', 9, 'held', 'Home', 1, '2026-03-01T12:00:00Z')"
+                ))
+                .await?;
+            let pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+            blockers.push((blocker, pid));
+        }
         let run = tokio::spawn(streamer::run(args(&data, &cp, &db.url, &flags), CancellationToken::new()));
         let client = db.client().await;
-        let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                       AND wait_event_type = 'Lock' AND query LIKE 'COPY events (%'";
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while count(&client, waiting).await == 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the straight COPY never waited on the held row");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for ((blocker, pid), end) in blockers.iter().zip(ends) {
+            // A COPY into events waits for this held row.
+            let waiting = format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND {pid} = ANY(pg_blocking_pids(pid)) AND query LIKE 'COPY events (%'"
+            );
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while count(&client, &waiting).await == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "no straight COPY waited on the row of {pid}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            blocker.batch_execute(end).await?;
         }
-        blocker.batch_execute(end).await?;
         tokio::time::timeout(Duration::from_secs(60), run).await??.map_err(|e| format!("{e:#}"))?;
 
-        assert!(table(&client).await == oracle(&[file]).0, "{end}: events differs from the oracle");
+        assert!(table(&client).await == oracle(&[file]).0, "{ends:?}: events differs from the oracle");
         let counts = client.query_one("SELECT rows_inserted, rows_updated FROM load_history", &[]).await?;
         let counts: (i64, i64) = (counts.get(0), counts.get(1));
-        assert_eq!(counts, if straight { (50, 0) } else { (49, 1) }, "{end}: inserted, updated");
+        assert_eq!(counts, counts_wanted, "{ends:?}: inserted, updated");
         let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
         let record: serde_json::Value = serde_json::from_str(progress.trim())?;
-        let taken = (record["chunks_inserted"].as_u64(), record["chunks_merged"].as_u64());
-        assert_eq!(taken, if straight { (Some(1), Some(0)) } else { (Some(0), Some(1)) }, "{end}: the path");
+        let n = |k: &str| record[k].as_u64().unwrap_or(u64::MAX);
+        let taken = (n("chunks_inserted"), n("chunks_merged"), n("rows_merged"));
+        assert_eq!(taken, path_wanted, "{ends:?}: the path");
     }
     Ok(())
 }
