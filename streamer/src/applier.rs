@@ -53,6 +53,7 @@ use crate::sink::lock;
 
 const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
 const PRESENT_SCAN: &str = include_str!("sink/sql/present_scan.sql");
+const PRESENT_JOIN: &str = include_str!("sink/sql/present_join.sql");
 const APPLY_CATEGORIES: &str = include_str!("sink/sql/apply_categories.sql");
 const APPLY_PRODUCTS: &str = include_str!("sink/sql/apply_products.sql");
 const APPLY_DONE: &str = include_str!("sink/sql/apply_done.sql");
@@ -101,8 +102,12 @@ const BYTES_PER_ROW: f64 = 128.0;
 /// How a round counts its distinct users.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Users {
-    /// One index probe per touched user and cell (apply_metrics.sql).
+    /// One index probe per touched user and cell, which stops at the rows
+    /// the count needs (apply_metrics.sql).
     Probe,
+    /// One join of the touched users and cells with `events`, every row
+    /// counted (present_join.sql): Citus's form.
+    Join,
     /// One scan of the rows of `events` in the round's time range
     /// (present_scan.sql).
     ScanRange,
@@ -197,8 +202,10 @@ fn splice(sql: &str, name: &str, part: &str) -> String {
 fn apply_metrics(users: Users) -> &'static str {
     static RANGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static JOIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     match users {
         Users::Probe => APPLY_METRICS,
+        Users::Join => JOIN.get_or_init(|| splice(APPLY_METRICS, "present", PRESENT_JOIN)),
         Users::ScanRange => RANGE.get_or_init(|| splice(APPLY_METRICS, "present", PRESENT_SCAN)),
         Users::ScanAll => ALL.get_or_init(|| splice(APPLY_METRICS, "present", &splice(PRESENT_SCAN, "range", ""))),
     }
@@ -393,7 +400,7 @@ async fn folds(tx: &tokio_postgres::Transaction<'_>, lane: Lane, citus: bool) ->
         Lane::Metrics => {
             // On Citus `events` is the coordinator's empty shell: the
             // probes, which Citus runs on the workers.
-            let users = if citus { Users::Probe } else { users_form(tx).await? };
+            let users = if citus { Users::Join } else { users_form(tx).await? };
             tracing::debug!(?users, "distinct users counted");
             tx.batch_execute(apply_metrics(users)).await?;
             tx.batch_execute(APPLY_CATEGORIES).await
@@ -699,23 +706,28 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_forms_swap_the_present_part_and_nothing_else() {
+    fn the_other_forms_swap_the_present_part_and_nothing_else() {
         let (start, end) = ("-- <present>\n", "-- </present>\n");
         let a = APPLY_METRICS.find(start).expect("start marker");
         let b = APPLY_METRICS.find(end).expect("end marker") + end.len();
-        assert!(APPLY_METRICS.contains("count(e.user_id) AS now"));
+        let capped = "LIMIT abs(g.net) + 1) x) AS now";
+        assert!(APPLY_METRICS.contains(capped));
         assert_eq!(apply_metrics(Users::Probe), APPLY_METRICS);
         let range_lines = "current_setting('pipeline.round_from')";
-        for (users, part) in
-            [(Users::ScanRange, PRESENT_SCAN.to_owned()), (Users::ScanAll, splice(PRESENT_SCAN, "range", ""))]
-        {
-            let scan = apply_metrics(users);
-            assert!(scan.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"), "{users:?}");
-            assert!(!scan.contains("count(e.user_id) AS now"), "{users:?}");
-            assert_eq!(scan.contains(range_lines), users == Users::ScanRange, "{users:?}");
-            assert!(scan.starts_with(&APPLY_METRICS[..a]));
-            assert!(scan.ends_with(&APPLY_METRICS[b..]));
-            assert_eq!(scan.len(), a + part.len() + APPLY_METRICS.len() - b);
+        for (users, part) in [
+            (Users::ScanRange, PRESENT_SCAN.to_owned()),
+            (Users::ScanAll, splice(PRESENT_SCAN, "range", "")),
+            (Users::Join, PRESENT_JOIN.to_owned()),
+        ] {
+            let other = apply_metrics(users);
+            let scan = users != Users::Join;
+            assert_eq!(other.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"), scan);
+            assert_eq!(other.contains("count(e.user_id) AS now"), !scan, "{users:?}");
+            assert!(!other.contains(capped), "{users:?}");
+            assert_eq!(other.contains(range_lines), users == Users::ScanRange, "{users:?}");
+            assert!(other.starts_with(&APPLY_METRICS[..a]));
+            assert!(other.ends_with(&APPLY_METRICS[b..]));
+            assert_eq!(other.len(), a + part.len() + APPLY_METRICS.len() - b);
         }
         assert!(PRESENT_SCAN.contains("-- <range>\n") && PRESENT_SCAN.contains("-- </range>\n"));
         assert!(PRESENT_SCAN.contains(range_lines));

@@ -5,8 +5,11 @@
 -- Distinct users of a cell change by, per user with rows added or taken
 -- away there: [has rows in events now] - [had before], where "before" is
 -- "now" minus the user's net change ("now" counted by one index probe of
--- events per touched user and cell; for a round that touches a big part of
--- events the applier swaps in present_scan.sql between the markers). That
+-- events per touched user and cell, which stops at |net| + 1 rows: that is
+-- enough to tell both [now > 0] and [now - net > 0], and a user's rows in a
+-- window already full of them are not read again at every round; for a
+-- round that touches a big part of events the applier swaps in
+-- present_scan.sql between the markers). That
 -- holds because the lane folds every change between its last snapshot and
 -- this one: the batches committed since, and the edits by hand, which only
 -- a whole round folds (a lane that sees one gives way to it).
@@ -37,12 +40,14 @@ nets AS (
     HAVING sum(n) <> 0),
 -- <present>
 present AS (
-    SELECT g.window_start, g.product_category, g.net, count(e.user_id) AS now
-    FROM nets g LEFT JOIN events e
-      ON e.user_id = g.user_id AND e.event_time >= g.window_start
-     AND e.event_time < g.window_start + (SELECT make_interval(secs => window_seconds) FROM analytics_settings)
-     AND e.product_category = g.product_category
-    GROUP BY g.window_start, g.product_category, g.user_id, g.net),
+    SELECT g.window_start, g.product_category, g.net,
+           (SELECT count(*) FROM (
+                SELECT 1 FROM events e
+                WHERE e.user_id = g.user_id AND e.event_time >= g.window_start
+                  AND e.event_time < g.window_start + (SELECT width FROM s)
+                  AND e.product_category = g.product_category
+                LIMIT abs(g.net) + 1) x) AS now
+    FROM nets g),
 -- </present>
 users AS (
     SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
