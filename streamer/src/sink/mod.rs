@@ -535,9 +535,8 @@ impl<'a> Loader<'a> {
         let mut rows = vec![0u64; self.files.len()];
         if self.insert {
             if self.insert_rows(&view, Pick::All, &mut rows).await? {
-                self.stage.turns.inserted();
-                self.chunks_inserted += 1;
                 self.count_inserted(&rows);
+                self.went_straight();
                 return Ok(());
             }
             // A key of the chunk is stored: it and the batch's later
@@ -562,13 +561,11 @@ impl<'a> Loader<'a> {
         let sink = self.tx.copy_in(&self.stage.prepared.copy).await.map_err(SinkError::query(what))?;
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
-        let mut count = 0u64;
         for i in (0..view.len()).filter(|&i| pick.has(i)) {
             let Some((file_index, line, r)) = view.row(i) else { break };
             if let Some(count) = rows.get_mut(file_index as usize) {
                 *count += 1;
             }
-            count += 1;
             // The reader rejects rows past `MAX_LINE`: the line fits.
             let (file_index, line) = (file_index as i32, line as i32);
             let values = Values::of(&r);
@@ -581,6 +578,7 @@ impl<'a> Loader<'a> {
         for (staged, count) in self.staged.iter_mut().zip(&rows) {
             *staged += count;
         }
+        let count: u64 = rows.iter().sum();
         self.rows_merged += count;
         if !self.stage.distributed {
             self.merge_chunk(count).await?;
@@ -619,11 +617,16 @@ impl<'a> Loader<'a> {
         self.count_inserted(rows);
         rows.fill(0);
         if found.is_empty() {
-            self.stage.turns.inserted();
-            self.chunks_inserted += 1;
+            self.went_straight();
             return Ok(Some(Split::Inserted));
         }
         Ok(Some(Split::Stored(stored)))
+    }
+
+    /// A whole chunk went straight into `events`: it ends the penalty.
+    fn went_straight(&mut self) {
+        self.stage.turns.inserted();
+        self.chunks_inserted += 1;
     }
 
     /// Counts rows copied straight into `events` (`rows`, per file) as
