@@ -452,3 +452,31 @@ async fn without_its_second_session_the_applier_says_so_and_runs_whole_rounds() 
     admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.ok();
     outcome
 }
+
+/// The probe form counts each touched (user, window, category) once: its
+/// plan holds one scan of `events`. `users` reads `now` twice, and without
+/// `MATERIALIZED` PostgreSQL inlines `present` into both reads, which ran
+/// every index probe twice (a quarter of a sustained round's fold).
+#[tokio::test]
+async fn the_probe_form_reads_events_once_per_touched_user() -> TestResult {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    streamer::sink::schema::migrate(&mut client).await?;
+    let fold = include_str!("../../src/sink/sql/apply_metrics.sql");
+    // The fold's first statement: the upsert of the metrics.
+    let upsert = fold.split(";\n").next().ok_or("no statement")?;
+    let tx = client.transaction().await?;
+    let plan: String = tx
+        .simple_query(&format!("EXPLAIN (FORMAT JSON) {upsert}"))
+        .await?
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .ok_or("no plan")?;
+    let events = plan.matches(r#""Relation Name": "events""#).count();
+    assert_eq!(events, 1, "the probe form's plan scans events {events} times:\n{plan}");
+    tx.rollback().await?;
+    Ok(())
+}
