@@ -254,16 +254,6 @@ async fn the_merge_runs_on_the_workers_and_counts_as_on_postgresql() -> TestResu
     Ok(())
 }
 
-/// The plan of `statement` with `params`, as text.
-async fn explain(
-    client: &tokio_postgres::Client,
-    statement: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> String {
-    let rows = client.query(&format!("EXPLAIN (COSTS OFF) {statement}"), params).await.expect("explain");
-    rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
-}
-
 /// Every stage slot held (by the test's own session here): a loader cannot
 /// stage, says so and waits — the stream does not stop — and loads once a
 /// slot is free.

@@ -735,3 +735,13 @@ pub async fn assert_events_on_workers(client: &Client, workers: i64) {
     .await;
     assert_eq!(nodes, workers, "events' shards are on every worker");
 }
+
+/// The plan of `statement` with `params`, as text.
+pub async fn explain(
+    client: &tokio_postgres::Client,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    let rows = client.query(&format!("EXPLAIN (COSTS OFF) {statement}"), params).await.expect("explain");
+    rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+}
