@@ -134,16 +134,44 @@ pub struct Deduped {
 /// Concatenates the files' frames in file order and keeps, for each
 /// `(user_id, event_time)`, the last row in (file order, line order); the
 /// rows come out sorted by key (the merge's order, for index locality).
+///
+/// One stable sort of the two key columns does both: rows of one key end up
+/// next to each other in (file, line) order, so the last of each run is the
+/// one kept, and a single gather of every column takes the kept rows in key
+/// order (a hashed unique followed by a sort gathered every column twice).
 pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
     let mut all = empty_frame();
     for frame in &frames {
         all.vstack_mut(frame)?;
     }
+    drop(frames);
     let before = rows_per_file(&all, files)?;
-    let subset = ["user_id".to_owned(), "event_time".to_owned()];
-    let frame = all.unique_stable(Some(&subset), UniqueKeepStrategy::Last, None)?;
-    let mut frame = frame.sort(["user_id", "event_time"], SortMultipleOptions::default())?;
-    frame.rechunk_mut();
+    let users = all.column("user_id")?.as_materialized_series().rechunk();
+    let times = all.column("event_time")?.as_materialized_series().to_physical_repr().rechunk();
+    let order = users.arg_sort_multiple(
+        &[times.clone().into_column()],
+        &SortMultipleOptions::default()
+            .with_order_descending_multi([false, false])
+            .with_nulls_last_multi([false, false])
+            .with_maintain_order(true),
+    )?;
+    let (users, times) = (users.i32()?, times.i64()?);
+    let order = order.rechunk();
+    let (Ok(user), Ok(time), Ok(order)) = (users.cont_slice(), times.cont_slice(), order.cont_slice()) else {
+        // Keys are never null and the columns were rechunked: not reached.
+        polars_bail!(ComputeError: "the dedup's keys are not one contiguous, null-free array")
+    };
+    let mut last = Vec::with_capacity(order.len());
+    for (at, &i) in order.iter().enumerate() {
+        let next = order.get(at + 1);
+        if next.is_none_or(|&j| user[j as usize] != user[i as usize] || time[j as usize] != time[i as usize]) {
+            last.push(i);
+        }
+    }
+    // A gather from one contiguous array per column is several times
+    // faster than from the files' chunks, rechunking included.
+    all.rechunk_mut_par();
+    let frame = all.take(&IdxCa::from_vec(PlSmallStr::EMPTY, last))?;
     let after = rows_per_file(&frame, files)?;
     let duplicates = before.iter().zip(&after).map(|(b, a)| b - a).collect();
     Ok(Deduped { frame, duplicates })

@@ -502,4 +502,75 @@ mod tests {
         assert_eq!(got, vec![(1, 3, 300), (2, 1, 100)], "sorted by key");
         Ok(())
     }
+
+    /// What the dedup must equal: for each key the last row in (file, line)
+    /// order, by key; and per file the rows that lost to a later one.
+    fn dedup_oracle(files: &[Vec<(i32, i64)>]) -> (Vec<(i32, i64, u32, u64)>, Vec<u64>) {
+        let mut last = std::collections::BTreeMap::new();
+        for (f, rows) in files.iter().enumerate() {
+            for (line, key) in rows.iter().enumerate() {
+                last.insert(*key, (f as u32, line as u64));
+            }
+        }
+        let mut kept = vec![0u64; files.len()];
+        let rows: Vec<_> = last
+            .into_iter()
+            .map(|((u, t), (f, line))| {
+                kept[f as usize] += 1;
+                (u, t, f, line)
+            })
+            .collect();
+        let lost = files.iter().zip(&kept).map(|(rows, k)| rows.len() as u64 - k).collect();
+        (rows, lost)
+    }
+
+    proptest::proptest! {
+        /// Any files, keys repeated within and across them, in any number
+        /// of parts: the dedup keeps exactly the oracle's rows, in key order.
+        #[test]
+        fn dedup_equals_the_last_row_wins_oracle(
+            files in proptest::collection::vec(
+                proptest::collection::vec((1i32..6, 0i64..6), 0..60), 1..5),
+            split in 1usize..4,
+        ) {
+            let frames: Vec<DataFrame> = files
+                .iter()
+                .enumerate()
+                .flat_map(|(f, rows)| {
+                    // A file's rows come in one or more parts, as the reader makes them.
+                    let per = rows.len().div_ceil(split).max(1);
+                    rows.chunks(per)
+                        .enumerate()
+                        .map(|(p, part)| {
+                            let mut columns = frame::Columns::new();
+                            for (k, &(user_id, t)) in part.iter().enumerate() {
+                                let event = contract::Event {
+                                    user_id,
+                                    user_name: "u",
+                                    user_email: "e",
+                                    event_type: contract::EventType::View,
+                                    product_id: 1,
+                                    product_name: "p",
+                                    product_category: "c",
+                                    price_cents: 1,
+                                    event_time_micros: t * 1_000_000,
+                                };
+                                columns.push(f as u32, (p * per + k) as u64, &event, None);
+                            }
+                            columns.finish()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let d = dedup(frames, files.len()).expect("dedup");
+            let view = EventView::new(&d.frame).expect("view");
+            let got: Vec<(i32, i64, u32, u64)> = (0..view.len())
+                .filter_map(|i| view.row(i))
+                .map(|(f, line, r)| (r.user_id, r.event_time_micros / 1_000_000, f, line))
+                .collect();
+            let (want, lost) = dedup_oracle(&files);
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(d.duplicates, lost);
+        }
+    }
 }
