@@ -503,9 +503,12 @@ mod tests {
         Ok(())
     }
 
+    /// A row the dedup keeps: its key (user, second) and its place (file, line).
+    type Kept = (i32, i64, u32, u64);
+
     /// What the dedup must equal: for each key the last row in (file, line)
     /// order, by key; and per file the rows that lost to a later one.
-    fn dedup_oracle(files: &[Vec<(i32, i64)>]) -> (Vec<(i32, i64, u32, u64)>, Vec<u64>) {
+    fn dedup_oracle(files: &[Vec<(i32, i64)>]) -> (Vec<Kept>, Vec<u64>) {
         let mut last = std::collections::BTreeMap::new();
         for (f, rows) in files.iter().enumerate() {
             for (line, key) in rows.iter().enumerate() {
@@ -564,7 +567,7 @@ mod tests {
                 .collect();
             let d = dedup(frames, files.len()).expect("dedup");
             let view = EventView::new(&d.frame).expect("view");
-            let got: Vec<(i32, i64, u32, u64)> = (0..view.len())
+            let got: Vec<Kept> = (0..view.len())
                 .filter_map(|i| view.row(i))
                 .map(|(f, line, r)| (r.user_id, r.event_time_micros / 1_000_000, f, line))
                 .collect();
