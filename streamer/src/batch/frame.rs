@@ -144,6 +144,8 @@ pub fn dedup(frames: Vec<DataFrame>, files: usize) -> PolarsResult<Deduped> {
     for frame in &frames {
         all.vstack_mut(frame)?;
     }
+    // `all` shares the files' buffers; dropped here, they are freed when
+    // `all` is rechunked below instead of living on beside its copy.
     drop(frames);
     let before = rows_per_file(&all, files)?;
     let users = all.column("user_id")?.as_materialized_series().rechunk();
