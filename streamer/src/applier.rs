@@ -39,7 +39,7 @@
 //! worker holds a prepared transaction still in doubt (a worker that died
 //! mid-commit, until Citus's recovery settles it); otherwise it waits.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -54,8 +54,9 @@ use crate::sink::lock;
 const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
 const PRESENT_SCAN: &str = include_str!("sink/sql/present_scan.sql");
 const PRESENT_JOIN: &str = include_str!("sink/sql/present_join.sql");
-const APPLY_CATEGORIES: &str = include_str!("sink/sql/apply_categories.sql");
-const APPLY_PRODUCTS: &str = include_str!("sink/sql/apply_products.sql");
+const COUNTERS_BATCH: &str = include_str!("sink/sql/counters_batch.sql");
+const COUNTERS_BATCH_GROUPED: &str = include_str!("sink/sql/counters_batch_grouped.sql");
+const COUNTERS_ROWS: &str = include_str!("sink/sql/counters_rows.sql");
 const APPLY_DONE: &str = include_str!("sink/sql/apply_done.sql");
 const LANES_DONE: &str = include_str!("sink/sql/lanes_done.sql");
 const REBUILD: &str = include_str!("sink/sql/rebuild.sql");
@@ -403,10 +404,63 @@ async fn folds(tx: &tokio_postgres::Transaction<'_>, lane: Lane, citus: bool) ->
             let users = if citus { Users::Join } else { users_form(tx).await? };
             tracing::debug!(?users, "distinct users counted");
             tx.batch_execute(apply_metrics(users)).await?;
-            tx.batch_execute(APPLY_CATEGORIES).await
+            fold_counters(tx, &BY_CATEGORY).await
         }
-        Lane::Products => tx.batch_execute(APPLY_PRODUCTS).await,
+        Lane::Products => fold_counters(tx, &BY_PRODUCT).await,
     }
+}
+
+/// One counters table's statements (the templates of sink/sql/counters_*.sql
+/// filled in for it).
+struct Counted {
+    /// Its batches not folded yet by the lane that folds it, in commit
+    /// order, each with its number of `counters_delta` rows of the kind.
+    batches: String,
+    /// One batch's pairs as they are (one row: merged by its loader).
+    batch: String,
+    /// One batch's pairs grouped first (several rows).
+    grouped: String,
+    /// The rows to take back or add, then the pairs left at zero.
+    rows: String,
+}
+
+impl Counted {
+    fn new(table: &str, key: &str, keys: &str, lane: Lane) -> Counted {
+        let fill = |sql: &str| {
+            sql.replace("{table}", table)
+                .replace("{keys}", keys)
+                .replace("{key}", key)
+                .replace("{lane}", &(lane as i16).to_string())
+        };
+        Counted {
+            batches: fill(
+                "SELECT batch_seq, count(*) FROM counters_delta WHERE {keys} IS NOT NULL \
+                 AND batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = {lane}) \
+                 GROUP BY batch_seq ORDER BY batch_seq",
+            ),
+            batch: fill(COUNTERS_BATCH),
+            grouped: fill(COUNTERS_BATCH_GROUPED),
+            rows: fill(COUNTERS_ROWS),
+        }
+    }
+}
+
+static BY_CATEGORY: LazyLock<Counted> =
+    LazyLock::new(|| Counted::new("user_category_counts", "product_category", "categories", Lane::Metrics));
+static BY_PRODUCT: LazyLock<Counted> =
+    LazyLock::new(|| Counted::new("user_product_counts", "product_id", "product_ids", Lane::Products));
+
+/// Folds one counters table: each batch's pairs in commit order, one
+/// statement each (a statement's upsert may meet a pair only once, and a
+/// batch's merged pairs are unique: no grouping across batches needed),
+/// then the rows to take back or add.
+async fn fold_counters(tx: &tokio_postgres::Transaction<'_>, c: &Counted) -> Result<(), tokio_postgres::Error> {
+    for row in tx.query(c.batches.as_str(), &[]).await? {
+        let (batch, rows): (i64, i64) = (row.get(0), row.get(1));
+        let sql = if rows == 1 { &c.batch } else { &c.grouped };
+        tx.execute(sql.as_str(), &[&batch]).await?;
+    }
+    tx.batch_execute(&c.rows).await
 }
 
 /// Takes lane 2's lock on `client` if it is free (a session lock: a

@@ -61,6 +61,124 @@ impl Deltas {
     }
 }
 
+/// One (user, key) pair's counts in [`BatchCounters`]: user, key (a
+/// product id, or a category's index), views, purchases.
+pub type Pair = (i32, u32, i32, i32);
+
+/// A batch's counters merged: each (user, key) pair once, sorted by user
+/// and key; a category pair's key is its index in `names`, which are in
+/// name order.
+#[derive(Debug, Default)]
+pub struct Merged {
+    pub names: Vec<String>,
+    pub by_category: Vec<Pair>,
+    pub by_product: Vec<Pair>,
+}
+
+/// A batch's counters, merged over its chunks: each chunk's are unique per
+/// (user, key), but a user's pairs come back in the next chunks. Merged and
+/// sorted once at the end, each pair appears once, so that the applier
+/// upserts them as they are, without grouping and sorting them again (its
+/// costliest step after the upsert itself). Categories are kept as indexes
+/// into the batch's list of them: every pair is 16 bytes.
+#[derive(Debug, Default)]
+pub struct BatchCounters {
+    names: Vec<String>,
+    index: std::collections::HashMap<String, u32>,
+    by_category: Vec<Pair>,
+    by_product: Vec<Pair>,
+    rows: u64,
+}
+
+/// The most rows a [`BatchCounters`] merges: any pair's sums stay far
+/// from `i32::MAX` (a chunk adds at most a few million rows).
+pub const MERGED_ROWS: u64 = 1 << 30;
+
+impl BatchCounters {
+    /// Adds a chunk's counters.
+    pub fn add(&mut self, d: &Deltas) {
+        let c = &d.by_category;
+        for i in 0..c.user_ids.len() {
+            let key = match self.index.get(&c.keys[i]) {
+                Some(&k) => k,
+                None => {
+                    let k = self.names.len() as u32;
+                    self.names.push(c.keys[i].clone());
+                    self.index.insert(c.keys[i].clone(), k);
+                    k
+                }
+            };
+            self.by_category.push((c.user_ids[i], key, c.views[i], c.purchases[i]));
+        }
+        let p = &d.by_product;
+        self.rows += p.views.iter().chain(&p.purchases).map(|&n| n as u64).sum::<u64>();
+        self.by_product
+            .extend((0..p.user_ids.len()).map(|i| (p.user_ids[i], p.keys[i] as u32, p.views[i], p.purchases[i])));
+    }
+
+    /// Pairs held (before merging).
+    pub fn len(&self) -> usize {
+        self.by_category.len() + self.by_product.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether to write the pairs out now: merged, they still fill half of
+    /// `cap` (they are merged when they reach it), or they hold
+    /// [`MERGED_ROWS`] rows.
+    pub fn full(&mut self, cap: usize) -> bool {
+        if self.rows >= MERGED_ROWS {
+            return true;
+        }
+        if self.len() < cap {
+            return false;
+        }
+        merge(&mut self.by_category);
+        merge(&mut self.by_product);
+        self.len() >= cap / 2
+    }
+
+    /// The pairs merged, each once, sorted by user and key (categories by
+    /// name); leaves this empty.
+    pub fn take(&mut self) -> Merged {
+        let names = std::mem::take(&mut self.names);
+        self.index.clear();
+        self.rows = 0;
+        // Category indexes renumbered in name order, so that sorting by
+        // index sorts by name.
+        let mut rank: Vec<u32> = (0..names.len() as u32).collect();
+        rank.sort_by(|&a, &b| names[a as usize].cmp(&names[b as usize]));
+        let mut order = vec![0u32; names.len()];
+        for (r, &k) in rank.iter().enumerate() {
+            order[k as usize] = r as u32;
+        }
+        let mut by_category = std::mem::take(&mut self.by_category);
+        for pair in &mut by_category {
+            pair.1 = order[pair.1 as usize];
+        }
+        merge(&mut by_category);
+        let mut by_product = std::mem::take(&mut self.by_product);
+        merge(&mut by_product);
+        let names = rank.iter().map(|&k| names[k as usize].clone()).collect();
+        Merged { names, by_category, by_product }
+    }
+}
+
+/// Sorts `pairs` by (user, key) and sums the counts of equal pairs into one.
+fn merge(pairs: &mut Vec<Pair>) {
+    pairs.sort_unstable_by_key(|&(user, k, _, _)| (user, k));
+    pairs.dedup_by(|next, kept| {
+        let same = (next.0, next.1) == (kept.0, kept.1);
+        if same {
+            kept.2 += next.2;
+            kept.3 += next.3;
+        }
+        same
+    });
+}
+
 /// The deltas of `frame` (batch schema) with windows `width_micros` wide.
 pub fn aggregate(frame: &DataFrame, width_micros: i64) -> PolarsResult<Deltas> {
     if frame.height() == 0 {
@@ -242,5 +360,80 @@ mod tests {
         };
         assert_eq!(fold(&d.by_product), by_prod);
         assert!(aggregate(&crate::batch::empty_frame(), 60_000_000).expect("empty").is_empty());
+    }
+
+    proptest::proptest! {
+        /// Chunks of counters (each unique per pair, as a chunk's group-by
+        /// makes them) with pairs repeated across chunks: the merge holds
+        /// each pair once with its summed counts, sorted by user and key,
+        /// and leaves itself empty.
+        #[test]
+        fn batch_counters_merge_each_pair_once_sorted(
+            chunks in proptest::collection::vec(
+                proptest::collection::btree_map((1i32..8, 0usize..4, 1i32..6), (0i32..3, 0i32..3), 0..40), 0..6),
+        ) {
+            let names = ["Toys", "Books", "garden", "Äpfel"];
+            // Merged once at the end, and merged in place after every
+            // chunk (as when the pairs keep reaching the cap).
+            let (mut merged, mut often) = (BatchCounters::default(), BatchCounters::default());
+            let mut want_cat: BTreeMap<(i32, String), (i32, i32)> = BTreeMap::new();
+            let mut want_prod: BTreeMap<(i32, i32), (i32, i32)> = BTreeMap::new();
+            let mut rows = 0u64;
+            for chunk in &chunks {
+                let (mut cat, mut prod) = (BTreeMap::new(), BTreeMap::new());
+                for (&(user, c, product), &(v, p)) in chunk {
+                    let e: &mut (i32, i32) = cat.entry((user, names[c].to_owned())).or_default();
+                    *e = (e.0 + v, e.1 + p);
+                    let e: &mut (i32, i32) = prod.entry((user, product)).or_default();
+                    *e = (e.0 + v, e.1 + p);
+                    rows += (v + p) as u64;
+                }
+                // A chunk's pairs come in the group-by's order, not sorted.
+                let counters = |m: BTreeMap<(i32, String), (i32, i32)>| {
+                    let mut c = Counters::default();
+                    for ((u, k), (v, p)) in m.into_iter().rev() {
+                        c.user_ids.push(u);
+                        c.keys.push(k);
+                        c.views.push(v);
+                        c.purchases.push(p);
+                    }
+                    c
+                };
+                let by_product = {
+                    let mut c = Counters::default();
+                    for (&(u, k), &(v, p)) in prod.iter().rev() {
+                        c.user_ids.push(u);
+                        c.keys.push(k);
+                        c.views.push(v);
+                        c.purchases.push(p);
+                    }
+                    c
+                };
+                for ((u, k), (v, p)) in &cat {
+                    let e = want_cat.entry((*u, k.clone())).or_default();
+                    *e = (e.0 + v, e.1 + p);
+                }
+                for (&(u, k), &(v, p)) in &prod {
+                    let e = want_prod.entry((u, k)).or_default();
+                    *e = (e.0 + v, e.1 + p);
+                }
+                let deltas = Deltas { cells: Vec::new(), by_category: counters(cat), by_product };
+                merged.add(&deltas);
+                often.add(&deltas);
+                let _ = often.full(1);
+            }
+            proptest::prop_assert_eq!(merged.rows, rows);
+            proptest::prop_assert!(!merged.full(usize::MAX));
+            let (want_cat, want_prod): (Vec<_>, Vec<_>) = (want_cat.into_iter().collect(), want_prod.into_iter().collect());
+            for counters in [&mut merged, &mut often] {
+                let m = counters.take();
+                let got_cat: Vec<_> =
+                    m.by_category.iter().map(|&(u, k, v, p)| ((u, m.names[k as usize].clone()), (v, p))).collect();
+                let got_prod: Vec<_> = m.by_product.iter().map(|&(u, k, v, p)| ((u, k as i32), (v, p))).collect();
+                proptest::prop_assert_eq!(&got_cat, &want_cat);
+                proptest::prop_assert_eq!(&got_prod, &want_prod);
+                proptest::prop_assert!(counters.is_empty() && counters.rows == 0 && counters.names.is_empty());
+            }
+        }
     }
 }

@@ -375,6 +375,15 @@ async fn split(shared: &Shared, job: &mut Job) -> bool {
     }
 }
 
+/// The pairs of counters a batch holds in memory (16 bytes each) before it
+/// merges them, and writes them out if they still fill half of it: a
+/// quarter as many as `chunk_bytes`, so at most four times a chunk's bytes
+/// (1 M pairs at the default 4 MiB, more than a 64 MiB batch of generated
+/// rows holds).
+pub fn counters_cap(chunk_bytes: u64) -> usize {
+    (chunk_bytes / 4).clamp(16, usize::MAX as u64) as usize
+}
+
 /// The batch's description and what it claims: the files of its plan when
 /// it runs again, else the oldest pending files within the batch limits.
 fn what_to_claim(shared: &Shared, job: &Job) -> (BatchMeta, Claim) {
@@ -386,6 +395,7 @@ fn what_to_claim(shared: &Shared, job: &Job) -> (BatchMeta, Claim) {
         started_at: Utc::now(),
         window_seconds: shared.window_seconds,
         fence: shared.citus,
+        counters_cap: counters_cap(config.chunk_bytes),
     };
     let claim = match &job.files {
         Some(files) => Claim::Files(files.iter().map(|f| f.file_id).collect()),

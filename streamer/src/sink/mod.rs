@@ -24,13 +24,15 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
+use postgres_protocol::types::{array_to_sql, int4_to_sql, text_to_sql, ArrayDimension};
 use rust_decimal::Decimal;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, IsNull, Kind, ToSql, Type};
 use tokio_postgres::{Client, Statement, Transaction};
 use uuid::Uuid;
 
+use crate::batch::aggregate::{BatchCounters, Pair};
 use crate::batch::{Chunk, Deltas, EventView, FileOutcome, FileSummary};
 use crate::checkpoint::FileId;
 use crate::pg::{classify, describe, text, ErrorClass};
@@ -99,6 +101,9 @@ pub struct BatchMeta {
     /// Take the [`lock::COMMIT_FENCE`] for the COMMIT (on Citus); the
     /// caller releases it with [`release_fence`] once `finish` returned.
     pub fence: bool,
+    /// The most (user, key) pairs of counters the batch merges in memory
+    /// (16 bytes each) before it writes them out; see [`BatchCounters`].
+    pub counters_cap: usize,
 }
 
 /// Which files a batch takes.
@@ -384,6 +389,8 @@ pub struct Loader<'a> {
     written: Vec<(u64, u64)>,
     started: Instant,
     first_stage: bool,
+    /// The chunks' counters, merged until they are written.
+    counters: BatchCounters,
 }
 
 const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
@@ -452,6 +459,7 @@ impl<'a> Loader<'a> {
             written,
             started: Instant::now(),
             first_stage: true,
+            counters: BatchCounters::default(),
         })
     }
 
@@ -740,6 +748,9 @@ impl<'a> Loader<'a> {
         Ok(())
     }
 
+    /// Records a chunk's metrics deltas, and keeps its counters to merge
+    /// with the next chunks' (written out at the end of the batch, or once
+    /// they are [`BatchCounters::full`]).
     async fn record_deltas(&mut self, d: &Deltas) -> Result<(), SinkError> {
         if d.is_empty() {
             return Ok(());
@@ -766,17 +777,36 @@ impl<'a> Loader<'a> {
         }
         writer.finish().await.map_err(SinkError::query(what))?;
 
+        self.counters.add(d);
+        if self.counters.full(self.meta.counters_cap) {
+            self.write_counters().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the merged counters: one `counters_delta` row per kind, each
+    /// (user, key) pair once, sorted.
+    async fn write_counters(&mut self) -> Result<(), SinkError> {
+        if self.counters.is_empty() {
+            return Ok(());
+        }
+        let m = self.counters.take();
+        let what = "recording the batch's analytics deltas";
         let sink = self.tx.copy_in(&self.stage.prepared.counters).await.map_err(SinkError::query(what))?;
         let types =
             [Type::INT8, Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY];
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        let (cat, prod) = (&d.by_category, &d.by_product);
-        let none_text: Option<Vec<String>> = None;
-        let none_ids: Option<Vec<i32>> = None;
+        let none: Option<PairColumn> = None;
+        let (cat, prod) = (&m.by_category[..], &m.by_product[..]);
+        let col = |pairs, field| PairColumn { pairs, field };
+        let (cat_users, cat_names) = (col(cat, PairField::User), Some(col(cat, PairField::Name(&m.names))));
+        let (cat_views, cat_purchases) = (col(cat, PairField::Views), col(cat, PairField::Purchases));
+        let (prod_users, prod_ids) = (col(prod, PairField::User), Some(col(prod, PairField::Key)));
+        let (prod_views, prod_purchases) = (col(prod, PairField::Views), col(prod, PairField::Purchases));
         let rows: [[&(dyn ToSql + Sync); 6]; 2] = [
-            [&self.batch_seq, &cat.user_ids, &Some(&cat.keys), &none_ids, &cat.views, &cat.purchases],
-            [&self.batch_seq, &prod.user_ids, &none_text, &Some(&prod.keys), &prod.views, &prod.purchases],
+            [&self.batch_seq, &cat_users, &cat_names, &none, &cat_views, &cat_purchases],
+            [&self.batch_seq, &prod_users, &none, &prod_ids, &prod_views, &prod_purchases],
         ];
         for row in &rows {
             writer.as_mut().write(row).await.map_err(SinkError::query(what))?;
@@ -795,6 +825,7 @@ impl<'a> Loader<'a> {
         to_move: impl Fn(&FileOutcome) -> bool,
     ) -> Result<Committed, SinkError> {
         self.number().await?;
+        self.write_counters().await?;
         let Loader {
             tx,
             stage,
@@ -885,6 +916,61 @@ static INSERT_TYPES: LazyLock<Vec<Type>> =
 static STAGE_TYPES: LazyLock<Vec<Type>> = LazyLock::new(|| {
     [Type::INT4, Type::INT4, Type::INT4].into_iter().chain(CONTRACT_TYPES.iter().cloned()).chain([Type::TEXT]).collect()
 });
+
+/// One column of a batch's merged counters as a PostgreSQL array, encoded
+/// straight from the pairs (a column copied out first would double the
+/// counters' memory at the end of each batch).
+#[derive(Debug)]
+struct PairColumn<'a> {
+    pairs: &'a [Pair],
+    field: PairField<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PairField<'a> {
+    User,
+    /// The product id.
+    Key,
+    Views,
+    Purchases,
+    /// The category, the key being its index in these names.
+    Name(&'a [String]),
+}
+
+impl ToSql for PairColumn<'_> {
+    fn to_sql(&self, ty: &Type, w: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let member = match (ty.kind(), self.field) {
+            (Kind::Array(member), PairField::Name(_)) if *member == Type::TEXT => member,
+            (Kind::Array(member), _) if *member == Type::INT4 => member,
+            _ => return Err(format!("a counters column is not a {ty}").into()),
+        };
+        let dimension = ArrayDimension { len: i32::try_from(self.pairs.len())?, lower_bound: 1 };
+        let field = self.field;
+        array_to_sql(
+            Some(dimension),
+            member.oid(),
+            self.pairs,
+            |&(user, key, views, purchases), w| {
+                match field {
+                    PairField::User => int4_to_sql(user, w),
+                    PairField::Key => int4_to_sql(key as i32, w),
+                    PairField::Views => int4_to_sql(views, w),
+                    PairField::Purchases => int4_to_sql(purchases, w),
+                    PairField::Name(names) => text_to_sql(names.get(key as usize).map_or("", String::as_str), w),
+                }
+                Ok(postgres_protocol::IsNull::No)
+            },
+            w,
+        )?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INT4_ARRAY || *ty == Type::TEXT_ARRAY
+    }
+
+    to_sql_checked!();
+}
 
 fn micros_to_utc(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()

@@ -106,10 +106,13 @@ async fn random_batches_equal_their_group_by(join: &str, hash_joins: bool, analy
             let rows = rng.random_range(20..150);
             files.push(random_file(&data, &format!("r{round:02}_{k}.csv"), rows, &mut rng));
         }
-        // Several files per batch (duplicates across files) or one per batch.
+        // Several files per batch (duplicates across files) or one per
+        // batch; sometimes in chunks so small that a batch writes its
+        // counters out in several rows, which the applier groups first.
         let per_batch = rng.random_range(1..=3).to_string();
-        streamer::run(args(&data, &cp, &db.url, &["--once", "--max-files-per-batch", &per_batch]), Default::default())
-            .await?;
+        let chunk = if rng.random_bool(0.3) { "400" } else { "4194304" };
+        let flags = ["--once", "--max-files-per-batch", &per_batch, "--chunk-bytes", chunk];
+        streamer::run(args(&data, &cp, &db.url, &flags), Default::default()).await?;
         let (expected, _) = oracle(&files);
         assert!(table(&client).await == expected, "round {round}: events differs from the oracle");
         let sizes = assert_analytics_exact(&client).await;
@@ -217,6 +220,138 @@ async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catch
     assert_eq!(width(&client).await, 60);
     let sizes = assert_analytics_exact(&client).await;
     assert!(sizes.iter().all(|&n| n > 0), "the analytics were built from events: {sizes:?}");
+    Ok(())
+}
+
+/// A batch merges its chunks' counters and writes them once, each (user,
+/// key) pair once and sorted, and the applier upserts them as written; a
+/// batch whose pairs outgrew the loader's cap (here: 400-byte chunks, a cap
+/// of 100 pairs) wrote them out in several rows, which the applier groups
+/// first (an upsert may meet a pair only once). Both fold exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_written() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    // 600 rows over 60 users, 10 products and 3 categories: each pair
+    // comes back in many chunks.
+    let write = |name: &str, minute: u32| -> std::io::Result<()> {
+        let mut lines = vec![contract::COLUMNS.join(",")];
+        lines.extend((0..600u32).map(|i| {
+            let (user, product) = (i % 60 + 1, i % 10 + 1);
+            let kind = if i % 7 == 0 { "purchase" } else { "view" };
+            let category = CATEGORIES[(product % 3) as usize];
+            format!(
+                "{user},User {user},u{user}@example.com,{kind},{product},Product {product},{category},9.99,\
+                 2026-03-01T12:{minute:02}:{:02}.{:03}Z",
+                i / 10,
+                i % 10
+            )
+        }));
+        std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
+        std::fs::rename(data.join(format!(".{name}")), data.join(name))
+    };
+    let client = db.client().await;
+    let run = |flags: &'static [&'static str]| {
+        let (data, cp, url) = (data.clone(), cp.clone(), db.url.clone());
+        async move {
+            let mut all = vec!["--once"];
+            all.extend_from_slice(flags);
+            streamer::run(args(&data, &cp, &url, &all), Default::default()).await
+        }
+    };
+    // The analytics on first (the tables are built), then two batches
+    // whose deltas wait: one in one chunk, one in 400-byte chunks.
+    write("a.csv", 0)?;
+    run(&[]).await?;
+    write("b.csv", 1)?;
+    run(&["--analytics", "false"]).await?;
+    write("c.csv", 2)?;
+    run(&["--analytics", "false", "--chunk-bytes", "400"]).await?;
+    let rows = |table: &str| {
+        format!(
+            "SELECT count(*) FROM counters_delta d JOIN batches b USING (batch_seq) \
+             WHERE d.{table} IS NOT NULL GROUP BY d.batch_seq ORDER BY d.batch_seq"
+        )
+    };
+    for table in ["product_ids", "categories"] {
+        let per_batch: Vec<i64> = client.query(&rows(table), &[]).await?.iter().map(|r| r.get(0)).collect();
+        assert_eq!(per_batch.len(), 2, "{table}: two batches wait");
+        assert_eq!(per_batch[0], 1, "{table}: one chunk, one row");
+        assert!(per_batch[1] > 1, "{table}: past the cap, several rows: {per_batch:?}");
+    }
+    // The one-row batch's pairs: each once, in (user, product) order.
+    let unsorted = count(
+        &client,
+        "SELECT count(*) FROM (SELECT u.user_id, u.product_id, lag(u.user_id) OVER w AS pu, lag(u.product_id) OVER w AS pp \
+         FROM counters_delta d, unnest(d.user_ids, d.product_ids) WITH ORDINALITY AS u(user_id, product_id, n) \
+         WHERE d.product_ids IS NOT NULL AND d.batch_seq = (SELECT min(batch_seq) FROM counters_delta) \
+         WINDOW w AS (ORDER BY u.n)) x WHERE (pu, pp) >= (user_id, product_id)",
+    )
+    .await;
+    assert_eq!(unsorted, 0, "one row: each pair once, sorted");
+    // The applier folds both (a fold that failed would be retried forever:
+    // the run would not return).
+    tokio::time::timeout(std::time::Duration::from_secs(120), run(&[])).await??;
+    assert_eq!(count(&client, "SELECT count(*) FROM batches WHERE applied_at IS NULL").await, 0);
+    assert_analytics_exact(&client).await;
+    Ok(())
+}
+
+/// The applier updates the counters in place on their pages (HOT: no new
+/// index entry), because db/010 leaves room there: a second batch that
+/// touches every other user's pairs again finds room on the pages of the
+/// first one. Full pages (fillfactor 100) turn nearly every such update into
+/// a new index entry on another page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counters_updates_stay_on_their_pages() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    std::fs::create_dir_all(&data)?;
+    // 4 000 users, each one view of product 7 in Books: 4 000 new pairs in
+    // each counters table (tens of pages); then every other user again.
+    let users = 4_000;
+    let write = |name: &str, step: usize, minute: u32| -> std::io::Result<()> {
+        let mut lines = vec![contract::COLUMNS.join(",")];
+        lines.extend((1..=users).step_by(step).map(|u| {
+            format!("{u},User {u},u{u}@example.com,view,7,Product 7,Books,9.99,2026-03-01T12:{minute:02}:00.{u:04}Z")
+        }));
+        std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
+        std::fs::rename(data.join(format!(".{name}")), data.join(name))
+    };
+    let client = db.client().await;
+    write("first.csv", 1, 0)?;
+    streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
+    write("second.csv", 2, 1)?;
+    streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
+    assert_analytics_exact(&client).await;
+
+    for (table, fillfactor) in [("event_metrics_minute", 50), ("user_category_counts", 60), ("user_product_counts", 80)]
+    {
+        let options: Vec<String> = client
+            .query_one("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = $1::text::regclass", &[&table])
+            .await?
+            .get(0);
+        assert_eq!(options, [format!("fillfactor={fillfactor}")], "{table}");
+    }
+    // The applier's session reported its counts when it ended; the
+    // statistics collector shows them shortly after.
+    let stats = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1";
+    for (table, least) in [("user_category_counts", 0.9), ("user_product_counts", 0.3)] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let (updated, hot) = loop {
+            let row = client.query_one(stats, &[&table]).await?;
+            let (updated, hot): (i64, i64) = (row.get(0), row.get(1));
+            if updated >= users as i64 / 2 || std::time::Instant::now() > deadline {
+                break (updated, hot);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(updated, users as i64 / 2, "{table}: every other pair updated once");
+        assert!(hot as f64 >= least * updated as f64, "{table}: only {hot} of {updated} updates were HOT");
+    }
     Ok(())
 }
 

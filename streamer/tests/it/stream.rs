@@ -793,6 +793,7 @@ async fn a_failed_aggregation_fails_the_batch_and_nothing_commits() -> TestResul
             started_at: chrono::Utc::now(),
             window_seconds: 60,
             fence: false,
+            counters_cap: 1 << 20,
         };
         let mut loader = Loader::begin(&mut client, &stage, meta, Claim::Next { files: 10, bytes: i64::MAX }).await?;
         assert_eq!(loader.files().len(), 1, "the registered file is claimed");
@@ -932,6 +933,7 @@ async fn a_same_time_older_file_committed_during_a_batch_makes_it_run_again() ->
         started_at: chrono::Utc::now(),
         window_seconds: 60,
         fence: false,
+        counters_cap: 1 << 20,
     };
     let read = |name: &str, chunk_bytes: u64| -> TestResult<(Vec<batch::Chunk>, batch::BatchRead)> {
         let path = data.join(name);
