@@ -190,6 +190,62 @@ async fn renamed_files_are_taken_at_once(dir: &std::path::Path, given: &str, dat
     Ok(())
 }
 
+/// A child process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The environment of a live process.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| b.split(|&c| c == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// On Linux with glibc the streamer runs with malloc's mmap threshold fixed
+/// (it starts itself again, once, same process, with the variable set),
+/// unless the operator set it; either way it streams.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn the_streamer_runs_with_mallocs_mmap_threshold_fixed_unless_it_is_set() -> TestResult {
+    for (given, expected) in [(None, "MALLOC_MMAP_THRESHOLD_=131072"), (Some("65536"), "MALLOC_MMAP_THRESHOLD_=65536")]
+    {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let db = TestDb::new().await;
+        let mut cmd = streamer(dir.path());
+        cmd.env_remove("MALLOC_MMAP_THRESHOLD_");
+        if let Some(value) = given {
+            cmd.env("MALLOC_MMAP_THRESHOLD_", value);
+        }
+        let child = cmd
+            .args(["--data-dir", "data", "--checkpoint-dir", "cp", "--database-url", &db.url, "--file-settle", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // Killed if an assertion fails first.
+        let mut child = Killed(child);
+        let child = &mut child.0;
+        let client = db.client().await;
+        wait_for_schema(&client).await;
+        let env = environ(child.id());
+        assert_eq!(env.iter().filter(|v| v.starts_with("MALLOC_MMAP_THRESHOLD_=")).collect::<Vec<_>>(), [expected]);
+        let mut g = generator::Generator::new(settings(29), "threshold");
+        let files = vec![publish_file(&data, &mut g, 0)];
+        wait_for_loads(&client, 1, Duration::from_secs(30)).await;
+        sigterm(child.id());
+        assert_eq!(wait_exit(child, Duration::from_secs(20)).code(), Some(0), "the same process ends well");
+        assert_eq!(table(&client).await, oracle(&files).0);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_relative_data_folder_takes_a_renamed_file_at_once() -> TestResult {
     // `streamer --data-dir data`, as people run it from their project's folder.
