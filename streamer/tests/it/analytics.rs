@@ -223,6 +223,12 @@ async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catch
     Ok(())
 }
 
+/// Publishes `lines` as file `name` of `data` (written aside, then renamed).
+fn publish_lines(data: &Path, name: &str, lines: &[String]) -> std::io::Result<()> {
+    std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
+    std::fs::rename(data.join(format!(".{name}")), data.join(name))
+}
+
 /// A batch merges its chunks' counters and writes them once, each (user,
 /// key) pair once and sorted, and the applier upserts them as written; a
 /// batch whose pairs outgrew the loader's cap (here: 400-byte chunks, a cap
@@ -249,8 +255,7 @@ async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_writte
                 i % 10
             )
         }));
-        std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
-        std::fs::rename(data.join(format!(".{name}")), data.join(name))
+        publish_lines(&data, name, &lines)
     };
     let client = db.client().await;
     let run = |flags: &'static [&'static str]| {
@@ -318,8 +323,7 @@ async fn the_counters_updates_stay_on_their_pages() -> TestResult {
         lines.extend((1..=users).step_by(step).map(|u| {
             format!("{u},User {u},u{u}@example.com,view,7,Product 7,Books,9.99,2026-03-01T12:{minute:02}:00.{u:04}Z")
         }));
-        std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
-        std::fs::rename(data.join(format!(".{name}")), data.join(name))
+        publish_lines(&data, name, &lines)
     };
     let client = db.client().await;
     write("first.csv", 1, 0)?;
