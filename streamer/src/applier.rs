@@ -453,12 +453,18 @@ static BY_PRODUCT: LazyLock<Counted> =
 /// Folds one counters table: each batch's pairs in commit order, one
 /// statement each (a statement's upsert may meet a pair only once, and a
 /// batch's merged pairs are unique: no grouping across batches needed),
-/// then the rows to take back or add.
+/// then the rows to take back or add. Each form is prepared once per fold,
+/// at its first batch (a round that catches up holds many).
 async fn fold_counters(tx: &tokio_postgres::Transaction<'_>, c: &Counted) -> Result<(), tokio_postgres::Error> {
+    let (mut as_written, mut grouped) = (None, None);
     for row in tx.query(c.batches.as_str(), &[]).await? {
         let (batch, rows): (i64, i64) = (row.get(0), row.get(1));
-        let sql = if rows == 1 { &c.batch } else { &c.grouped };
-        tx.execute(sql.as_str(), &[&batch]).await?;
+        let (prepared, sql) = if rows == 1 { (&mut as_written, &c.batch) } else { (&mut grouped, &c.grouped) };
+        let statement = match prepared {
+            Some(statement) => statement,
+            None => prepared.insert(tx.prepare(sql).await?),
+        };
+        tx.execute(&*statement, &[&batch]).await?;
     }
     tx.batch_execute(&c.rows).await
 }

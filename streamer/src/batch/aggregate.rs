@@ -362,6 +362,27 @@ mod tests {
         assert!(aggregate(&crate::batch::empty_frame(), 60_000_000).expect("empty").is_empty());
     }
 
+    /// Per-pair (views, purchases) as a chunk's counters, in the
+    /// group-by's order (not sorted: here, reversed).
+    fn arrays<K: Clone>(pairs: &BTreeMap<(i32, K), (i32, i32)>) -> Counters<K> {
+        let mut c = Counters { user_ids: Vec::new(), keys: Vec::new(), views: Vec::new(), purchases: Vec::new() };
+        for ((u, k), (v, p)) in pairs.iter().rev() {
+            c.user_ids.push(*u);
+            c.keys.push(k.clone());
+            c.views.push(*v);
+            c.purchases.push(*p);
+        }
+        c
+    }
+
+    /// Adds each pair's counts of `from` into `into`.
+    fn add_into<K: Ord + Clone>(into: &mut BTreeMap<(i32, K), (i32, i32)>, from: &BTreeMap<(i32, K), (i32, i32)>) {
+        for (key, (v, p)) in from {
+            let e = into.entry(key.clone()).or_default();
+            *e = (e.0 + v, e.1 + p);
+        }
+    }
+
     proptest::proptest! {
         /// Chunks of counters (each unique per pair, as a chunk's group-by
         /// makes them) with pairs repeated across chunks: the merge holds
@@ -388,36 +409,9 @@ mod tests {
                     *e = (e.0 + v, e.1 + p);
                     rows += (v + p) as u64;
                 }
-                // A chunk's pairs come in the group-by's order, not sorted.
-                let counters = |m: BTreeMap<(i32, String), (i32, i32)>| {
-                    let mut c = Counters::default();
-                    for ((u, k), (v, p)) in m.into_iter().rev() {
-                        c.user_ids.push(u);
-                        c.keys.push(k);
-                        c.views.push(v);
-                        c.purchases.push(p);
-                    }
-                    c
-                };
-                let by_product = {
-                    let mut c = Counters::default();
-                    for (&(u, k), &(v, p)) in prod.iter().rev() {
-                        c.user_ids.push(u);
-                        c.keys.push(k);
-                        c.views.push(v);
-                        c.purchases.push(p);
-                    }
-                    c
-                };
-                for ((u, k), (v, p)) in &cat {
-                    let e = want_cat.entry((*u, k.clone())).or_default();
-                    *e = (e.0 + v, e.1 + p);
-                }
-                for (&(u, k), &(v, p)) in &prod {
-                    let e = want_prod.entry((u, k)).or_default();
-                    *e = (e.0 + v, e.1 + p);
-                }
-                let deltas = Deltas { cells: Vec::new(), by_category: counters(cat), by_product };
+                add_into(&mut want_cat, &cat);
+                add_into(&mut want_prod, &prod);
+                let deltas = Deltas { cells: Vec::new(), by_category: arrays(&cat), by_product: arrays(&prod) };
                 merged.add(&deltas);
                 often.add(&deltas);
                 let _ = often.full(1);

@@ -223,12 +223,6 @@ async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catch
     Ok(())
 }
 
-/// Publishes `lines` as file `name` of `data` (written aside, then renamed).
-fn publish_lines(data: &Path, name: &str, lines: &[String]) -> std::io::Result<()> {
-    std::fs::write(data.join(format!(".{name}")), lines.join("\n") + "\n")?;
-    std::fs::rename(data.join(format!(".{name}")), data.join(name))
-}
-
 /// A batch merges its chunks' counters and writes them once, each (user,
 /// key) pair once and sorted, and the applier upserts them as written; a
 /// batch whose pairs outgrew the loader's cap (here: 400-byte chunks, a cap
@@ -242,7 +236,7 @@ async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_writte
     std::fs::create_dir_all(&data)?;
     // 600 rows over 60 users, 10 products and 3 categories: each pair
     // comes back in many chunks.
-    let write = |name: &str, minute: u32| -> std::io::Result<()> {
+    let write = |name: &str, minute: u32| {
         let mut lines = vec![contract::COLUMNS.join(",")];
         lines.extend((0..600u32).map(|i| {
             let (user, product) = (i % 60 + 1, i % 10 + 1);
@@ -255,7 +249,7 @@ async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_writte
                 i % 10
             )
         }));
-        publish_lines(&data, name, &lines)
+        put_at(&data, name, (lines.join("\n") + "\n").as_bytes(), std::time::SystemTime::now());
     };
     let client = db.client().await;
     let run = |flags: &'static [&'static str]| {
@@ -268,11 +262,11 @@ async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_writte
     };
     // The analytics on first (the tables are built), then two batches
     // whose deltas wait: one in one chunk, one in 400-byte chunks.
-    write("a.csv", 0)?;
+    write("a.csv", 0);
     run(&[]).await?;
-    write("b.csv", 1)?;
+    write("b.csv", 1);
     run(&["--analytics", "false"]).await?;
-    write("c.csv", 2)?;
+    write("c.csv", 2);
     run(&["--analytics", "false", "--chunk-bytes", "400"]).await?;
     let rows = |table: &str| {
         format!(
@@ -318,17 +312,17 @@ async fn the_counters_updates_stay_on_their_pages() -> TestResult {
     // 4 000 users, each one view of product 7 in Books: 4 000 new pairs in
     // each counters table (tens of pages); then every other user again.
     let users = 4_000;
-    let write = |name: &str, step: usize, minute: u32| -> std::io::Result<()> {
+    let write = |name: &str, step: usize, minute: u32| {
         let mut lines = vec![contract::COLUMNS.join(",")];
         lines.extend((1..=users).step_by(step).map(|u| {
             format!("{u},User {u},u{u}@example.com,view,7,Product 7,Books,9.99,2026-03-01T12:{minute:02}:00.{u:04}Z")
         }));
-        publish_lines(&data, name, &lines)
+        put_at(&data, name, (lines.join("\n") + "\n").as_bytes(), std::time::SystemTime::now());
     };
     let client = db.client().await;
-    write("first.csv", 1, 0)?;
+    write("first.csv", 1, 0);
     streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
-    write("second.csv", 2, 1)?;
+    write("second.csv", 2, 1);
     streamer::run(args(&data, &cp, &db.url, &["--once"]), Default::default()).await?;
     assert_analytics_exact(&client).await;
 

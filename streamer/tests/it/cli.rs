@@ -190,16 +190,6 @@ async fn renamed_files_are_taken_at_once(dir: &std::path::Path, given: &str, dat
     Ok(())
 }
 
-/// A child process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The environment of a live process.
 fn environ(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))

@@ -621,6 +621,17 @@ pub fn streamer_bin(data: &Path, cp: &Path, url: &str, extra: &[&str], env: &[(&
     cmd
 }
 
+/// A child process killed (and reaped) when dropped: a test that fails
+/// part-way leaves no streamer behind holding the test's output open.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until the analytics applier has folded every committed batch.
 pub async fn wait_for_applied(client: &Client, within: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + within;

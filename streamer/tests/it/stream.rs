@@ -1027,14 +1027,6 @@ async fn the_binary_runs_again_a_batch_that_raced_a_same_time_older_file() -> Te
     std::fs::create_dir_all(&data)?;
     let (row, header) = (race_row, format!("{}\n", contract::COLUMNS.join(",")));
     let log_path = dir.path().join("streamer.log");
-    /// Killed when the test ends, whether it passed or not.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let child = Killed(
         streamer_bin(
             &data,
