@@ -529,8 +529,9 @@ def markdown(r):
                 "",
             ]
             if "streamer_A" in sp:
-                lines += ["The streamer's row is its data set A run of the backlog section measured on the same "
-                          "host as the peer (not a later `BENCH_AGAIN` of that section).", ""]
+                lines += ["The streamer's rows/s and RSS are its data set A run of the backlog section measured on "
+                          "the same host as the peer (not a later `BENCH_AGAIN` of that section); its latency is the "
+                          "latency section's above, which may come from a later run on another host.", ""]
     rp = r.get("replay")
     if rp:
         lines += [
