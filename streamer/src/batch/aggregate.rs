@@ -51,7 +51,10 @@ pub struct Counters<K> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Deltas {
     pub cells: Vec<Cell>,
-    pub by_category: Counters<String>,
+    /// A category's key is its index in `categories` (one name each, not
+    /// one string per pair).
+    pub by_category: Counters<u32>,
+    pub categories: Vec<String>,
     pub by_product: Counters<i32>,
 }
 
@@ -97,19 +100,24 @@ pub const MERGED_ROWS: u64 = 1 << 30;
 impl BatchCounters {
     /// Adds a chunk's counters.
     pub fn add(&mut self, d: &Deltas) {
-        let c = &d.by_category;
-        for i in 0..c.user_ids.len() {
-            let key = match self.index.get(&c.keys[i]) {
+        // The chunk's category indexes, as this batch's.
+        let keys: Vec<u32> = d
+            .categories
+            .iter()
+            .map(|name| match self.index.get(name) {
                 Some(&k) => k,
                 None => {
                     let k = self.names.len() as u32;
-                    self.names.push(c.keys[i].clone());
-                    self.index.insert(c.keys[i].clone(), k);
+                    self.names.push(name.clone());
+                    self.index.insert(name.clone(), k);
                     k
                 }
-            };
-            self.by_category.push((c.user_ids[i], key, c.views[i], c.purchases[i]));
-        }
+            })
+            .collect();
+        let c = &d.by_category;
+        self.by_category.extend(
+            (0..c.user_ids.len()).map(|i| (c.user_ids[i], keys[c.keys[i] as usize], c.views[i], c.purchases[i])),
+        );
         let p = &d.by_product;
         self.rows += p.views.iter().chain(&p.purchases).map(|&n| n as u64).sum::<u64>();
         self.by_product
@@ -241,11 +249,24 @@ pub fn aggregate(frame: &DataFrame, width_micros: i64) -> PolarsResult<Deltas> {
         cell.user_ids.push(user);
         cell.user_rows.push((views + purchases) as i32);
     }
+    let mut categories: Vec<String> = Vec::new();
+    let by_category = counters(&rows, "product_category", |c| {
+        let mut index: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        Ok(c.str()?
+            .iter()
+            .map(|s| {
+                let name = s.unwrap_or_default();
+                *index.entry(name).or_insert_with(|| {
+                    categories.push(name.to_owned());
+                    categories.len() as u32 - 1
+                })
+            })
+            .collect())
+    })?;
     Ok(Deltas {
         cells,
-        by_category: counters(&rows, "product_category", |c| {
-            Ok(c.str()?.iter().map(|s| s.unwrap_or_default().to_owned()).collect())
-        })?,
+        by_category,
+        categories,
         by_product: counters(&rows, "product_id", |c| Ok(c.i32()?.into_no_null_iter().collect()))?,
     })
 }
@@ -262,7 +283,7 @@ fn sums(frame: &DataFrame, keys: &[&str], values: &[&str]) -> PolarsResult<DataF
 fn counters<K>(
     rows: &DataFrame,
     key: &str,
-    keys: impl Fn(&Column) -> PolarsResult<Vec<K>>,
+    keys: impl FnOnce(&Column) -> PolarsResult<Vec<K>>,
 ) -> PolarsResult<Counters<K>> {
     let g = sums(rows, &["user_id", key], &["views", "purchases"])?;
     let small = |name: &str| -> PolarsResult<Vec<i32>> {
@@ -347,9 +368,9 @@ mod tests {
             .collect();
         assert_eq!(got, cells);
         assert_eq!(d.cells.len(), cells.len(), "one cell per window and category");
-        let fold = |c: &Counters<String>| {
+        let fold = |c: &Counters<u32>| {
             (0..c.user_ids.len())
-                .map(|i| ((c.user_ids[i], c.keys[i].clone()), (c.views[i], c.purchases[i])))
+                .map(|i| ((c.user_ids[i], d.categories[c.keys[i] as usize].clone()), (c.views[i], c.purchases[i])))
                 .collect::<BTreeMap<_, _>>()
         };
         assert_eq!(fold(&d.by_category), by_cat);
@@ -400,10 +421,15 @@ mod tests {
             let mut want_cat: BTreeMap<(i32, String), (i32, i32)> = BTreeMap::new();
             let mut want_prod: BTreeMap<(i32, i32), (i32, i32)> = BTreeMap::new();
             let mut rows = 0u64;
-            for chunk in &chunks {
-                let (mut cat, mut prod) = (BTreeMap::new(), BTreeMap::new());
+            for (j, chunk) in chunks.iter().enumerate() {
+                // Each chunk's category names in an order of their own
+                // (rotated by the chunk's place): its keys index them.
+                let categories: Vec<String> = (0..names.len()).map(|i| names[(i + j) % names.len()].to_owned()).collect();
+                let (mut cat, mut cat_keys, mut prod) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
                 for (&(user, c, product), &(v, p)) in chunk {
                     let e: &mut (i32, i32) = cat.entry((user, names[c].to_owned())).or_default();
+                    *e = (e.0 + v, e.1 + p);
+                    let e: &mut (i32, i32) = cat_keys.entry((user, ((c + names.len() - j % names.len()) % names.len()) as u32)).or_default();
                     *e = (e.0 + v, e.1 + p);
                     let e: &mut (i32, i32) = prod.entry((user, product)).or_default();
                     *e = (e.0 + v, e.1 + p);
@@ -411,7 +437,8 @@ mod tests {
                 }
                 add_into(&mut want_cat, &cat);
                 add_into(&mut want_prod, &prod);
-                let deltas = Deltas { cells: Vec::new(), by_category: arrays(&cat), by_product: arrays(&prod) };
+                let deltas =
+                    Deltas { cells: Vec::new(), by_category: arrays(&cat_keys), categories, by_product: arrays(&prod) };
                 merged.add(&deltas);
                 often.add(&deltas);
                 let _ = often.full(1);
