@@ -54,6 +54,7 @@ use crate::sink::lock;
 const APPLY_METRICS: &str = include_str!("sink/sql/apply_metrics.sql");
 const PRESENT_SCAN: &str = include_str!("sink/sql/present_scan.sql");
 const PRESENT_JOIN: &str = include_str!("sink/sql/present_join.sql");
+const PRESENT_RECOUNT: &str = include_str!("sink/sql/present_recount.sql");
 const COUNTERS_BATCH: &str = include_str!("sink/sql/counters_batch.sql");
 const COUNTERS_BATCH_GROUPED: &str = include_str!("sink/sql/counters_batch_grouped.sql");
 const COUNTERS_ROWS: &str = include_str!("sink/sql/counters_rows.sql");
@@ -96,6 +97,26 @@ use work_mem;
 /// arrays hold.
 const SCAN_ROWS_PER_ENTRY: f64 = 32.0;
 
+/// A round counts its cells' distinct users again from scratch
+/// (present_recount.sql: every row of its range hashed once, no join with
+/// its users) when its deltas hold at least one user entry per this many
+/// rows of that part of `events`, and at least [`RECOUNT_ENTRIES`]
+/// entries. Measured on this project's 2-core host, with files whose rows
+/// spread over one day (the benchmark's data sets), the binaries
+/// alternated: data set A's backlog (rounds of 117 000–233 000 entries
+/// against 150 000–600 000 rows) folded its metrics in 1.9–2.6 s of server
+/// time in all, median 2.1, against 1.9–3.3 s, median 2.6, by the scan
+/// (six runs each); data set B loaded in 17.6–18.1 s against 18.3–19.6 s
+/// (three each); one batch of 150 000 rows (about 120 000 entries) into
+/// 600 000 rows of the same day, 1.2 s recounting against 0.9–1.0 s
+/// scanning; 50 000 rows into the same, 1.0 s against 0.3 s.
+const RECOUNT_ROWS_PER_ENTRY: f64 = 4.0;
+
+/// The fewest user entries a round recounts with: below, a wrong estimate
+/// of its range (a live stream's newest minute, past the statistics) would
+/// make a small round hash a whole busy window.
+const RECOUNT_ENTRIES: i64 = 20_000;
+
 /// Bytes of `events` per row, to size a table without statistics (130–170
 /// measured with generated data).
 const BYTES_PER_ROW: f64 = 128.0;
@@ -109,21 +130,26 @@ enum Users {
     /// One join of the touched users and cells with `events`, every row
     /// counted (present_join.sql): Citus's form.
     Join,
-    /// One scan of the rows of `events` in the round's time range
-    /// (present_scan.sql).
+    /// One scan of the rows of `events` in the round's time range, joined
+    /// with the touched users and cells (present_scan.sql).
     ScanRange,
     /// One scan of all of `events`: the table has no statistics yet (a new
     /// one, before its first `ANALYZE`), so the planner would take any range
     /// for a tiny part of it and read a backlog's whole table through its
     /// index (by hand, a round over 600 000 rows: 2.0–2.4 s against 1.4 s).
     ScanAll,
+    /// The touched cells' users counted again by one scan of the rows of
+    /// `events` in the round's time range (present_recount.sql).
+    RecountRange,
+    /// The same over all of `events` (no statistics yet, as [`Users::ScanAll`]).
+    RecountAll,
 }
 
 /// How the round counts the distinct users (`pipeline.applier_join` set on
-/// the database overrides the choice: `probe` or `scan`). Sets the round's
-/// time range, the windows its deltas touch, as `pipeline.round_from` and
-/// `pipeline.round_to` (transaction-local): the scan reads only that part
-/// of `events`, by its `event_time` index when the part is small, and its
+/// the database overrides the choice: `probe`, `scan` or `recount`). Sets
+/// the round's time range, the windows its deltas touch, as
+/// `pipeline.round_from` and `pipeline.round_to` (transaction-local): the
+/// scan and the recount read only that part of `events`, by its `event_time` index when the part is small, and its
 /// size is the planner's estimate of the rows in it (EXPLAIN: statistics,
 /// no scan).
 async fn users_form(tx: &tokio_postgres::Transaction<'_>) -> Result<Users, tokio_postgres::Error> {
@@ -138,7 +164,9 @@ async fn users_form(tx: &tokio_postgres::Transaction<'_>) -> Result<Users, tokio
     } else {
         None
     };
-    Ok(choose(entries, rows, heap, &forced))
+    let users = choose(entries, rows, heap, &forced);
+    tracing::debug!(?users, entries, range_rows = rows, heap, "distinct users counted");
+    Ok(users)
 }
 
 /// The round's user entries, the override, the bytes of `events` and
@@ -177,13 +205,15 @@ fn plan_rows(explain: &str) -> Option<f64> {
 /// round's range (`None`: the table has no statistics), `heap` the bytes
 /// of `events`, `forced` the database's override.
 fn choose(entries: i64, range_rows: Option<f64>, heap: i64, forced: &str) -> Users {
-    let (rows, scan) = match range_rows {
-        Some(rows) => (rows, Users::ScanRange),
-        None => (heap as f64 / BYTES_PER_ROW, Users::ScanAll),
+    let (rows, scan, recount) = match range_rows {
+        Some(rows) => (rows, Users::ScanRange, Users::RecountRange),
+        None => (heap as f64 / BYTES_PER_ROW, Users::ScanAll, Users::RecountAll),
     };
     match forced {
         "probe" => Users::Probe,
         "scan" => scan,
+        "recount" => recount,
+        _ if entries >= RECOUNT_ENTRIES && entries as f64 * RECOUNT_ROWS_PER_ENTRY >= rows => recount,
         _ if entries as f64 * SCAN_ROWS_PER_ENTRY >= rows => scan,
         _ => Users::Probe,
     }
@@ -201,15 +231,30 @@ fn splice(sql: &str, name: &str, part: &str) -> String {
 
 /// The metrics fold in the round's form.
 fn apply_metrics(users: Users) -> &'static str {
-    static RANGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static ALL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    static JOIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    use std::sync::OnceLock;
+    static FORMS: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
+    fn whole(part: &str) -> String {
+        splice(APPLY_METRICS, "present", part)
+    }
+    let form = |slot: usize, build: fn() -> String| FORMS[slot].get_or_init(build).as_str();
     match users {
         Users::Probe => APPLY_METRICS,
-        Users::Join => JOIN.get_or_init(|| splice(APPLY_METRICS, "present", PRESENT_JOIN)),
-        Users::ScanRange => RANGE.get_or_init(|| splice(APPLY_METRICS, "present", PRESENT_SCAN)),
-        Users::ScanAll => ALL.get_or_init(|| splice(APPLY_METRICS, "present", &splice(PRESENT_SCAN, "range", ""))),
+        Users::Join => form(0, || whole(PRESENT_JOIN)),
+        Users::ScanRange => form(1, || whole(PRESENT_SCAN)),
+        Users::ScanAll => form(2, || whole(&splice(PRESENT_SCAN, "range", ""))),
+        Users::RecountRange => form(3, || recounted(whole(PRESENT_RECOUNT))),
+        Users::RecountAll => form(4, || recounted(whole(&splice(PRESENT_RECOUNT, "range", "")))),
     }
+}
+
+/// The recount's fold with sorts disabled for it alone (present_recount.sql
+/// says why), then the setting the transaction had before.
+fn recounted(fold: String) -> String {
+    format!(
+        "SELECT set_config('pipeline.enable_sort', current_setting('enable_sort'), true);\n\
+         SET LOCAL enable_sort = off;\n{fold}\n\
+         SELECT set_config('enable_sort', current_setting('pipeline.enable_sort'), true);\n"
+    )
 }
 
 /// How long an idle applier waits before looking again (it is also woken
@@ -402,7 +447,6 @@ async fn folds(tx: &tokio_postgres::Transaction<'_>, lane: Lane, citus: bool) ->
             // On Citus `events` is the coordinator's empty shell: the
             // probes, which Citus runs on the workers.
             let users = if citus { Users::Join } else { users_form(tx).await? };
-            tracing::debug!(?users, "distinct users counted");
             tx.batch_execute(apply_metrics(users)).await?;
             fold_counters(tx, &BY_CATEGORY).await
         }
@@ -732,29 +776,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_round_scans_when_it_touches_a_big_part_of_events_unless_told_otherwise() {
+    fn a_round_scans_or_recounts_when_it_touches_a_big_part_of_events_unless_told_otherwise() {
         use Users::*;
-        // Measured cases (see SCAN_ROWS_PER_ENTRY): a backlog's round of
-        // 473 736 entries against 600 000 rows; one batch of 122 693
-        // entries into 5.3 M rows when its range is all of them (late data
-        // over the years the table holds) and when it is the batch's own
-        // day (150 000 rows); a 1 500-row file against a range of 600 000.
+        // Measured cases (see SCAN_ROWS_PER_ENTRY and
+        // RECOUNT_ROWS_PER_ENTRY): a backlog's round of 473 736 entries
+        // against 600 000 rows, and of 122 675 against 300 000; one batch
+        // of 120 000 entries against the day it shares with 600 000 rows;
+        // one of 122 693 entries into 5.3 M rows when its range is all of
+        // them (late data over the years the table holds) and when it is
+        // the batch's own day (150 000 rows); a 1 500-row file against a
+        // range of 600 000.
         let mb = 1_000_000;
-        assert_eq!(choose(473_736, Some(600_000.0), 100 * mb, ""), ScanRange);
+        assert_eq!(choose(473_736, Some(600_000.0), 100 * mb, ""), RecountRange);
+        assert_eq!(choose(122_675, Some(300_000.0), 50 * mb, ""), RecountRange);
+        assert_eq!(choose(120_000, Some(750_000.0), 120 * mb, ""), ScanRange);
         assert_eq!(choose(122_693, Some(5_300_000.0), 690 * mb, ""), Probe);
-        assert_eq!(choose(122_693, Some(150_000.0), 690 * mb, ""), ScanRange);
+        assert_eq!(choose(122_693, Some(150_000.0), 690 * mb, ""), RecountRange);
         assert_eq!(choose(1_500, Some(600_000.0), 100 * mb, ""), Probe);
+        // A small round is not recounted, however few rows its range seems
+        // to hold (a live stream's newest minute, past the statistics).
+        assert_eq!(choose(1_500, Some(5.0), 100 * mb, ""), ScanRange);
+        assert_eq!(choose(RECOUNT_ENTRIES - 1, Some(0.0), 0, ""), ScanRange);
+        assert_eq!(choose(RECOUNT_ENTRIES, Some(0.0), 0, ""), RecountRange);
         assert_eq!(choose(1, Some(0.0), 0, ""), ScanRange, "an empty range is scanned");
         assert_eq!(choose(1, Some(f64::INFINITY), 0, ""), Probe, "no estimate: probes");
-        // No statistics yet: sized by its bytes, and scanned whole.
-        assert_eq!(choose(473_736, None, 100 * mb, ""), ScanAll);
+        // No statistics yet: sized by its bytes, and read whole.
+        assert_eq!(choose(473_736, None, 100 * mb, ""), RecountAll);
+        assert_eq!(choose(122_675, None, 77 * mb, ""), ScanAll);
         assert_eq!(choose(122_693, None, 690 * mb, ""), Probe);
         assert_eq!(choose(1, None, 0, ""), ScanAll, "an empty table is scanned");
         // The override.
         assert_eq!(choose(473_736, Some(1.0), 1, "probe"), Probe);
+        assert_eq!(choose(473_736, Some(1.0), 1, "scan"), ScanRange);
         assert_eq!(choose(1, Some(f64::MAX), i64::MAX, "scan"), ScanRange);
         assert_eq!(choose(1, None, i64::MAX, "scan"), ScanAll);
-        assert_eq!(choose(i64::MAX, None, i64::MAX, ""), ScanAll, "no overflow");
+        assert_eq!(choose(1, Some(f64::MAX), i64::MAX, "recount"), RecountRange);
+        assert_eq!(choose(1, None, i64::MAX, "recount"), RecountAll);
+        assert_eq!(choose(i64::MAX, None, i64::MAX, ""), RecountAll, "no overflow");
     }
 
     #[test]
@@ -767,29 +825,49 @@ mod tests {
 
     #[test]
     fn the_other_forms_swap_the_present_part_and_nothing_else() {
+        use Users::*;
         let (start, end) = ("-- <present>\n", "-- </present>\n");
         let a = APPLY_METRICS.find(start).expect("start marker");
         let b = APPLY_METRICS.find(end).expect("end marker") + end.len();
         let capped = "LIMIT abs(g.net) + 1) x) AS now";
         assert!(APPLY_METRICS.contains(capped));
-        assert_eq!(apply_metrics(Users::Probe), APPLY_METRICS);
+        assert!(APPLY_METRICS[a..b].contains("users AS ("), "the part swapped defines the users' change");
+        assert_eq!(apply_metrics(Probe), APPLY_METRICS);
         let range_lines = "current_setting('pipeline.round_from')";
+        let (sorts_off, sorts_back) = ("SET LOCAL enable_sort = off;\n", "current_setting('pipeline.enable_sort')");
         for (users, part) in [
-            (Users::ScanRange, PRESENT_SCAN.to_owned()),
-            (Users::ScanAll, splice(PRESENT_SCAN, "range", "")),
-            (Users::Join, PRESENT_JOIN.to_owned()),
+            (ScanRange, PRESENT_SCAN.to_owned()),
+            (ScanAll, splice(PRESENT_SCAN, "range", "")),
+            (Join, PRESENT_JOIN.to_owned()),
+            (RecountRange, PRESENT_RECOUNT.to_owned()),
+            (RecountAll, splice(PRESENT_RECOUNT, "range", "")),
         ] {
-            let other = apply_metrics(users);
-            let scan = users != Users::Join;
+            let recount = matches!(users, RecountRange | RecountAll);
+            let form = apply_metrics(users);
+            // The recount runs with sorts off, and the setting is put back.
+            let other = if recount {
+                let fold = form.strip_prefix(&form[..form.find(sorts_off).expect("sorts off") + sorts_off.len()]);
+                let fold = fold.and_then(|f| f.rsplit_once("\nSELECT set_config('enable_sort'")).expect("put back").0;
+                assert!(form.trim_end().ends_with(&format!("{sorts_back}, true);")), "{users:?}");
+                fold
+            } else {
+                assert!(!form.contains("enable_sort"), "{users:?}");
+                form
+            };
+            let scan = matches!(users, ScanRange | ScanAll);
             assert_eq!(other.contains("touched AS (SELECT DISTINCT window_start, user_id FROM nets)"), scan);
-            assert_eq!(other.contains("count(e.user_id) AS now"), !scan, "{users:?}");
+            assert_eq!(other.contains("count(e.user_id) AS now"), users == Join, "{users:?}");
+            assert_eq!(other.contains("coalesce(c.users, 0) - coalesce(m.users, 0)"), recount, "{users:?}");
             assert!(!other.contains(capped), "{users:?}");
-            assert_eq!(other.contains(range_lines), users == Users::ScanRange, "{users:?}");
+            assert_eq!(other.contains(range_lines), matches!(users, ScanRange | RecountRange), "{users:?}");
+            assert_eq!(other.matches("users AS (").count(), 1, "{users:?}");
             assert!(other.starts_with(&APPLY_METRICS[..a]));
             assert!(other.ends_with(&APPLY_METRICS[b..]));
             assert_eq!(other.len(), a + part.len() + APPLY_METRICS.len() - b);
         }
-        assert!(PRESENT_SCAN.contains("-- <range>\n") && PRESENT_SCAN.contains("-- </range>\n"));
-        assert!(PRESENT_SCAN.contains(range_lines));
+        for part in [PRESENT_SCAN, PRESENT_RECOUNT] {
+            assert!(part.contains("-- <range>\n") && part.contains("-- </range>\n"));
+            assert!(part.contains(range_lines));
+        }
     }
 }

@@ -71,6 +71,21 @@ async fn metrics_and_counters_equal_their_group_by_when_the_applier_scans_the_ro
     random_batches_equal_their_group_by("scan", false, true, true).await
 }
 
+/// The same with the touched cells' distinct users counted again from
+/// scratch, the form a round whose users have most of its range's rows
+/// takes; `events` has no statistics, so the recount reads all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_counters_equal_their_group_by_when_the_applier_recounts_the_touched_cells() -> TestResult {
+    random_batches_equal_their_group_by("recount", false, false, false).await
+}
+
+/// The same with `events` analyzed after every round, in lanes: the
+/// recount reads only the rows in the round's time range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_counters_equal_their_group_by_when_the_applier_recounts_the_rounds_time_range() -> TestResult {
+    random_batches_equal_their_group_by("recount", false, true, true).await
+}
+
 /// `join`: the applier's distinct-user count (`pipeline.applier_join`);
 /// `hash_joins`: every join of the database's sessions hashed; `analyze`:
 /// `events` analyzed after every round (the applier's scan then reads only

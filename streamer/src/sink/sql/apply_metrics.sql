@@ -51,10 +51,10 @@ present AS MATERIALIZED (
                   AND e.product_category = g.product_category
                 LIMIT abs(g.net) + 1) x) AS now
     FROM nets g),
--- </present>
 users AS (
     SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
     FROM present GROUP BY 1, 2),
+-- </present>
 changes AS (
     SELECT window_start, product_category, coalesce(c.views, 0) AS views, coalesce(c.purchases, 0) AS purchases,
            coalesce(u.users, 0) AS users, coalesce(c.revenue, 0) AS revenue

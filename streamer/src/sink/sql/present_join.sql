@@ -10,3 +10,6 @@ present AS (
      AND e.event_time < g.window_start + (SELECT width FROM s)
      AND e.product_category = g.product_category
     GROUP BY g.window_start, g.product_category, g.user_id, g.net),
+users AS (
+    SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
+    FROM present GROUP BY 1, 2),

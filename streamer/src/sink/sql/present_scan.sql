@@ -5,9 +5,10 @@
 -- part of events in the round's time range (the width a scalar subquery, a
 -- constant for the join). The applier sets that range (pipeline.round_from,
 -- pipeline.round_to: the touched windows) and picks this form when the range
--- holds few rows for the round's users; otherwise it keeps apply_metrics.sql's
--- index probes (see applier.rs). Before events has statistics the applier
--- drops the range lines and the scan reads all of events.
+-- holds few rows per user entry of the round, but too many for
+-- present_recount.sql; with more, it keeps apply_metrics.sql's index probes
+-- (see applier.rs). Before events has statistics the applier drops the range
+-- lines and the scan reads all of events.
 touched AS (SELECT DISTINCT window_start, user_id FROM nets),
 have AS (
     SELECT t.window_start, e.product_category, t.user_id, count(*) AS now
@@ -23,3 +24,6 @@ have AS (
 present AS (
     SELECT g.window_start, g.product_category, g.net, coalesce(h.now, 0) AS now
     FROM nets g LEFT JOIN have h USING (window_start, product_category, user_id)),
+users AS (
+    SELECT window_start, product_category, sum((now > 0)::int - (now - net > 0)::int) AS users
+    FROM present GROUP BY 1, 2),
