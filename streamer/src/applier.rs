@@ -149,9 +149,9 @@ enum Users {
 /// the database overrides the choice: `probe`, `scan` or `recount`). Sets
 /// the round's time range, the windows its deltas touch, as
 /// `pipeline.round_from` and `pipeline.round_to` (transaction-local): the
-/// scan and the recount read only that part of `events`, by its `event_time` index when the part is small, and its
-/// size is the planner's estimate of the rows in it (EXPLAIN: statistics,
-/// no scan).
+/// scan and the recount read only that part of `events`, by its
+/// `event_time` index when the part is small, and its size is the
+/// planner's estimate of the rows in it (EXPLAIN: statistics, no scan).
 async fn users_form(tx: &tokio_postgres::Transaction<'_>) -> Result<Users, tokio_postgres::Error> {
     let row = tx.query_one(ROUND_RANGE, &[]).await?;
     let (entries, forced, heap, stats): (i64, String, i64, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
@@ -232,18 +232,19 @@ fn splice(sql: &str, name: &str, part: &str) -> String {
 /// The metrics fold in the round's form.
 fn apply_metrics(users: Users) -> &'static str {
     use std::sync::OnceLock;
-    static FORMS: [OnceLock<String>; 5] = [const { OnceLock::new() }; 5];
-    fn whole(part: &str) -> String {
-        splice(APPLY_METRICS, "present", part)
-    }
-    let form = |slot: usize, build: fn() -> String| FORMS[slot].get_or_init(build).as_str();
+    static JOIN: OnceLock<String> = OnceLock::new();
+    static RANGE: OnceLock<String> = OnceLock::new();
+    static ALL: OnceLock<String> = OnceLock::new();
+    static RECOUNT_RANGE: OnceLock<String> = OnceLock::new();
+    static RECOUNT_ALL: OnceLock<String> = OnceLock::new();
+    let whole = |part: &str| splice(APPLY_METRICS, "present", part);
     match users {
         Users::Probe => APPLY_METRICS,
-        Users::Join => form(0, || whole(PRESENT_JOIN)),
-        Users::ScanRange => form(1, || whole(PRESENT_SCAN)),
-        Users::ScanAll => form(2, || whole(&splice(PRESENT_SCAN, "range", ""))),
-        Users::RecountRange => form(3, || recounted(whole(PRESENT_RECOUNT))),
-        Users::RecountAll => form(4, || recounted(whole(&splice(PRESENT_RECOUNT, "range", "")))),
+        Users::Join => JOIN.get_or_init(|| whole(PRESENT_JOIN)),
+        Users::ScanRange => RANGE.get_or_init(|| whole(PRESENT_SCAN)),
+        Users::ScanAll => ALL.get_or_init(|| whole(&splice(PRESENT_SCAN, "range", ""))),
+        Users::RecountRange => RECOUNT_RANGE.get_or_init(|| recounted(whole(PRESENT_RECOUNT))),
+        Users::RecountAll => RECOUNT_ALL.get_or_init(|| recounted(whole(&splice(PRESENT_RECOUNT, "range", "")))),
     }
 }
 
