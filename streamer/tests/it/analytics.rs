@@ -416,6 +416,19 @@ async fn assert_applier_drained(client: &tokio_postgres::Client) {
 /// was lost or folded twice by either lane.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_applier_killed_between_its_two_lanes_neither_loses_nor_doubles_a_delta() -> TestResult {
+    killed_between_lanes(None).await
+}
+
+/// The same with every round counting its cells' distinct users again from
+/// scratch (`pipeline.applier_join = 'recount'`): a half-marked batch's
+/// cells are counted against what lane 1 stored when it folded them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applier_killed_between_its_lanes_while_recounting_neither_loses_nor_doubles_a_delta() -> TestResult {
+    killed_between_lanes(Some("recount")).await
+}
+
+/// `join`: the distinct-user count forced on the database, if any.
+async fn killed_between_lanes(join: Option<&str>) -> TestResult {
     let mut rng = seeded_rng("ANALYTICS_SEED");
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
@@ -423,6 +436,9 @@ async fn the_applier_killed_between_its_two_lanes_neither_loses_nor_doubles_a_de
     std::fs::create_dir_all(&data)?;
     let client = db.client().await;
     database_set(&client, &format!("SET {ALWAYS_LANES}")).await;
+    if let Some(join) = join {
+        database_set(&client, &format!("SET pipeline.applier_join = '{join}'")).await;
+    }
     let flags = ["--once", "--max-files-per-batch", "1"];
     let (mut runs, mut crashes, mut halves, mut edits) = (0, 0, 0, 0);
     while runs < 8 || halves < 2 || edits < 2 {
