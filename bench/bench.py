@@ -489,9 +489,43 @@ def vm_of(streamer, key, log_file):
     return vm(streamer.pid, key)
 
 
+def copy_each(files, url):
+    """The floor under a file's latency: each file copied by `psql \\copy` in
+    its own transaction (autocommit), one after the other into the growing
+    table, in one session; each COPY's time from `\\timing` (the client
+    sends the file, the server writes the rows and commits)."""
+    script = WORK / "copy-each.sql"
+    script.write_text("\\timing on\n" + "".join(
+        f"\\copy events({COLUMNS}) FROM '{f}' WITH (FORMAT csv, HEADER true)\n" for f in files))
+    out = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)],
+                         capture_output=True, text=True, check=True)
+    times = sorted(float(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("Time: "))
+    if len(times) != len(files):
+        raise RuntimeError(f"psql \\copy one by one: {len(times)} times for {len(files)} files:\n{out.stdout[-2000:]}")
+    q = lambda p: times[min(len(times) - 1, int(round(p / 100 * (len(times) - 1))))]
+    return {"files": len(times), "p50_ms": q(50), "p99_ms": q(99)}
+
+
+def copy_floor(files, rows):
+    """`copy_each` over files like the idle run's (same size and seed, no
+    duplicates: a plain COPY cannot take a re-sent key) into a fresh table."""
+    data = WORK / "latency-floor"
+    shutil.rmtree(data, ignore_errors=True)
+    paths = generate(data, files, rows, 0.0, seed=13)
+    url = fresh_database("bench_latency_floor", schema=True)
+    floor = copy_each(paths, url)
+    drop_database("bench_latency_floor")
+    shutil.rmtree(data)
+    log(f"latency floor: one {rows:,}-row file by psql \\copy alone (autocommit), {floor['files']} files: "
+        f"p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms")
+    return floor
+
+
 def latency():
+    idle = latency_run("idle (a file every 0.5 s)", LATENCY_FILES, 1_500, 0.5)
+    idle["copy_floor"] = copy_floor(LATENCY_FILES, 1_500)
     return {
-        "idle": latency_run("idle (a file every 0.5 s)", LATENCY_FILES, 1_500, 0.5),
+        "idle": idle,
         # 1 500-row files at 20 000 rows/s: one every 75 ms.
         "sustained": latency_run("sustained (20 000 rows/s)", int(LATENCY_FILES * 1.5), 1_500, 0.075),
     }
