@@ -76,6 +76,8 @@ pub struct Shared {
     pub citus: bool,
     /// A loader that cannot go on sends why here; the stream stops.
     pub fatal: mpsc::UnboundedSender<anyhow::Error>,
+    /// The keys the loaders committed lately (`sink::RecentKeys`).
+    pub recent: Arc<crate::sink::RecentKeys>,
 }
 
 /// One batch's work: which files, and what was decided about them.
@@ -225,7 +227,7 @@ async fn session(
     if client.as_ref().is_some_and(|(c, _)| !c.is_closed()) {
         return Next::Go;
     }
-    match open_session(&shared.config, shared.citus).await {
+    match open_session(&shared.config, shared.citus, &shared.recent).await {
         Ok(c) => {
             *client = Some(c);
             Next::Go
@@ -267,11 +269,15 @@ fn pick_recovered(shared: &Shared, job: &mut Job) -> bool {
     shared.unclaimed_recoveries.load(std::sync::atomic::Ordering::Acquire) == 0
 }
 
-async fn open_session(config: &Config, citus: bool) -> Result<(Client, Stage), SinkError> {
+async fn open_session(
+    config: &Config,
+    citus: bool,
+    recent: &Arc<crate::sink::RecentKeys>,
+) -> Result<(Client, Stage), SinkError> {
     let (client, _) = connect_session(&config.database, crate::pg::APPLICATION_NAME, &config.session)
         .await
         .map_err(SinkError::query("opening the loader session"))?;
-    let stage = crate::sink::prepare_loader_session(&client, citus).await?;
+    let stage = crate::sink::prepare_loader_session(&client, citus).await?.with_recent_keys(recent.clone());
     Ok((client, stage))
 }
 

@@ -38,6 +38,7 @@ pub(super) fn report(shared: &Shared, job: &Job, c: &Committed, read: &BatchRead
         chunks_inserted: c.chunks_inserted,
         chunks_merged: c.chunks_merged,
         rows_merged: c.rows_merged,
+        keys_looked_up: c.keys_looked_up,
         rows_per_sec: input_rows as f64 / total.as_secs_f64().max(1e-9),
         phases: Phases {
             discover_ms: ms(discover),

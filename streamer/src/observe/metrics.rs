@@ -320,6 +320,7 @@ mod tests {
             chunks_inserted: 1,
             chunks_merged: 0,
             rows_merged: 0,
+            keys_looked_up: 0,
             rows_per_sec: 0.0,
             phases: Phases { total_ms: 30.0, ..Phases::default() },
         }

@@ -63,6 +63,9 @@ pub struct BatchProgress {
     pub chunks_inserted: u32,
     pub chunks_merged: u32,
     pub rows_merged: u64,
+    /// Keys looked up in `events` to split chunks: none when the
+    /// streamer's recent keys told which were stored.
+    pub keys_looked_up: u64,
     /// Input rows per second over the whole batch.
     pub rows_per_sec: f64,
     pub phases: Phases,
@@ -86,6 +89,7 @@ impl BatchProgress {
             chunks_inserted = self.chunks_inserted,
             chunks_merged = self.chunks_merged,
             rows_merged = self.rows_merged,
+            keys_looked_up = self.keys_looked_up,
             rows_per_sec = self.rows_per_sec.round(),
             discover_ms = p.discover_ms,
             read_ms = p.read_ms,

@@ -11,6 +11,8 @@
 //! - [`lock`]: the advisory locks the streamers coordinate with.
 
 pub mod lock;
+mod recent;
+pub use recent::RecentKeys;
 pub mod schema;
 mod settle;
 pub mod sql;
@@ -18,7 +20,7 @@ pub mod sql;
 pub use settle::{committed_files, HistoryFile};
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -36,6 +38,7 @@ use crate::batch::aggregate::{BatchCounters, Pair};
 use crate::batch::{Chunk, Deltas, EventView, FileOutcome, FileSummary};
 use crate::checkpoint::FileId;
 use crate::pg::{classify, describe, text, ErrorClass};
+use recent::BatchKeys;
 
 /// A PostgreSQL failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +160,9 @@ pub struct Committed {
     pub chunks_inserted: u32,
     pub chunks_merged: u32,
     pub rows_merged: u64,
+    /// Keys looked up in `events` to split chunks (none when the streamer's
+    /// recent keys told which were stored).
+    pub keys_looked_up: u64,
 }
 
 /// A loader session's staging table: its own TEMP table on PostgreSQL; on
@@ -174,6 +180,13 @@ pub struct Stage {
     prepared: Prepared,
     /// When the session's batches try a chunk straight into `events`.
     turns: InsertTurns,
+    /// The keys the streamer's loader sessions committed lately (shared
+    /// by them: [`Stage::with_recent_keys`]), and when this session's
+    /// batches split a chunk by them instead of looking its keys up (the
+    /// same doubling pause as `turns` after a key they did not know was
+    /// stored).
+    recent: Arc<RecentKeys>,
+    hints: InsertTurns,
 }
 
 /// When a loader session tries a chunk straight into `events` (COPY, as
@@ -318,6 +331,12 @@ struct Prepared {
 }
 
 impl Stage {
+    /// The session shares these recent keys with the streamer's other
+    /// loader sessions (a re-sent row was often committed by another).
+    pub fn with_recent_keys(self, recent: Arc<RecentKeys>) -> Stage {
+        Stage { recent, ..self }
+    }
+
     async fn temp(client: &Client) -> Result<Stage, tokio_postgres::Error> {
         Stage::new(client, "events_stage".into(), false).await
     }
@@ -347,6 +366,8 @@ impl Stage {
             distributed,
             prepared,
             turns: InsertTurns::default(),
+            recent: Arc::default(),
+            hints: InsertTurns::default(),
         })
     }
 }
@@ -367,9 +388,9 @@ pub struct Loader<'a> {
     /// merge's `$1` and `$2`.
     ids: Vec<i32>,
     mtimes: Vec<i64>,
-    /// The file order between files of one time ([`sql::SAME_TIME_OLDER`]),
-    /// read before the first merge.
-    after: Option<Vec<i64>>,
+    /// The file order between the batch's files and older files of their
+    /// times, read with the claim ([`CLAIM_COLUMNS`]): the merges' `$3`.
+    order: Vec<i64>,
     /// Some staged row lost to a stored one: the file order is read again
     /// before the COMMIT (`settle::same_file_order`).
     lost_some: bool,
@@ -377,6 +398,12 @@ pub struct Loader<'a> {
     /// This batch tries its next chunk straight into `events`
     /// ([`InsertTurns`]; never on Citus, whose stage holds the batch).
     insert: bool,
+    /// This batch splits chunks by the streamer's recent keys
+    /// ([`RecentKeys`]) before it looks keys up.
+    hint: bool,
+    /// The batch's keys, for the streamer's recent keys once it commits.
+    keys: BatchKeys,
+    keys_looked_up: u64,
     /// The TEMP stage holds a merged chunk, to empty before the next.
     stage_used: bool,
     chunks_inserted: u32,
@@ -393,9 +420,18 @@ pub struct Loader<'a> {
     counters: BatchCounters,
 }
 
+/// A claimed file: its identity, whether another version of its name was
+/// loaded, and the file order between it and every registered file of its
+/// modification time that is older by name, then registry id (as
+/// `source_file_after` of db/005 says), as the pairs [`sql::NEWER`] takes:
+/// usually none. Read with the claim, so that the first merge does not wait
+/// for a statement of its own (planned again every time: about 0.35 ms of
+/// the server's time, a round trip besides).
 const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
      EXISTS (SELECT 1 FROM source_files o WHERE o.source = f.source AND o.file_name = f.file_name \
-             AND o.file_id <> f.file_id AND o.state = 'loaded')";
+             AND o.file_id <> f.file_id AND o.state = 'loaded'), \
+     ARRAY(SELECT (f.file_id::int8 << 32) | o.file_id FROM source_files o WHERE o.file_mtime_ns = f.file_mtime_ns \
+           AND (o.file_name COLLATE \"C\", o.file_id) < (f.file_name COLLATE \"C\", f.file_id))";
 
 /// The claim of the oldest pending files of source `$1`, at most `$2`,
 /// until their sizes reach `$3`.
@@ -438,6 +474,7 @@ impl<'a> Loader<'a> {
             .collect();
         let ids: Vec<i32> = files.iter().map(|f| f.file_id).collect();
         let mtimes = files.iter().map(|f| f.id.mtime_ns).collect();
+        let order = rows.iter().flat_map(|r| r.get::<_, Vec<i64>>(5)).collect();
         let (staged, written) = (vec![0; files.len()], vec![(0, 0); files.len()]);
         Ok(Loader {
             tx,
@@ -447,10 +484,13 @@ impl<'a> Loader<'a> {
             files,
             ids,
             mtimes,
-            after: None,
+            order,
             lost_some: false,
             chunks: 0,
             insert: false,
+            hint: false,
+            keys: BatchKeys::default(),
+            keys_looked_up: 0,
             stage_used: false,
             chunks_inserted: 0,
             chunks_merged: 0,
@@ -522,6 +562,7 @@ impl<'a> Loader<'a> {
             // Taken here, not at the claim: an idle loader's empty claims
             // would use the skipped turns up.
             self.insert = !self.stage.distributed && self.stage.turns.take();
+            self.hint = !self.stage.distributed && !self.stage.recent.is_empty() && self.stage.hints.take();
             self.number().await?;
         }
         self.stage_rows(chunk).await?;
@@ -541,7 +582,13 @@ impl<'a> Loader<'a> {
         let n = self.chunks;
         self.chunks += 1;
         let mut rows = vec![0u64; self.files.len()];
-        if self.insert {
+        if !self.stage.distributed {
+            self.keys.note(&view);
+        }
+        // A chunk with a key the streamer committed lately would fail its
+        // try straight in: it is split by those keys instead.
+        let hinted = if self.hint { self.stage.recent.flags(&view) } else { None };
+        if self.insert && hinted.is_none() {
             if self.insert_rows(&view, Pick::All, &mut rows).await? {
                 self.count_inserted(&rows);
                 self.went_straight();
@@ -553,7 +600,7 @@ impl<'a> Loader<'a> {
             self.insert = false;
             rows.fill(0);
         }
-        let stored = if self.stage.distributed { None } else { self.split(&view, &mut rows).await? };
+        let stored = if self.stage.distributed { None } else { self.split(&view, hinted, &mut rows).await? };
         let pick = match &stored {
             Some(Split::Inserted) => return Ok(()),
             Some(Split::Stored(stored)) => Pick::Stored(stored),
@@ -601,7 +648,30 @@ impl<'a> Loader<'a> {
     /// and only the others are left to stage and merge. `None`: merge it
     /// all (every key is stored, or another session stored one of the
     /// fresh keys meanwhile: its straight COPY failed and left nothing).
-    async fn split(&mut self, view: &EventView<'_>, rows: &mut [u64]) -> Result<Option<Split>, SinkError> {
+    ///
+    /// Which keys are stored: `hinted`, the rows whose key the streamer
+    /// committed lately, when it has some; else, or when a key it did not
+    /// know was stored (its straight COPY failed), a look-up in `events`.
+    async fn split(
+        &mut self,
+        view: &EventView<'_>,
+        hinted: Option<Vec<bool>>,
+        rows: &mut [u64],
+    ) -> Result<Option<Split>, SinkError> {
+        if let Some(stored) = hinted {
+            if !stored.contains(&false) {
+                return Ok(None);
+            }
+            if self.insert_rows(view, Pick::Fresh(&stored), rows).await? {
+                self.stage.hints.inserted();
+                self.count_inserted(rows);
+                rows.fill(0);
+                return Ok(Some(Split::Stored(stored)));
+            }
+            rows.fill(0);
+            self.stage.hints.met_stored_key();
+            self.hint = false;
+        }
         let (users, times): (Vec<i32>, Vec<DateTime<Utc>>) =
             (0..view.len()).filter_map(|i| view.key(i)).map(|(user, time)| (user, micros_to_utc(time))).unzip();
         let found = self
@@ -609,6 +679,7 @@ impl<'a> Loader<'a> {
             .query(&self.stage.prepared.stored, &[&users, &times])
             .await
             .map_err(SinkError::query("finding the chunk's stored keys"))?;
+        self.keys_looked_up += users.len() as u64;
         let mut stored = vec![false; view.len()];
         for row in &found {
             if let Some(s) = usize::try_from(row.get::<_, i32>(0)).ok().and_then(|i| stored.get_mut(i)) {
@@ -701,17 +772,12 @@ impl<'a> Loader<'a> {
     /// Merges the chunk just staged (`rows` rows, unique keys) into
     /// `events` and counts what it wrote, per file.
     async fn merge_chunk(&mut self, rows: u64) -> Result<(), SinkError> {
-        let after = match self.after.take() {
-            Some(after) => after,
-            None => settle::file_order(&self.tx, &self.stage.prepared.file_order, &self.ids).await?,
-        };
         let merged = self
             .tx
-            .query(&self.stage.prepared.merge_one, &[&self.ids, &self.mtimes, &after])
+            .query(&self.stage.prepared.merge_one, &[&self.ids, &self.mtimes, &self.order])
             .await
-            .map_err(SinkError::query("merging into events"));
-        self.after = Some(after);
-        let won = settle::add_written(&self.ids, &merged?, &mut self.written);
+            .map_err(SinkError::query("merging into events"))?;
+        let won = settle::add_written(&self.ids, &merged, &mut self.written);
         if won < rows as i64 {
             self.lost_some = true;
             // Some rows lost to newer stored ones: the applier takes their
@@ -834,12 +900,14 @@ impl<'a> Loader<'a> {
             files,
             ids,
             mtimes,
-            mut after,
+            order,
             mut lost_some,
             chunks,
             chunks_inserted,
             chunks_merged,
             rows_merged,
+            keys,
+            keys_looked_up,
             staged,
             mut written,
             started,
@@ -848,9 +916,8 @@ impl<'a> Loader<'a> {
         let mut loads = settle::loads(&files, read);
         if chunks > 0 {
             if stage.distributed {
-                let merged = settle::merge_batch(&tx, stage, batch_seq, chunks, &ids, &mtimes, &staged, &mut written);
-                let (order, lost) = merged.await?;
-                (after, lost_some) = (Some(order), lost);
+                let batch = settle::Merge { batch_seq, chunks, ids: &ids, mtimes: &mtimes, order: &order };
+                lost_some = settle::merge_batch(&tx, stage, batch, &staged, &mut written).await?;
             } else if chunks_merged > 0 && chunks > 1 {
                 settle::reconcile(&tx, batch_seq, &ids, &mut written).await?;
             }
@@ -860,7 +927,7 @@ impl<'a> Loader<'a> {
         // to the end, and the closing rows' error comes first: once one of
         // them fails, the check only meets the aborted transaction.
         let record = settle::record(&tx, &stage.prepared, &meta, batch_seq, &loads, to_move);
-        let merged_by = after.as_deref().filter(|_| lost_some);
+        let merged_by = Some(&order[..]).filter(|_| lost_some);
         let check = settle::same_file_order(&tx, &stage.prepared.file_order, &ids, merged_by);
         let (recorded, ordered) = tokio::join!(record, check);
         recorded.and(ordered)?;
@@ -874,6 +941,7 @@ impl<'a> Loader<'a> {
                 .map_err(SinkError::query("taking the commit fence"))?;
         }
         tx.commit().await.map_err(SinkError::query("committing the batch"))?;
+        stage.recent.add(keys.keys());
         Ok(Committed {
             batch_seq,
             files: loads,
@@ -883,6 +951,7 @@ impl<'a> Loader<'a> {
             chunks_inserted,
             chunks_merged,
             rows_merged,
+            keys_looked_up,
         })
     }
 }

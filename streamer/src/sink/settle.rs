@@ -40,10 +40,9 @@ pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
         .collect()
 }
 
-/// The file order between a batch's file and an older one of the same
-/// modification time, read on the coordinator and passed to the merge (on
-/// Citus the merge runs on the workers, where the registry is not).
-/// `statement` is [`sql::SAME_TIME_OLDER`] prepared.
+/// The file order between a batch's files and older ones of the same
+/// modification time, read again before the COMMIT (the claim read it
+/// first). `statement` is [`sql::SAME_TIME_OLDER`] prepared.
 pub(super) async fn file_order(
     tx: &Transaction<'_>,
     statement: &Statement,
@@ -54,7 +53,7 @@ pub(super) async fn file_order(
 
 /// Before the COMMIT: fails the batch (transient: it runs again) when a
 /// file that is older than one of the batch's files by the file order
-/// between files of one modification time was registered after the merges
+/// between files of one modification time was registered after the claim
 /// read that order (`after`; `None` when no staged row lost to a stored
 /// one). Such a file's rows, committed by another loader before a merge met
 /// them, made the batch's rows lose as if they were older; a missing pair
@@ -93,24 +92,30 @@ pub(super) fn add_written(ids: &[i32], rows: &[Row], written: &mut [(u64, u64)])
     sum
 }
 
+/// What the merge of a whole batch needs: its number, its chunks, its
+/// files' ids and modification times by index, and the file order read
+/// with the claim.
+pub(super) struct Merge<'b> {
+    pub batch_seq: i64,
+    pub chunks: i32,
+    pub ids: &'b [i32],
+    pub mtimes: &'b [i64],
+    pub order: &'b [i64],
+}
+
 /// On Citus: merges the whole batch from the loader's distributed stage
 /// (the latest chunk's row of a key), records the rows that lost, and
-/// empties the stage; returns the file order it merged by, and whether some
-/// staged row did not win (then that order is checked again before the
-/// COMMIT).
-#[allow(clippy::too_many_arguments)] // the batch's parts, each used once
+/// empties the stage; returns whether some staged row did not win (then
+/// the file order is checked again before the COMMIT).
 pub(super) async fn merge_batch(
     tx: &Transaction<'_>,
     stage: &Stage,
-    batch_seq: i64,
-    chunks: i32,
-    ids: &[i32],
-    mtimes: &[i64],
+    batch: Merge<'_>,
     staged: &[u64],
     written: &mut [(u64, u64)],
-) -> Result<(Vec<i64>, bool), SinkError> {
-    let after = file_order(tx, &stage.prepared.file_order, ids).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &after];
+) -> Result<bool, SinkError> {
+    let Merge { batch_seq, chunks, ids, mtimes, order } = batch;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&ids, &mtimes, &order];
     let rows = match stage.merge_several.as_ref().filter(|_| chunks > 1) {
         Some(several) => tx.query(several.as_str(), &params).await,
         None => tx.query(&stage.prepared.merge_one, &params).await,
@@ -125,7 +130,7 @@ pub(super) async fn merge_batch(
             .map_err(SinkError::query("recording the rows lost to newer ones"))?;
     }
     tx.batch_execute(&format!("DELETE FROM {}", stage.table)).await.map_err(SinkError::query("emptying the stage"))?;
-    Ok((after, lost_some))
+    Ok(lost_some)
 }
 
 /// After a batch merged chunk by chunk: makes `written` what merging its

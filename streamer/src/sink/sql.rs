@@ -54,9 +54,9 @@ pub const REPLACED_PER_FILE: &str = "SELECT src_file, count(*) FROM analytics_ro
 /// (modification time, then name and registry id), then line. Between two
 /// files of one modification time `$4` decides: the pairs (a batch's file,
 /// an older file of the same time) as `file_id << 32 | older_file_id`
-/// ([`SAME_TIME_OLDER`], read before the batch's first merge, and again
-/// before its COMMIT when a staged row lost: a pair gained meanwhile makes
-/// the batch run again).
+/// (read with the claim, and again by [`SAME_TIME_OLDER`] before the
+/// COMMIT when a staged row lost: a pair gained meanwhile makes the batch
+/// run again).
 pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUDED.src_mtime > e.src_mtime \
                          WHEN EXCLUDED.src_file = e.src_file THEN EXCLUDED.src_line > e.src_line \
                          ELSE ((EXCLUDED.src_file::int8 << 32) | e.src_file) = ANY($4::int8[]) END";
@@ -64,7 +64,7 @@ pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUD
 /// For the batch's files (`$1`), every registered file of the same
 /// modification time that is older in the file order (by name, then
 /// registry id, as `source_file_after` of db/005 says), as the pairs
-/// [`NEWER`] takes. Usually none.
+/// [`NEWER`] takes. Usually none. The claim reads the same pairs per file.
 pub const SAME_TIME_OLDER: &str = "SELECT coalesce(array_agg((n.file_id::int8 << 32) | o.file_id), '{}') \
      FROM source_files n JOIN source_files o ON o.file_mtime_ns = n.file_mtime_ns \
      AND (o.file_name COLLATE \"C\", o.file_id) < (n.file_name COLLATE \"C\", n.file_id) \

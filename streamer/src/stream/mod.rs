@@ -120,6 +120,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             window_seconds: control.window.seconds,
             citus: control.citus,
             fatal,
+            recent: Arc::default(),
         });
         let outcome = serve(&config, control, discovery, shared.clone(), &shutdown, fatal_rx).await;
         Ok(Some((outcome, shared)))

@@ -200,12 +200,14 @@ async fn a_batch_in_many_chunks_counts_as_one_over_stored_rows() -> TestResult {
 }
 
 /// A chunk none of whose keys is stored goes straight into `events` (COPY);
-/// one that meets a stored key halfway is undone to its savepoint and
-/// split: its rows of stored keys are merged, the others copied straight;
-/// the session's next batch is split without a try (none of its keys is
-/// stored: all of it goes straight). Each path's result is the oracle's,
-/// counts and derived tables included, and the progress records say which
-/// path each batch took and how many rows it merged.
+/// one that meets a stored key halfway (stored by an earlier run: the
+/// session does not know it) is undone to its savepoint and split by a
+/// look-up of its keys: its rows of stored keys are merged, the others
+/// copied straight; the session's next batch is split without a try (none
+/// of its keys is stored: all of it goes straight). Each path's result is
+/// the oracle's, counts and derived tables included, and the progress
+/// records say which path each batch took, how many rows it merged and how
+/// many keys it looked up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> TestResult {
     let db = TestDb::new().await;
@@ -231,18 +233,22 @@ async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> Tes
         ("f3.csv", format!("{HEADER}\n{}", rows(2, false))),
         ("f4.csv", format!("{HEADER}\n{}", rows(3, false))),
     ];
+    // One loader, one file a batch: the first file by a run of its own,
+    // then one session meets the others in this order.
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
     for (k, (name, body)) in files.iter().enumerate() {
         put_at(&data, name, body.as_bytes(), base + Duration::from_secs(k as u64));
+        if k == 0 {
+            assert_eq!(run_once(args(&data, &cp, &db.url, &flags)).await.totals.batches, 1);
+        }
     }
     // The oracle reads the contract's columns only: the first file without
     // its extra one.
     let plain = dir.path().join("plain");
     let mut paths = vec![put_at(&plain, "f1.csv", format!("{HEADER}\n{}", rows(0, false)).as_bytes(), base)];
     paths.extend(files[1..].iter().map(|(name, _)| data.join(name)));
-    // One loader, one file a batch: one session meets them in this order.
-    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
     let summary = run_once(args(&data, &cp, &db.url, &flags)).await;
-    assert_eq!(summary.totals.batches, 4);
+    assert_eq!(summary.totals.batches, 3);
 
     let client = db.client().await;
     assert!(table(&client).await == oracle(&paths).0, "events differs from the oracle");
@@ -272,23 +278,83 @@ async fn a_chunk_goes_straight_into_events_unless_it_meets_a_stored_key() -> Tes
         .get(0);
     assert_eq!(kept.as_deref(), Some(r#"{"coupon": "c3"}"#), "the extra column went in straight");
 
-    // By batch: straight; met the stored key, its one row merged and the
-    // other 100 straight; split without a try (the penalty), all straight;
-    // straight again.
-    let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl"))?;
-    let paths_taken: Vec<(u64, u64, u64)> = progress
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).map(|r| {
-                let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
-                (n("chunks_inserted"), n("chunks_merged"), n("rows_merged"))
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    // By batch: straight; met the stored key, its 101 keys looked up, its
+    // one row merged and the other 100 straight; split without a try (the
+    // penalty), its 100 keys looked up, all straight; straight again.
     assert_eq!(
-        paths_taken,
-        [(1, 0, 0), (0, 1, 1), (1, 0, 0), (1, 0, 0)],
-        "(chunks inserted, chunks merged, rows merged) by batch"
+        paths_taken(&cp),
+        [(1, 0, 0, 0), (0, 1, 1, 101), (1, 0, 0, 100), (1, 0, 0, 0)],
+        "(chunks inserted, chunks merged, rows merged, keys looked up) by batch"
+    );
+    Ok(())
+}
+
+/// A batch's path from its progress record: chunks copied straight,
+/// chunks merged, rows merged, keys looked up.
+type Taken = (u64, u64, u64, u64);
+
+/// Each batch's path, in commit order.
+fn paths_taken(cp: &std::path::Path) -> Vec<Taken> {
+    let progress = std::fs::read_to_string(cp.join("progress/progress.jsonl")).expect("progress records");
+    let record = |l: &str| {
+        let r: serde_json::Value = serde_json::from_str(l).expect("a JSON record");
+        let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
+        (n("chunks_inserted"), n("chunks_merged"), n("rows_merged"), n("keys_looked_up"))
+    };
+    progress.lines().map(record).collect()
+}
+
+/// A chunk that re-sends rows the streamer committed lately (an
+/// at-least-once producer; the generator's duplicates) is split by the
+/// streamer's recent keys, without a look-up or a failed try: those rows
+/// merged, the others straight. A key the streamer did not know is stored
+/// (an earlier run's) makes the hinted straight COPY fail: the chunk is
+/// split by a look-up, and the next batch does not trust the hint (it
+/// tries straight, fails, looks up); the one after trusts it again. Every
+/// path's result is the oracle's, counts and derived tables included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_re_sent_from_recent_batches_are_merged_without_a_look_up() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let base = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    let row = |u: u32, minute: u32, kind: &str| {
+        format!("{u},U{u},u{u}@x,{kind},{u},P{u},Home,1.50,2026-03-01T12:{minute:02}:00Z\n")
+    };
+    let fresh = |minute: u32| (1..=100).map(|u| row(u, minute, "view")).collect::<String>();
+    // f0 by a run of its own; then f1 fresh; f2 re-sends f1's user 50; f3
+    // re-sends f2's user 60 and f0's user 70 (the hint's miss); f4 re-sends
+    // f3's user 80; f5 f4's user 90. Each re-sent row is a purchase: newer,
+    // it replaces the stored view.
+    let files = [
+        fresh(0),
+        fresh(1),
+        format!("{}{}", fresh(2), row(50, 1, "purchase")),
+        format!("{}{}{}", fresh(3), row(60, 2, "purchase"), row(70, 0, "purchase")),
+        format!("{}{}", fresh(4), row(80, 3, "purchase")),
+        format!("{}{}", fresh(5), row(90, 4, "purchase")),
+    ];
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
+    let mut paths = Vec::new();
+    for (k, body) in files.iter().enumerate() {
+        let at = base + Duration::from_secs(k as u64);
+        paths.push(put_at(&data, &format!("f{k}.csv"), format!("{HEADER}\n{body}").as_bytes(), at));
+        if k == 0 {
+            assert_eq!(run_once(args(&data, &cp, &db.url, &flags)).await.totals.batches, 1);
+        }
+    }
+    assert_eq!(run_once(args(&data, &cp, &db.url, &flags)).await.totals.batches, 5);
+
+    let client = db.client().await;
+    assert!(table(&client).await == oracle(&paths).0, "events differs from the oracle");
+    assert_analytics_exact(&client).await;
+    let counts = client.query("SELECT rows_inserted, rows_updated FROM load_history ORDER BY file_name", &[]).await?;
+    let counts: Vec<(i64, i64)> = counts.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(counts, [(100, 0), (100, 0), (100, 1), (100, 2), (100, 1), (100, 1)], "inserted, updated by file");
+    assert_eq!(
+        paths_taken(&cp),
+        [(1, 0, 0, 0), (1, 0, 0, 0), (0, 1, 1, 0), (0, 1, 2, 102), (0, 1, 1, 101), (0, 1, 1, 0)],
+        "(chunks inserted, chunks merged, rows merged, keys looked up) by batch"
     );
     Ok(())
 }
