@@ -384,11 +384,12 @@ def markdown(r):
     floors = {name: e["copy_floor"] for name, e in lat.items() if "copy_floor" in e}
     for name, f in floors.items():
         lines += ["", f"The floor under the {name} run's latency, in the same run: {f['files']} files like its own (same "
-                  "size and seed, no duplicates, since a plain COPY cannot take a re-sent key) copied into `events` by "
-                  "`psql \\copy` one at a time, each in its own transaction, one session, into a table growing as "
-                  f"the stream's does: p50 {ms(f['p50_ms'])} ms, p99 {ms(f['p99_ms'])} ms a file (`\\timing`: the "
+                  "size and seed, no duplicates, since a plain COPY cannot take a re-sent key) copied by `psql \\copy` "
+                  "into `events` as `db/001_events.sql` creates it (its indexes, not the source position the "
+                  "streamer writes with each row), one at a time, each in its own transaction, one session, into a "
+                  f"table growing as the stream's does: p50 {ms(f['p50_ms'])} ms, p99 {ms(f['p99_ms'])} ms a file (`\\timing`: the "
                   "client sends the file, the server writes the rows and commits). The streamer adds to it noticing "
-                  "the file, the claim and plan, the look-up of stored keys and recording the batch."]
+                  "the file, the claim and plan, merging the re-sent rows and recording the batch."]
     if any("applier_lag_p99_ms" in e for e in lat.values()):
         lines += [
             "",
