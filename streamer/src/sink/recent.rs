@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::batch::EventView;
 
-/// How many keys a streamer keeps: about 1.5 MB. The generator re-sends
+/// How many keys a streamer keeps: about 1.6 MB. The generator re-sends
 /// rows of its last 4 096; a producer that re-sends a file it was not sure
 /// of re-sends one of its last few.
 pub const RECENT_KEYS: usize = 1 << 15;
