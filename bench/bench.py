@@ -299,6 +299,11 @@ def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def percentile(values, p):
+    """The p-th percentile of sorted values (nearest rank)."""
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
 def summarize(runs):
     keys = runs[0].keys()
     return {k: summary([r[k] for r in runs]) for k in keys if isinstance(runs[0][k], (int, float))}
@@ -446,13 +451,13 @@ def latency_run(label, files, rows, interval):
     if not latencies:
         raise RuntimeError(f"latency {label}: no published file was found committed; see {WORK}/latency-streamer.log")
     latencies.sort()
-    q = lambda p: latencies[min(len(latencies) - 1, int(round(p / 100 * (len(latencies) - 1))))]
+    q = lambda p: percentile(latencies, p)
     result = {"files": len(latencies), "published": len(published), "rows_per_file": rows, "interval_s": interval,
               "p50_ms": q(50), "p95_ms": q(95), "p99_ms": q(99), "max_ms": latencies[-1],
               "rss_max_mb": max(rss) / 1024, "hwm_mb": hwm / 1024, "ready_s": ready_s, "latencies_ms": latencies,
               "profile_p50_ms": {k_: sorted(v)[len(v) // 2] for k_, v in parts.items() if v}}
     if lag:
-        ql = lambda p: lag[min(len(lag) - 1, int(round(p / 100 * (len(lag) - 1))))]
+        ql = lambda p: percentile(lag, p)
         result.update({"applier_lag_p50_ms": ql(50), "applier_lag_p99_ms": ql(99), "applier_lag_max_ms": lag[-1],
                        "unapplied_at_end": unapplied, "derived_exact": exact})
         log(f"latency {label}: the derived tables followed each batch's commit by p50 {ql(50):.0f} ms, "
@@ -502,8 +507,7 @@ def copy_each(files, url):
     times = sorted(float(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("Time: "))
     if len(times) != len(files):
         raise RuntimeError(f"psql \\copy one by one: {len(times)} times for {len(files)} files:\n{out.stdout[-2000:]}")
-    q = lambda p: times[min(len(times) - 1, int(round(p / 100 * (len(times) - 1))))]
-    return {"files": len(times), "p50_ms": q(50), "p99_ms": q(99)}
+    return {"files": len(times), "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99)}
 
 
 def copy_floor(files, rows):
@@ -863,7 +867,7 @@ def spark_peer():
     shutil.rmtree(cp, ignore_errors=True)
     lat.sort()
     if lat:
-        q = lambda p: lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))]
+        q = lambda p: percentile(lat, p)
         out["latency_idle"] = {"files": len(lat), "p50_ms": q(50), "p99_ms": q(99), "max_ms": lat[-1],
                                "rss_max_mb": peak / 1024}
         log(f"spark peer, idle latency: p50 {q(50):.0f} ms, p99 {q(99):.0f} ms over {len(lat)} files; "

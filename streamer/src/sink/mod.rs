@@ -349,7 +349,7 @@ impl Stage {
             copy: client.prepare(&sql::stage_copy(&table)).await?,
             insert: client.prepare(&sql::insert_copy()).await?,
             stored: client.prepare(sql::STORED_KEYS).await?,
-            file_order: client.prepare(sql::SAME_TIME_OLDER).await?,
+            file_order: client.prepare(&sql::same_time_older()).await?,
             merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
             lost: client.prepare(&sql::lost_sql(&table)).await?,
             rejected: client.prepare(sql::REJECTED_COPY).await?,
@@ -389,7 +389,7 @@ pub struct Loader<'a> {
     ids: Vec<i32>,
     mtimes: Vec<i64>,
     /// The file order between the batch's files and older files of their
-    /// times, read with the claim ([`CLAIM_COLUMNS`]): the merges' `$3`.
+    /// times, read with the claim ([`sql::OLDER_OF_SAME_TIME`]): the merges' `$3`.
     order: Vec<i64>,
     /// Some staged row lost to a stored one: the file order is read again
     /// before the COMMIT (`settle::same_file_order`).
@@ -421,29 +421,27 @@ pub struct Loader<'a> {
 }
 
 /// A claimed file: its identity, whether another version of its name was
-/// loaded, and the file order between it and every registered file of its
-/// modification time that is older by name, then registry id (as
-/// `source_file_after` of db/005 says), as the pairs [`sql::NEWER`] takes:
-/// usually none. Read with the claim, so that the first merge does not wait
-/// for a statement of its own (planned again every time: about 0.35 ms of
-/// the server's time, a round trip besides).
+/// loaded, and the file order between it and the older files of its
+/// modification time ([`sql::OLDER_OF_SAME_TIME`]): read with the claim, so
+/// that the first merge does not wait for a statement of its own (planned
+/// again every time: about 0.35 ms of the server's time, a round trip
+/// besides).
 const CLAIM_COLUMNS: &str = "f.file_id, f.file_name, f.file_size, f.file_mtime_ns, \
      EXISTS (SELECT 1 FROM source_files o WHERE o.source = f.source AND o.file_name = f.file_name \
-             AND o.file_id <> f.file_id AND o.state = 'loaded'), \
-     ARRAY(SELECT (f.file_id::int8 << 32) | o.file_id FROM source_files o WHERE o.file_mtime_ns = f.file_mtime_ns \
-           AND (o.file_name COLLATE \"C\", o.file_id) < (f.file_name COLLATE \"C\", f.file_id))";
+             AND o.file_id <> f.file_id AND o.state = 'loaded')";
 
 /// The claim of the oldest pending files of source `$1`, at most `$2`,
 /// until their sizes reach `$3`.
 fn claim_next_sql() -> String {
-    format!("SELECT {CLAIM_COLUMNS} FROM claim_source_files($1, $2, $3) f")
+    format!("SELECT {CLAIM_COLUMNS}, {} FROM claim_source_files($1, $2, $3) f", sql::OLDER_OF_SAME_TIME)
 }
 
 /// The claim of a batch's planned files (`$1`) that are still pending.
 fn claim_files_sql() -> String {
     format!(
-        "SELECT {CLAIM_COLUMNS} FROM source_files f WHERE f.file_id = ANY($1) AND f.state = 'pending' \
-         ORDER BY f.file_mtime_ns, f.file_name COLLATE \"C\", f.file_id FOR UPDATE OF f SKIP LOCKED"
+        "SELECT {CLAIM_COLUMNS}, {} FROM source_files f WHERE f.file_id = ANY($1) AND f.state = 'pending' \
+         ORDER BY f.file_mtime_ns, f.file_name COLLATE \"C\", f.file_id FOR UPDATE OF f SKIP LOCKED",
+        sql::OLDER_OF_SAME_TIME
     )
 }
 

@@ -42,7 +42,7 @@ pub(super) fn loads(files: &[Claimed], read: &[FileSummary]) -> Vec<FileLoad> {
 
 /// The file order between a batch's files and older ones of the same
 /// modification time, read again before the COMMIT (the claim read it
-/// first). `statement` is [`sql::SAME_TIME_OLDER`] prepared.
+/// first). `statement` is [`sql::same_time_older`] prepared.
 pub(super) async fn file_order(
     tx: &Transaction<'_>,
     statement: &Statement,

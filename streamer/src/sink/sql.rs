@@ -54,21 +54,29 @@ pub const REPLACED_PER_FILE: &str = "SELECT src_file, count(*) FROM analytics_ro
 /// (modification time, then name and registry id), then line. Between two
 /// files of one modification time `$4` decides: the pairs (a batch's file,
 /// an older file of the same time) as `file_id << 32 | older_file_id`
-/// (read with the claim, and again by [`SAME_TIME_OLDER`] before the
+/// (read with the claim, and again by [`same_time_older`] before the
 /// COMMIT when a staged row lost: a pair gained meanwhile makes the batch
 /// run again).
 pub const NEWER: &str = "CASE WHEN EXCLUDED.src_mtime <> e.src_mtime THEN EXCLUDED.src_mtime > e.src_mtime \
                          WHEN EXCLUDED.src_file = e.src_file THEN EXCLUDED.src_line > e.src_line \
                          ELSE ((EXCLUDED.src_file::int8 << 32) | e.src_file) = ANY($4::int8[]) END";
 
-/// For the batch's files (`$1`), every registered file of the same
+/// For the registered file `f`, every registered file of the same
 /// modification time that is older in the file order (by name, then
-/// registry id, as `source_file_after` of db/005 says), as the pairs
-/// [`NEWER`] takes. Usually none. The claim reads the same pairs per file.
-pub const SAME_TIME_OLDER: &str = "SELECT coalesce(array_agg((n.file_id::int8 << 32) | o.file_id), '{}') \
-     FROM source_files n JOIN source_files o ON o.file_mtime_ns = n.file_mtime_ns \
-     AND (o.file_name COLLATE \"C\", o.file_id) < (n.file_name COLLATE \"C\", n.file_id) \
-     WHERE n.file_id = ANY($1)";
+/// registry id, as `source_file_after` of db/005 says), as an array of the
+/// pairs [`NEWER`] takes. Usually empty. The claim reads it per file.
+pub const OLDER_OF_SAME_TIME: &str = "ARRAY(SELECT (f.file_id::int8 << 32) | o.file_id FROM source_files o \
+     WHERE o.file_mtime_ns = f.file_mtime_ns \
+     AND (o.file_name COLLATE \"C\", o.file_id) < (f.file_name COLLATE \"C\", f.file_id))";
+
+/// [`OLDER_OF_SAME_TIME`] of the batch's files (`$1`), as one array: read
+/// again before the COMMIT.
+pub fn same_time_older() -> String {
+    format!(
+        "SELECT coalesce(array_agg(p), '{{}}') FROM source_files f, unnest({OLDER_OF_SAME_TIME}) p \
+         WHERE f.file_id = ANY($1)"
+    )
+}
 
 /// The columns of a row the analytics depend on, in `analytics_rows` order.
 const ANALYTICS_COLS: &str = "user_id, event_time, event_type, product_id, product_category, product_price";
