@@ -254,6 +254,63 @@ enum Split {
     Stored(Vec<bool>),
 }
 
+/// The most rows of a chunk merged from bound arrays ([`Loader::merge_rows`]):
+/// the rows of a split chunk whose key is stored, usually a few re-sent
+/// ones. More go through the stage (a COPY, then the merge).
+pub const MERGE_ROWS_MAX: usize = 1024;
+
+/// Rows bound as one array per column, in [`sql::rows_source`]'s order.
+#[derive(Debug, Default)]
+struct BoundRows<'r> {
+    file_index: Vec<i32>,
+    line: Vec<i32>,
+    user_id: Vec<i32>,
+    user_name: Vec<&'r str>,
+    user_email: Vec<&'r str>,
+    event_type: Vec<&'static str>,
+    product_id: Vec<i32>,
+    product_name: Vec<&'r str>,
+    product_category: Vec<&'r str>,
+    price: Vec<Decimal>,
+    time: Vec<DateTime<Utc>>,
+    rescued: Vec<Option<&'r str>>,
+}
+
+impl<'r> BoundRows<'r> {
+    fn push(&mut self, file_index: i32, line: i32, r: &contract::Event<'r>, rescued: Option<&'r str>) {
+        let values = Values::of(r);
+        self.file_index.push(file_index);
+        self.line.push(line);
+        self.user_id.push(r.user_id);
+        self.user_name.push(r.user_name);
+        self.user_email.push(r.user_email);
+        self.event_type.push(values.event_type);
+        self.product_id.push(r.product_id);
+        self.product_name.push(r.product_name);
+        self.product_category.push(r.product_category);
+        self.price.push(values.price);
+        self.time.push(values.time);
+        self.rescued.push(rescued);
+    }
+
+    fn arrays(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.file_index,
+            &self.line,
+            &self.user_id,
+            &self.user_name,
+            &self.user_email,
+            &self.event_type,
+            &self.product_id,
+            &self.product_name,
+            &self.product_category,
+            &self.price,
+            &self.time,
+            &self.rescued,
+        ]
+    }
+}
+
 /// The values a row's contract columns are bound as, beside the row's own.
 struct Values {
     event_type: &'static str,
@@ -321,6 +378,8 @@ struct Prepared {
     file_order: Statement,
     merge_one: Statement,
     lost: Statement,
+    merge_rows: Statement,
+    lost_rows: Statement,
     rejected: Statement,
     metrics: Statement,
     counters: Statement,
@@ -352,6 +411,8 @@ impl Stage {
             file_order: client.prepare(&sql::same_time_older()).await?,
             merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
             lost: client.prepare(&sql::lost_sql(&table)).await?,
+            merge_rows: client.prepare(&sql::merge_rows_sql()).await?,
+            lost_rows: client.prepare(&sql::lost_rows_sql()).await?,
             rejected: client.prepare(sql::REJECTED_COPY).await?,
             metrics: client.prepare(sql::METRICS_COPY).await?,
             counters: client.prepare(sql::COUNTERS_COPY).await?,
@@ -604,6 +665,11 @@ impl<'a> Loader<'a> {
             Some(Split::Stored(stored)) => Pick::Stored(stored),
             None => Pick::All,
         };
+        if let Pick::Stored(stored) = pick {
+            if stored.iter().filter(|&&s| s).count() <= MERGE_ROWS_MAX {
+                return self.merge_rows(&view, pick, &mut rows).await;
+            }
+        }
         if self.stage_used {
             // The last chunk staged is merged: its rows are in events.
             self.tx.batch_execute("TRUNCATE events_stage").await.map_err(SinkError::query("emptying the stage"))?;
@@ -765,6 +831,47 @@ impl<'a> Loader<'a> {
             writer.as_mut().write(&row).await?;
         }
         writer.finish().await.map(drop)
+    }
+
+    /// Merges the chunk's rows `pick` (at most [`MERGE_ROWS_MAX`]) into
+    /// `events` from arrays bound to the merge ([`sql::merge_rows_sql`])
+    /// instead of through the stage, counting them per file into `rows`:
+    /// one statement where the stage takes a COPY and the merge.
+    async fn merge_rows(&mut self, view: &EventView<'_>, pick: Pick<'_>, rows: &mut [u64]) -> Result<(), SinkError> {
+        let mut bound = BoundRows::default();
+        for i in (0..view.len()).filter(|&i| pick.has(i)) {
+            let Some((file_index, line, r)) = view.row(i) else { break };
+            if let Some(count) = rows.get_mut(file_index as usize) {
+                *count += 1;
+            }
+            // The reader rejects rows past `MAX_LINE`: the line fits.
+            bound.push(file_index as i32, line as i32, &r, view.rescued(i));
+        }
+        for (staged, count) in self.staged.iter_mut().zip(rows.iter()) {
+            *staged += count;
+        }
+        let count = bound.file_index.len() as u64;
+        self.chunks_merged += 1;
+        self.rows_merged += count;
+        let arrays = bound.arrays();
+        let head: [&(dyn ToSql + Sync); 3] = [&self.ids, &self.mtimes, &self.order];
+        let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(arrays).collect();
+        let merged = self
+            .tx
+            .query(&self.stage.prepared.merge_rows, &params)
+            .await
+            .map_err(SinkError::query("merging into events"))?;
+        let won = settle::add_written(&self.ids, &merged, &mut self.written);
+        if won < count as i64 {
+            self.lost_some = true;
+            let head: [&(dyn ToSql + Sync); 2] = [&self.ids, &self.batch_seq];
+            let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(arrays).collect();
+            self.tx
+                .execute(&self.stage.prepared.lost_rows, &params)
+                .await
+                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
+        }
+        Ok(())
     }
 
     /// Merges the chunk just staged (`rows` rows, unique keys) into

@@ -105,17 +105,29 @@ pub const RECONCILE: &str = include_str!("sql/reconcile.sql");
 /// `event_id` the coordinator drew (no sequence on the workers).
 /// The staged rows that did not end up in `events` are [`lost_sql`]'s.
 pub fn merge_sql(table: &str, distributed: bool, several_chunks: bool) -> String {
-    let cols = COLUMNS.join(", ");
     let source = if several_chunks {
-        format!("(SELECT DISTINCT ON (user_id, event_time) * FROM {table} ORDER BY user_id, event_time, chunk DESC)")
+        format!("(SELECT DISTINCT ON (user_id, event_time) * FROM {table} ORDER BY user_id, event_time, chunk DESC) s")
     } else {
-        table.to_owned()
+        format!("{table} s")
     };
+    merge_from(&source, distributed)
+}
+
+/// [`merge_sql`] of rows bound as arrays ([`rows_source`] from `$4`)
+/// instead of staged: the merge of a chunk's few rows whose key is stored
+/// (usually rows re-sent from recent batches), one statement where the
+/// stage takes a COPY and the merge.
+pub fn merge_rows_sql() -> String {
+    merge_from(&rows_source(4), false)
+}
+
+fn merge_from(source: &str, distributed: bool) -> String {
+    let cols = COLUMNS.join(", ");
     let (id_col, id_val) = if distributed { ("event_id, ", "s.event_id, ") } else { ("", "") };
     format!(
         "WITH merged AS (INSERT INTO events AS e ({id_col}{cols}, src_mtime, src_file, src_line, _rescued) \
          SELECT {id_val}{cols}, ($2::int8[])[s.file_index + 1], ($1::int4[])[s.file_index + 1], s.line, \
-         s._rescued::jsonb FROM {source} s ORDER BY s.user_id, s.event_time \
+         s._rescued::jsonb FROM {source} ORDER BY s.user_id, s.event_time \
          ON CONFLICT (user_id, event_time) DO UPDATE SET {} WHERE {} \
          RETURNING e.src_file, (e.xmax = 0) AS inserted) \
          SELECT src_file, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) \
@@ -125,6 +137,32 @@ pub fn merge_sql(table: &str, distributed: bool, several_chunks: bool) -> String
     )
 }
 
+/// The stage's columns but `chunk`, with their types: a merge's source rows.
+const SOURCE_COLUMNS: [(&str, &str); 12] = [
+    ("file_index", "int4"),
+    ("line", "int4"),
+    ("user_id", "int4"),
+    ("user_name", "text"),
+    ("user_email", "text"),
+    ("event_type", "text"),
+    ("product_id", "int4"),
+    ("product_name", "text"),
+    ("product_category", "text"),
+    ("product_price", "numeric"),
+    ("event_time", "timestamptz"),
+    ("_rescued", "text"),
+];
+
+/// Rows bound as one array per column of the stage but `chunk`, in its
+/// order, from parameter `$first` on: a FROM item named `s`, as a stage
+/// would be.
+pub fn rows_source(first: usize) -> String {
+    let arrays: Vec<String> =
+        SOURCE_COLUMNS.iter().enumerate().map(|(i, (_, ty))| format!("${}::{ty}[]", first + i)).collect();
+    let names: Vec<&str> = SOURCE_COLUMNS.iter().map(|(name, _)| *name).collect();
+    format!("unnest({}) AS s({})", arrays.join(", "), names.join(", "))
+}
+
 /// After [`merge_sql`], when fewer rows won than were staged: every staged
 /// row whose key in `events` does not hold its position (a stored row was
 /// newer, or, on Citus, a later chunk had its key) goes to `analytics_rows`
@@ -132,9 +170,19 @@ pub fn merge_sql(table: &str, distributed: bool, several_chunks: bool) -> String
 /// On Citus a join of co-located tables on the distribution column: it runs
 /// on the workers.
 pub fn lost_sql(table: &str) -> String {
+    lost_from(&format!("{table} s"))
+}
+
+/// [`lost_sql`] after [`merge_rows_sql`]: the rows bound as arrays
+/// ([`rows_source`] from `$3`).
+pub fn lost_rows_sql() -> String {
+    lost_from(&rows_source(3))
+}
+
+fn lost_from(source: &str) -> String {
     format!(
         "INSERT INTO analytics_rows (batch_seq, kind, sign, src_file, {ANALYTICS_COLS}) \
-         SELECT $2::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM {table} s \
+         SELECT $2::int8, 'lost', -1, ($1::int4[])[s.file_index + 1], s.{} FROM {source} \
          LEFT JOIN events e ON e.user_id = s.user_id AND e.event_time = s.event_time \
          AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line \
          WHERE e.user_id IS NULL",
@@ -189,6 +237,21 @@ mod tests {
                  AND e.src_file = ($1::int4[])[s.file_index + 1] AND e.src_line = s.line WHERE e.user_id IS NULL"
             )
         );
+    }
+
+    #[test]
+    fn the_merge_of_bound_rows_is_the_stage_merge_over_arrays() {
+        let source = "unnest($4::int4[], $5::int4[], $6::int4[], $7::text[], $8::text[], $9::text[], $10::int4[], \
+                      $11::text[], $12::text[], $13::numeric[], $14::timestamptz[], $15::text[]) AS s(file_index, \
+                      line, user_id, user_name, user_email, event_type, product_id, product_name, product_category, \
+                      product_price, event_time, _rescued)";
+        let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(squash(&rows_source(4)), squash(source));
+        let stage = merge_sql("events_stage", false, false);
+        assert_eq!(merge_rows_sql(), stage.replace("events_stage s", &rows_source(4)));
+        let lost = lost_sql("events_stage");
+        assert_eq!(lost_rows_sql(), lost.replace("events_stage s", &rows_source(3)));
+        assert!(lost_rows_sql().contains("FROM unnest($3::int4[], $4::int4[],"), "{}", lost_rows_sql());
     }
 
     #[test]

@@ -359,6 +359,81 @@ async fn rows_re_sent_from_recent_batches_are_merged_without_a_look_up() -> Test
     Ok(())
 }
 
+/// The stored-key rows of a split chunk are merged from arrays bound to
+/// one statement when they are few (at most `MERGE_ROWS_MAX`), through the
+/// stage when more: a file re-sends a newer file's key (its row loses, and
+/// the applier takes its deltas back) and a stored key with a column
+/// beyond the contract's (kept as JSON); a later file re-sends more stored
+/// keys than that bound, beside one fresh row. Both paths give the oracle's
+/// table, counts and derived tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_chunks_stored_rows_merge_from_arrays_or_through_the_stage() -> TestResult {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir()?;
+    let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
+    let base = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000);
+    let bound = streamer::sink::MERGE_ROWS_MAX as u32;
+    let row = |u: u32, minute: u32, kind: &str, product: u32| {
+        format!("{u},U{u},u{u}@x,{kind},{product},P{product},Home,1.50,2026-03-01T12:{minute:02}:00Z")
+    };
+    let lines = |users: std::ops::RangeInclusive<u32>, minute: u32, product: u32| {
+        users.map(|u| row(u, minute, "view", u + product) + "\n").collect::<String>()
+    };
+    let many = bound + 70;
+    // f0 and f1 by runs of their own; f2 is older than f1 in the file
+    // order (its modification time is earlier), so its row of user 7 loses
+    // to f1's; its row of user 8 replaces f0's, with its coupon. f3
+    // re-sends users 9..=many (more than the bound) and adds user 5000.
+    let f2_rows: String = lines(1..=50, 2, 0).lines().map(|l| format!("{l},c\n")).collect();
+    let files = [
+        ("f0.csv", format!("{HEADER}\n{}", lines(1..=many, 0, 0)), 0),
+        ("f1.csv", format!("{HEADER}\n{}{}\n", lines(1..=50, 1, 0), row(7, 0, "purchase", 70)), 20),
+        (
+            "f2.csv",
+            format!("{HEADER},coupon\n{f2_rows}{},c7\n{},c8\n", row(7, 0, "view", 71), row(8, 0, "purchase", 80)),
+            10,
+        ),
+        ("f3.csv", format!("{HEADER}\n{}{}\n", lines(9..=many, 0, 1000), row(5000, 0, "view", 1)), 30),
+    ];
+    let flags = ["--once", "--loaders", "1", "--max-files-per-batch", "1"];
+    let mut paths = Vec::new();
+    for (k, (name, body, second)) in files.iter().enumerate() {
+        paths.push(put_at(&data, name, body.as_bytes(), base + Duration::from_secs(*second)));
+        if k < 2 {
+            assert_eq!(run_once(args(&data, &cp, &db.url, &flags)).await.totals.batches, 1);
+        }
+    }
+    assert_eq!(run_once(args(&data, &cp, &db.url, &flags)).await.totals.batches, 2);
+
+    let client = db.client().await;
+    // The oracle reads the contract's columns: f2 without its coupons.
+    let plain = dir.path().join("plain");
+    let plain_f2 = f2_rows.lines().map(|l| l.trim_end_matches(",c").to_owned() + "\n").collect::<String>();
+    let plain_f2 = format!("{HEADER}\n{plain_f2}{}\n{}\n", row(7, 0, "view", 71), row(8, 0, "purchase", 80));
+    paths[2] = put_at(&plain, "f2.csv", plain_f2.as_bytes(), base + Duration::from_secs(10));
+    // In the file order: f2 before f1.
+    paths.swap(1, 2);
+    assert!(table(&client).await == oracle(&paths).0, "events differs from the oracle");
+    assert_analytics_exact(&client).await;
+    let history = client
+        .query("SELECT rows_inserted, rows_updated, rows_duplicate FROM load_history ORDER BY file_name", &[])
+        .await?;
+    let counts: Vec<(i64, i64, i64)> = history.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let many = i64::from(many);
+    assert_eq!(counts, [(many, 0, 0), (50, 1, 0), (50, 1, 1), (1, many - 8, 0)], "inserted, updated, lost by file");
+    let user_8 =
+        "SELECT product_id, _rescued::text FROM events WHERE user_id = 8 AND event_time = '2026-03-01T12:00:00Z'";
+    let user_8 = client.query_one(user_8, &[]).await?;
+    let user_8: (i32, Option<String>) = (user_8.get(0), user_8.get(1));
+    assert_eq!(user_8, (80, Some(r#"{"coupon": "c8"}"#.to_owned())), "f2's row of user 8, its coupon kept");
+    assert_eq!(
+        paths_taken(&cp)[1..],
+        [(0, 1, 1, 51), (0, 1, 2, 52), (0, 1, many as u64 - 8, many as u64 - 7)],
+        "(chunks inserted, chunks merged, rows merged, keys looked up) by batch"
+    );
+    Ok(())
+}
+
 /// A straight COPY that meets another session's uncommitted row of one of
 /// its keys waits for it: when that row commits, the chunk is split (the
 /// row of that key merged, and the file's row, the newer, replaces it; the
