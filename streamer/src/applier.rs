@@ -459,11 +459,13 @@ async fn folds(tx: &tokio_postgres::Transaction<'_>, lane: Lane, citus: bool) ->
 /// filled in for it).
 struct Counted {
     /// Its batches not folded yet by the lane that folds it, in commit
-    /// order, each with its number of `counters_delta` rows of the kind.
+    /// order, each with its number of writes of the kind: the loader's
+    /// numbered writes (`flush`, each in parts that hold a pair once:
+    /// db/011), and each row without a number (written before db/011).
     batches: String,
-    /// One batch's pairs as they are (one row: merged by its loader).
+    /// One batch's pairs as they are (one write: merged by its loader).
     batch: String,
-    /// One batch's pairs grouped first (several rows).
+    /// One batch's pairs grouped first (several writes).
     grouped: String,
     /// The rows to take back or add, then the pairs left at zero.
     rows: String,
@@ -479,7 +481,8 @@ impl Counted {
         };
         Counted {
             batches: fill(
-                "SELECT batch_seq, count(*) FROM counters_delta WHERE {keys} IS NOT NULL \
+                "SELECT batch_seq, count(*) FILTER (WHERE flush IS NULL) + count(DISTINCT flush) \
+                 FROM counters_delta WHERE {keys} IS NOT NULL \
                  AND batch_seq NOT IN (SELECT batch_seq FROM applier_marks WHERE lane = {lane}) \
                  GROUP BY batch_seq ORDER BY batch_seq",
             ),
@@ -503,8 +506,8 @@ static BY_PRODUCT: LazyLock<Counted> =
 async fn fold_counters(tx: &tokio_postgres::Transaction<'_>, c: &Counted) -> Result<(), tokio_postgres::Error> {
     let (mut as_written, mut grouped) = (None, None);
     for row in tx.query(c.batches.as_str(), &[]).await? {
-        let (batch, rows): (i64, i64) = (row.get(0), row.get(1));
-        let (prepared, sql) = if rows == 1 { (&mut as_written, &c.batch) } else { (&mut grouped, &c.grouped) };
+        let (batch, writes): (i64, i64) = (row.get(0), row.get(1));
+        let (prepared, sql) = if writes == 1 { (&mut as_written, &c.batch) } else { (&mut grouped, &c.grouped) };
         let statement = match prepared {
             Some(statement) => statement,
             None => prepared.insert(tx.prepare(sql).await?),

@@ -254,6 +254,11 @@ enum Split {
     Stored(Vec<bool>),
 }
 
+/// Pairs per `counters_delta` row: about 1.5 kB of arrays, under the size
+/// at which PostgreSQL compresses them and moves them to the TOAST table
+/// (db/011).
+pub const COUNTERS_PART: usize = 64;
+
 /// The most rows of a chunk merged from bound arrays ([`Loader::merge_rows`]):
 /// the rows of a split chunk whose key is stored, usually a few re-sent
 /// ones. More go through the stage (a COPY, then the merge).
@@ -479,6 +484,8 @@ pub struct Loader<'a> {
     first_stage: bool,
     /// The chunks' counters, merged until they are written.
     counters: BatchCounters,
+    /// The batch's writes of its counters so far.
+    flushes: i32,
 }
 
 /// A claimed file: its identity, whether another version of its name was
@@ -559,6 +566,7 @@ impl<'a> Loader<'a> {
             started: Instant::now(),
             first_stage: true,
             counters: BatchCounters::default(),
+            flushes: 0,
         })
     }
 
@@ -955,32 +963,42 @@ impl<'a> Loader<'a> {
         Ok(())
     }
 
-    /// Writes the merged counters: one `counters_delta` row per kind, each
-    /// (user, key) pair once, sorted.
+    /// Writes the merged counters: each kind's (user, key) pairs, each
+    /// once, sorted, as `counters_delta` rows of [`COUNTERS_PART`] pairs
+    /// numbered by this write of the batch (`flush`; db/011).
     async fn write_counters(&mut self) -> Result<(), SinkError> {
         if self.counters.is_empty() {
             return Ok(());
         }
         let m = self.counters.take();
+        let flush = self.flushes;
+        self.flushes += 1;
         let what = "recording the batch's analytics deltas";
         let sink = self.tx.copy_in(&self.stage.prepared.counters).await.map_err(SinkError::query(what))?;
-        let types =
-            [Type::INT8, Type::INT4_ARRAY, Type::TEXT_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY, Type::INT4_ARRAY];
+        let types = [
+            Type::INT8,
+            Type::INT4,
+            Type::INT4_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT4_ARRAY,
+            Type::INT4_ARRAY,
+            Type::INT4_ARRAY,
+        ];
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
         let none: Option<PairColumn> = None;
-        let (cat, prod) = (&m.by_category[..], &m.by_product[..]);
         let col = |pairs, field| PairColumn { pairs, field };
-        let (cat_users, cat_names) = (col(cat, PairField::User), Some(col(cat, PairField::Name(&m.names))));
-        let (cat_views, cat_purchases) = (col(cat, PairField::Views), col(cat, PairField::Purchases));
-        let (prod_users, prod_ids) = (col(prod, PairField::User), Some(col(prod, PairField::Key)));
-        let (prod_views, prod_purchases) = (col(prod, PairField::Views), col(prod, PairField::Purchases));
-        let rows: [[&(dyn ToSql + Sync); 6]; 2] = [
-            [&self.batch_seq, &cat_users, &cat_names, &none, &cat_views, &cat_purchases],
-            [&self.batch_seq, &prod_users, &none, &prod_ids, &prod_views, &prod_purchases],
-        ];
-        for row in &rows {
-            writer.as_mut().write(row).await.map_err(SinkError::query(what))?;
+        for cat in m.by_category.chunks(COUNTERS_PART) {
+            let (users, names) = (col(cat, PairField::User), Some(col(cat, PairField::Name(&m.names))));
+            let (views, purchases) = (col(cat, PairField::Views), col(cat, PairField::Purchases));
+            let row: [&(dyn ToSql + Sync); 7] = [&self.batch_seq, &flush, &users, &names, &none, &views, &purchases];
+            writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
+        }
+        for prod in m.by_product.chunks(COUNTERS_PART) {
+            let (users, ids) = (col(prod, PairField::User), Some(col(prod, PairField::Key)));
+            let (views, purchases) = (col(prod, PairField::Views), col(prod, PairField::Purchases));
+            let row: [&(dyn ToSql + Sync); 7] = [&self.batch_seq, &flush, &users, &none, &ids, &views, &purchases];
+            writer.as_mut().write(&row).await.map_err(SinkError::query(what))?;
         }
         writer.finish().await.map_err(SinkError::query(what))?;
         Ok(())

@@ -35,7 +35,7 @@ macro_rules! migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: [Migration; 10] = [
+pub const MIGRATIONS: [Migration; 11] = [
     migration!(1, "001_events.sql"),
     migration!(2, "002_load_history.sql"),
     migration!(3, "003_analytics.sql"),
@@ -46,6 +46,7 @@ pub const MIGRATIONS: [Migration; 10] = [
     migration!(8, "008_superseded.sql"),
     migration!(9, "009_applier_lanes.sql"),
     migration!(10, "010_derived_upkeep.sql"),
+    migration!(11, "011_counters_parts.sql"),
 ];
 
 /// The Citus layout, applied after the migrations when the database has

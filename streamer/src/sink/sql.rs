@@ -42,8 +42,8 @@ pub const REJECTED_COPY: &str =
     "COPY rejected_rows (checkpoint_id, batch_id, file_name, line_number, raw_line, reason) FROM STDIN (FORMAT binary)";
 pub const METRICS_COPY: &str = "COPY metrics_delta (batch_seq, window_start, product_category, views, purchases, \
                                 revenue, user_ids, user_rows) FROM STDIN (FORMAT binary)";
-pub const COUNTERS_COPY: &str = "COPY counters_delta (batch_seq, user_ids, categories, product_ids, views, purchases) \
-                                 FROM STDIN (FORMAT binary)";
+pub const COUNTERS_COPY: &str = "COPY counters_delta (batch_seq, flush, user_ids, categories, product_ids, views, \
+                                 purchases) FROM STDIN (FORMAT binary)";
 
 /// Rows of this batch's files that replaced a stored row with other
 /// values, per file (the trigger of db/005 logs them).

@@ -239,22 +239,23 @@ async fn a_new_window_width_rebuilds_the_metrics_and_analytics_off_then_on_catch
 }
 
 /// A batch merges its chunks' counters and writes them once, each (user,
-/// key) pair once and sorted, and the applier upserts them as written; a
-/// batch whose pairs outgrew the loader's cap (here: 400-byte chunks, a cap
-/// of 100 pairs) wrote them out in several rows, which the applier groups
-/// first (an upsert may meet a pair only once). Both fold exactly.
+/// key) pair once and sorted, in parts of `COUNTERS_PART` pairs (here two
+/// of one write), and the applier upserts them as written; a batch whose
+/// pairs outgrew the loader's cap (here: 400-byte chunks, a cap of 100
+/// pairs) wrote them out several times, which the applier groups first (an
+/// upsert may meet a pair only once). Both fold exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_written() -> TestResult {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir()?;
     let (data, cp) = (dir.path().join("data"), dir.path().join("cp"));
     std::fs::create_dir_all(&data)?;
-    // 600 rows over 60 users, 10 products and 3 categories: each pair
-    // comes back in many chunks.
+    // 600 rows over 100 users, 10 products and 3 categories: each pair
+    // comes back in many chunks; 100 pairs of each kind.
     let write = |name: &str, minute: u32| {
         let mut lines = vec![contract::COLUMNS.join(",")];
         lines.extend((0..600u32).map(|i| {
-            let (user, product) = (i % 60 + 1, i % 10 + 1);
+            let (user, product) = (i % 100 + 1, i % 10 + 1);
             let kind = if i % 7 == 0 { "purchase" } else { "view" };
             let category = CATEGORIES[(product % 3) as usize];
             format!(
@@ -285,26 +286,30 @@ async fn a_batch_writes_its_counters_merged_and_the_applier_folds_them_as_writte
     run(&["--analytics", "false", "--chunk-bytes", "400"]).await?;
     let rows = |table: &str| {
         format!(
-            "SELECT count(*) FROM counters_delta d JOIN batches b USING (batch_seq) \
-             WHERE d.{table} IS NOT NULL GROUP BY d.batch_seq ORDER BY d.batch_seq"
+            "SELECT count(*), count(DISTINCT d.flush), max(cardinality(d.user_ids)) FROM counters_delta d \
+             JOIN batches b USING (batch_seq) WHERE d.{table} IS NOT NULL GROUP BY d.batch_seq ORDER BY d.batch_seq"
         )
     };
+    let part = streamer::sink::COUNTERS_PART as i32;
     for table in ["product_ids", "categories"] {
-        let per_batch: Vec<i64> = client.query(&rows(table), &[]).await?.iter().map(|r| r.get(0)).collect();
+        let per_batch: Vec<(i64, i64, i32)> =
+            client.query(&rows(table), &[]).await?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
         assert_eq!(per_batch.len(), 2, "{table}: two batches wait");
-        assert_eq!(per_batch[0], 1, "{table}: one chunk, one row");
-        assert!(per_batch[1] > 1, "{table}: past the cap, several rows: {per_batch:?}");
+        assert_eq!(per_batch[0], (2, 1, part), "{table}: one chunk, one write of 100 pairs in two parts");
+        assert!(per_batch[1].1 > 1, "{table}: past the cap, several writes: {per_batch:?}");
+        assert!(per_batch[1].2 <= part, "{table}: no part over {part} pairs: {per_batch:?}");
     }
-    // The one-row batch's pairs: each once, in (user, product) order.
+    // The one-write batch's pairs: each once, in (user, product) order
+    // across its parts.
     let unsorted = count(
         &client,
         "SELECT count(*) FROM (SELECT u.user_id, u.product_id, lag(u.user_id) OVER w AS pu, lag(u.product_id) OVER w AS pp \
          FROM counters_delta d, unnest(d.user_ids, d.product_ids) WITH ORDINALITY AS u(user_id, product_id, n) \
          WHERE d.product_ids IS NOT NULL AND d.batch_seq = (SELECT min(batch_seq) FROM counters_delta) \
-         WINDOW w AS (ORDER BY u.n)) x WHERE (pu, pp) >= (user_id, product_id)",
+         WINDOW w AS (ORDER BY d.ctid, u.n)) x WHERE (pu, pp) >= (user_id, product_id)",
     )
     .await;
-    assert_eq!(unsorted, 0, "one row: each pair once, sorted");
+    assert_eq!(unsorted, 0, "one write: each pair once, sorted");
     // The applier folds both (a fold that failed would be retried forever:
     // the run would not return).
     tokio::time::timeout(std::time::Duration::from_secs(120), run(&[])).await??;

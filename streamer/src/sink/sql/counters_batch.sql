@@ -1,8 +1,9 @@
 -- One batch's counters of one kind ($1: the batch), folded as they are: its
--- loader merged its chunks' counters, so each (user, key) pair stands once
--- in its one counters_delta row of the kind, sorted, and nothing is grouped
--- or sorted again here. A batch with several rows of the kind (one past the
--- loader's cap, or written by a streamer before db/010) takes
+-- loader merged its chunks' counters and wrote them at once, so each (user,
+-- key) pair stands once in its counters_delta rows of the kind (the parts of
+-- that one write, db/011), sorted, and nothing is grouped or sorted again
+-- here. A batch with several writes of the kind (one past the loader's cap,
+-- or rows written by a streamer before db/010 or db/011) takes
 -- counters_batch_grouped.sql instead. {table}, {key} and {keys} name the
 -- derived table, its key column and the delta's key arrays (applier.rs).
 INSERT INTO {table} AS c (user_id, {key}, views, purchases)

@@ -1,6 +1,5 @@
 -- One batch's counters of one kind ($1: the batch) when it has several
--- counters_delta rows of the kind: their pairs grouped first (see
--- counters_batch.sql).
+-- writes of the kind: their pairs grouped first (see counters_batch.sql).
 INSERT INTO {table} AS c (user_id, {key}, views, purchases)
 SELECT u.user_id, u.{key}, sum(u.v), sum(u.p)
 FROM counters_delta d, unnest(d.user_ids, d.{keys}, d.views, d.purchases) AS u(user_id, {key}, v, p)
