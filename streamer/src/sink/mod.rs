@@ -416,8 +416,8 @@ impl Stage {
             file_order: client.prepare(&sql::same_time_older()).await?,
             merge_one: client.prepare(&sql::merge_sql(&table, distributed, false)).await?,
             lost: client.prepare(&sql::lost_sql(&table)).await?,
-            merge_rows: client.prepare(&sql::merge_rows_sql()).await?,
-            lost_rows: client.prepare(&sql::lost_rows_sql()).await?,
+            merge_rows: client.prepare(&sql::merge_rows_sql(&STAGE_TYPES[1..])).await?,
+            lost_rows: client.prepare(&sql::lost_rows_sql(&STAGE_TYPES[1..])).await?,
             rejected: client.prepare(sql::REJECTED_COPY).await?,
             metrics: client.prepare(sql::METRICS_COPY).await?,
             counters: client.prepare(sql::COUNTERS_COPY).await?,
@@ -689,10 +689,7 @@ impl<'a> Loader<'a> {
         let writer = BinaryCopyInWriter::new(sink, &STAGE_TYPES);
         pin_mut!(writer);
         for i in (0..view.len()).filter(|&i| pick.has(i)) {
-            let Some((file_index, line, r)) = view.row(i) else { break };
-            if let Some(count) = rows.get_mut(file_index as usize) {
-                *count += 1;
-            }
+            let Some((file_index, line, r)) = counted_row(&view, i, &mut rows) else { break };
             // The reader rejects rows past `MAX_LINE`: the line fits.
             let (file_index, line) = (file_index as i32, line as i32);
             let values = Values::of(&r);
@@ -822,10 +819,7 @@ impl<'a> Loader<'a> {
         let writer = BinaryCopyInWriter::new(sink, &INSERT_TYPES);
         pin_mut!(writer);
         for i in (0..view.len()).filter(|&i| pick.has(i)) {
-            let Some((file_index, line, r)) = view.row(i) else { break };
-            if let Some(count) = rows.get_mut(file_index as usize) {
-                *count += 1;
-            }
+            let Some((file_index, line, r)) = counted_row(view, i, rows) else { break };
             let (file_id, mtime) = match (self.ids.get(file_index as usize), self.mtimes.get(file_index as usize)) {
                 (Some(&id), Some(&mtime)) => (id, mtime),
                 // Every row's file is one of the batch's: not reached.
@@ -848,10 +842,7 @@ impl<'a> Loader<'a> {
     async fn merge_rows(&mut self, view: &EventView<'_>, pick: Pick<'_>, rows: &mut [u64]) -> Result<(), SinkError> {
         let mut bound = BoundRows::default();
         for i in (0..view.len()).filter(|&i| pick.has(i)) {
-            let Some((file_index, line, r)) = view.row(i) else { break };
-            if let Some(count) = rows.get_mut(file_index as usize) {
-                *count += 1;
-            }
+            let Some((file_index, line, r)) = counted_row(view, i, rows) else { break };
             // The reader rejects rows past `MAX_LINE`: the line fits.
             bound.push(file_index as i32, line as i32, &r, view.rescued(i));
         }
@@ -861,44 +852,39 @@ impl<'a> Loader<'a> {
         let count = bound.file_index.len() as u64;
         self.chunks_merged += 1;
         self.rows_merged += count;
-        let arrays = bound.arrays();
-        let head: [&(dyn ToSql + Sync); 3] = [&self.ids, &self.mtimes, &self.order];
-        let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(arrays).collect();
-        let merged = self
-            .tx
-            .query(&self.stage.prepared.merge_rows, &params)
-            .await
-            .map_err(SinkError::query("merging into events"))?;
-        let won = settle::add_written(&self.ids, &merged, &mut self.written);
-        if won < count as i64 {
-            self.lost_some = true;
-            let head: [&(dyn ToSql + Sync); 2] = [&self.ids, &self.batch_seq];
-            let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(arrays).collect();
-            self.tx
-                .execute(&self.stage.prepared.lost_rows, &params)
-                .await
-                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
-        }
-        Ok(())
+        let prepared = &self.stage.prepared;
+        self.merge(&prepared.merge_rows, &prepared.lost_rows, &bound.arrays(), count).await
     }
 
     /// Merges the chunk just staged (`rows` rows, unique keys) into
     /// `events` and counts what it wrote, per file.
     async fn merge_chunk(&mut self, rows: u64) -> Result<(), SinkError> {
-        let merged = self
-            .tx
-            .query(&self.stage.prepared.merge_one, &[&self.ids, &self.mtimes, &self.order])
-            .await
-            .map_err(SinkError::query("merging into events"))?;
+        let prepared = &self.stage.prepared;
+        self.merge(&prepared.merge_one, &prepared.lost, &[], rows).await
+    }
+
+    /// Runs a merge of `rows` rows (`merge`: the batch's file ids,
+    /// modification times and file order, then `source`, the rows' own
+    /// parameters if they are bound) and counts what it wrote, per file;
+    /// when some row lost to a newer stored one, `lost` (the file ids and
+    /// the batch, then `source`) records it, so that the applier takes its
+    /// Polars deltas back.
+    async fn merge(
+        &mut self,
+        merge: &Statement,
+        lost: &Statement,
+        source: &[&(dyn ToSql + Sync)],
+        rows: u64,
+    ) -> Result<(), SinkError> {
+        let head: [&(dyn ToSql + Sync); 3] = [&self.ids, &self.mtimes, &self.order];
+        let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(source.iter().copied()).collect();
+        let merged = self.tx.query(merge, &params).await.map_err(SinkError::query("merging into events"))?;
         let won = settle::add_written(&self.ids, &merged, &mut self.written);
         if won < rows as i64 {
             self.lost_some = true;
-            // Some rows lost to newer stored ones: the applier takes their
-            // Polars deltas back.
-            self.tx
-                .execute(&self.stage.prepared.lost, &[&self.ids, &self.batch_seq])
-                .await
-                .map_err(SinkError::query("recording the rows lost to newer ones"))?;
+            let head: [&(dyn ToSql + Sync); 2] = [&self.ids, &self.batch_seq];
+            let params: Vec<&(dyn ToSql + Sync)> = head.into_iter().chain(source.iter().copied()).collect();
+            self.tx.execute(lost, &params).await.map_err(SinkError::query("recording the rows lost to newer ones"))?;
         }
         Ok(())
     }
@@ -1162,6 +1148,15 @@ impl ToSql for PairColumn<'_> {
     }
 
     to_sql_checked!();
+}
+
+/// Row `i` of a chunk, counted into `rows` (per file index) by its file.
+fn counted_row<'v>(view: &EventView<'v>, i: usize, rows: &mut [u64]) -> Option<(u32, u64, contract::Event<'v>)> {
+    let row = view.row(i)?;
+    if let Some(count) = rows.get_mut(row.0 as usize) {
+        *count += 1;
+    }
+    Some(row)
 }
 
 fn micros_to_utc(micros: i64) -> DateTime<Utc> {

@@ -64,8 +64,14 @@ impl RecentKeys {
         if k.known.is_empty() {
             return None;
         }
-        let flags: Vec<bool> = (0..view.len()).map(|i| view.key(i).is_some_and(|key| k.known.contains(&key))).collect();
-        flags.contains(&true).then_some(flags)
+        let recent = |i: usize| view.key(i).is_some_and(|key| k.known.contains(&key));
+        // Usually no key is recent: the flags are allocated at the first one.
+        let first = (0..view.len()).position(recent)?;
+        let mut flags = vec![false; view.len()];
+        for (i, flag) in flags.iter_mut().enumerate().skip(first) {
+            *flag = recent(i);
+        }
+        Some(flags)
     }
 
     pub fn len(&self) -> usize {

@@ -4,6 +4,7 @@
 //! always bound or COPY'd, never formatted into SQL.
 
 use contract::COLUMNS;
+use tokio_postgres::types::Type;
 
 /// The loader session's staging table.
 pub const STAGE_DDL: &str = include_str!("sql/stage.sql");
@@ -19,8 +20,14 @@ pub const BATCH: &str = include_str!("sql/batch.sql");
 /// The binary COPY into staging table `table`, its columns in `stage.sql`
 /// order (a Citus stage draws `event_id` itself).
 pub fn stage_copy(table: &str) -> String {
-    let cols = ["chunk", "file_index", "line"].iter().chain(&COLUMNS).copied().collect::<Vec<_>>().join(", ");
-    format!("COPY {table} ({cols}, _rescued) FROM STDIN (FORMAT binary)")
+    let cols = std::iter::once("chunk").chain(source_columns()).collect::<Vec<_>>().join(", ");
+    format!("COPY {table} ({cols}) FROM STDIN (FORMAT binary)")
+}
+
+/// The stage's columns but `chunk` (a merge's source rows): each row's file
+/// and line, the contract's columns, the rescued ones.
+fn source_columns() -> impl Iterator<Item = &'static str> {
+    ["file_index", "line"].into_iter().chain(COLUMNS).chain(["_rescued"])
 }
 /// The binary COPY of a chunk straight into `events`, with each row's source
 /// position: how a chunk none of whose keys is stored yet is loaded (the
@@ -113,12 +120,13 @@ pub fn merge_sql(table: &str, distributed: bool, several_chunks: bool) -> String
     merge_from(&source, distributed)
 }
 
-/// [`merge_sql`] of rows bound as arrays ([`rows_source`] from `$4`)
-/// instead of staged: the merge of a chunk's few rows whose key is stored
-/// (usually rows re-sent from recent batches), one statement where the
-/// stage takes a COPY and the merge.
-pub fn merge_rows_sql() -> String {
-    merge_from(&rows_source(4), false)
+/// [`merge_sql`] of rows bound as arrays ([`rows_source`] from `$4`, of
+/// the stage's column `types` but `chunk`'s) instead of staged: the merge
+/// of a chunk's few rows whose key is stored (usually rows re-sent from
+/// recent batches), one statement where the stage takes a COPY and the
+/// merge.
+pub fn merge_rows_sql(types: &[Type]) -> String {
+    merge_from(&rows_source(4, types), false)
 }
 
 fn merge_from(source: &str, distributed: bool) -> String {
@@ -137,29 +145,13 @@ fn merge_from(source: &str, distributed: bool) -> String {
     )
 }
 
-/// The stage's columns but `chunk`, with their types: a merge's source rows.
-const SOURCE_COLUMNS: [(&str, &str); 12] = [
-    ("file_index", "int4"),
-    ("line", "int4"),
-    ("user_id", "int4"),
-    ("user_name", "text"),
-    ("user_email", "text"),
-    ("event_type", "text"),
-    ("product_id", "int4"),
-    ("product_name", "text"),
-    ("product_category", "text"),
-    ("product_price", "numeric"),
-    ("event_time", "timestamptz"),
-    ("_rescued", "text"),
-];
-
-/// Rows bound as one array per column of the stage but `chunk`, in its
-/// order, from parameter `$first` on: a FROM item named `s`, as a stage
-/// would be.
-pub fn rows_source(first: usize) -> String {
+/// Rows bound as one array per column of the stage but `chunk`
+/// ([`source_columns`], of these `types`), in its order, from parameter
+/// `$first` on: a FROM item named `s`, as a stage would be.
+pub fn rows_source(first: usize, types: &[Type]) -> String {
     let arrays: Vec<String> =
-        SOURCE_COLUMNS.iter().enumerate().map(|(i, (_, ty))| format!("${}::{ty}[]", first + i)).collect();
-    let names: Vec<&str> = SOURCE_COLUMNS.iter().map(|(name, _)| *name).collect();
+        types.iter().enumerate().map(|(i, ty)| format!("${}::{}[]", first + i, ty.name())).collect();
+    let names: Vec<&str> = source_columns().collect();
     format!("unnest({}) AS s({})", arrays.join(", "), names.join(", "))
 }
 
@@ -175,8 +167,8 @@ pub fn lost_sql(table: &str) -> String {
 
 /// [`lost_sql`] after [`merge_rows_sql`]: the rows bound as arrays
 /// ([`rows_source`] from `$3`).
-pub fn lost_rows_sql() -> String {
-    lost_from(&rows_source(3))
+pub fn lost_rows_sql(types: &[Type]) -> String {
+    lost_from(&rows_source(3, types))
 }
 
 fn lost_from(source: &str) -> String {
@@ -246,12 +238,13 @@ mod tests {
                       line, user_id, user_name, user_email, event_type, product_id, product_name, product_category, \
                       product_price, event_time, _rescued)";
         let squash = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert_eq!(squash(&rows_source(4)), squash(source));
+        let types = &super::super::STAGE_TYPES[1..];
+        assert_eq!(squash(&rows_source(4, types)), squash(source));
         let stage = merge_sql("events_stage", false, false);
-        assert_eq!(merge_rows_sql(), stage.replace("events_stage s", &rows_source(4)));
+        assert_eq!(merge_rows_sql(types), stage.replace("events_stage s", &rows_source(4, types)));
         let lost = lost_sql("events_stage");
-        assert_eq!(lost_rows_sql(), lost.replace("events_stage s", &rows_source(3)));
-        assert!(lost_rows_sql().contains("FROM unnest($3::int4[], $4::int4[],"), "{}", lost_rows_sql());
+        assert_eq!(lost_rows_sql(types), lost.replace("events_stage s", &rows_source(3, types)));
+        assert!(lost_rows_sql(types).contains("FROM unnest($3::int4[], $4::int4[],"), "{}", lost_rows_sql(types));
     }
 
     #[test]
